@@ -1,0 +1,3 @@
+from spectrakit.cli import main
+
+raise SystemExit(main())

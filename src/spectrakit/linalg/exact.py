@@ -1,0 +1,31 @@
+"""Exact spectral maps through the SVD: the test oracle and a small-matrix fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def spectral_map_svd(X: Tensor, f: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
+    """U f(S) V^T for X = U S V^T, computed in ``dtype`` (float64 by default); output in X's dtype."""
+    U, S, Vh = torch.linalg.svd(X.to(dtype), full_matrices=False)
+    return ((U * f(S).unsqueeze(-2)) @ Vh).to(X.dtype)
+
+
+def soft_clip_svd(X: Tensor, c: float | Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """H_c(X) = U diag(s / sqrt(1 + s^2/c^2)) V^T exactly. ``c``: float or tensor of shape X.shape[:-2]."""
+    c_ = c.to(X.device, dtype)[..., None] if isinstance(c, Tensor) else c
+    return spectral_map_svd(X, lambda s: s / torch.sqrt(1 + (s / c_) ** 2), dtype)
+
+
+def hard_clip_svd(X: Tensor, c: float | Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """U diag(min(s, c)) V^T exactly."""
+    c_ = c.to(X.device, dtype)[..., None] if isinstance(c, Tensor) else c
+    return spectral_map_svd(X, lambda s: torch.minimum(s, torch.as_tensor(c_, dtype=s.dtype, device=s.device)), dtype)
+
+
+def msign_svd(X: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """U V^T exactly (zero singular values map to zero)."""
+    return spectral_map_svd(X, lambda s: (s > 0).to(s.dtype), dtype)
