@@ -1,0 +1,32 @@
+"""Write one benchmark's section of BENCHMARKS.md, leaving the other sections untouched."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def machine_description() -> str:
+    """CPU/GPU, core count, torch version: the line every table carries."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{device}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def write_section(name: str, body: str, command: str) -> None:
+    """Replace (or append) the block between <!-- begin NAME --> and <!-- end NAME --> in BENCHMARKS.md."""
+    stamp = datetime.date.today().isoformat()
+    block = (f"<!-- begin {name} -->\n{body.rstrip()}\n\nMachine: {machine_description()}. Date: {stamp}. "
+             f"Command: `{command}`.\n<!-- end {name} -->")
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS_MD.write_text(text)

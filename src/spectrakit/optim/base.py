@@ -1,0 +1,195 @@
+"""The base class of spectrakit's optimizers: routing, the internal AdamW rule, non-finite gradients.
+
+Every optimizer here is ``direction -> spectral transform -> decoupled step``. Subclasses implement
+``_spectral_step(group)`` for groups with ``rule == "spectral"``; groups with ``rule == "adamw"`` take the
+AdamW rule below (torch.optim.AdamW semantics), so one object drives a whole model and LR schedulers,
+closures and checkpoints see a single optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ._validate import check_betas, check_choice, check_lr, check_nonnegative, check_positive
+from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
+
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or Inf; raised before any parameter is changed."""
+
+
+def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float) -> Tensor:
+    """Advance AdamW's moments and return U = m_hat / (sqrt(v_hat) + eps) (torch.optim.AdamW's direction).
+
+    m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;  bias corrections 1 - beta^t.
+    """
+    if "step" not in state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    state["step"] += 1
+    beta1, beta2 = betas
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bc1 = 1 - beta1 ** state["step"]
+    bc2_sqrt = (1 - beta2 ** state["step"]) ** 0.5
+    denom = (v.sqrt() / bc2_sqrt).add_(eps)
+    return (m / bc1).div_(denom)
+
+
+class SpectralOptimizer(Optimizer):
+    """Base class: routes parameters, runs the internal AdamW rule and guards against non-finite gradients.
+
+    Args (shared by every subclass):
+        params: an ``nn.Module``, an iterable of tensors or of (name, tensor) pairs, or param-group dicts.
+            A group may set ``rule="spectral"`` or ``rule="adamw"`` to override the routing.
+        fallback: categories sent to the internal AdamW rule, among ("vectors", "embeddings", "head").
+        fallback_patterns: regular expressions on parameter names that also go to AdamW.
+        adamw_lr: learning rate of AdamW groups (None: the group's ``lr``).
+        adamw_betas, adamw_eps: AdamW moment coefficients and epsilon.
+        adamw_weight_decay: decoupled weight decay of AdamW groups (None: the group's ``weight_decay``).
+        nonfinite: "raise" (default) raises NonFiniteGradientError naming the parameter, "skip" skips the
+            whole step and counts it in ``skipped_steps``, "ignore" does no check (no host sync).
+    """
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, fallback: Iterable[str] = ("vectors",),
+                 fallback_patterns: Iterable[str] = (), adamw_lr: float | None = None,
+                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
+                 adamw_weight_decay: float | None = None, nonfinite: str = "raise") -> None:
+        check_lr(defaults.get("lr", 0.0))
+        check_nonnegative(defaults.get("weight_decay", 0.0), "weight_decay")
+        if adamw_lr is not None:
+            check_lr(adamw_lr, "adamw_lr")
+        check_betas(adamw_betas, "adamw_betas")
+        check_positive(adamw_eps, "adamw_eps")
+        if adamw_weight_decay is not None:
+            check_nonnegative(adamw_weight_decay, "adamw_weight_decay")
+        check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
+        self._fallback, self._patterns = validate_fallback(fallback, fallback_patterns)
+        self._adamw_overrides = {"lr": adamw_lr, "weight_decay": adamw_weight_decay}
+        self._routes: list[Route] = []
+        self._embedding_ids: set[int] = set()
+        self._unnamed_count = 0
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        if isinstance(params, nn.Module):
+            params, self._embedding_ids = module_param_groups(params)
+        defaults = {**defaults, "rule": None, "adamw_betas": tuple(adamw_betas), "adamw_eps": adamw_eps}
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------------------------------- routing
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its parameters are split into a spectral part and an AdamW part (see ``routing``)."""
+        group = dict(param_group)
+        params = group.pop("params")
+        params = [params] if isinstance(params, Tensor) else list(params)
+        names = group.pop("param_names", None)
+        named = []
+        for i, item in enumerate(params):
+            if isinstance(item, tuple):
+                named.append(item)
+            else:
+                name = names[i] if names is not None else f"param{self._unnamed_count}"
+                self._unnamed_count += names is None
+                named.append((name, item))
+        group_rule = group.pop("rule", None)
+        if group_rule is not None:
+            check_choice(group_rule, "rule", (SPECTRAL, ADAMW))
+        parts: dict[str, list] = {SPECTRAL: [], ADAMW: []}
+        for name, p in named:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params: {name} is a {type(p).__name__}, not a tensor")
+            rule, reason = decide(name, p, group_rule, self._fallback, self._patterns, self._embedding_ids)
+            parts[rule].append((name, p))
+            self._routes.append(Route(name, tuple(p.shape), rule, reason))
+        for rule, members in parts.items():
+            if not members:
+                continue
+            sub = {**group, "params": members, "rule": rule}
+            if rule == ADAMW:
+                sub.update({k: v for k, v in self._adamw_overrides.items() if v is not None})
+            check_lr(sub.get("lr", self.defaults.get("lr", 0.0)))
+            super().add_param_group(sub)
+
+    @property
+    def routing(self) -> list[Route]:
+        """One :class:`Route` (name, shape, rule, reason) per parameter, in the order they were given."""
+        return list(self._routes)
+
+    def routing_report(self) -> str:
+        """The routing as a readable table."""
+        return format_routes(self._routes)
+
+    # -------------------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self._gradients_usable():
+            self.skipped_steps += 1
+            return loss
+        for group in self.param_groups:
+            if group["rule"] == ADAMW:
+                self._adamw_step(group)
+            else:
+                self._spectral_step(group)
+        return loss
+
+    def _spectral_step(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _adamw_step(self, group: dict[str, Any]) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            direction = adamw_direction(p.grad, self.state[p], group["adamw_betas"], group["adamw_eps"])
+            p.mul_(1 - lr * wd).add_(direction, alpha=-lr)
+
+    def _named_grads(self) -> list[tuple[str, Tensor]]:
+        out = []
+        for group in self.param_groups:
+            for name, p in zip(group["param_names"], group["params"]):
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise TypeError(f"{type(self).__name__} does not support sparse gradients (parameter {name})")
+                    out.append((name, p.grad))
+        return out
+
+    def _gradients_usable(self) -> bool:
+        """Check all gradients at once (one host sync); raise or report per the ``nonfinite`` policy."""
+        named = self._named_grads()
+        if self.nonfinite == "ignore" or not named:
+            return True
+        peaks = torch.stack([g.detach().abs().amax().float().to(named[0][1].device) for _, g in named])
+        if bool(torch.isfinite(peaks).all()):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        bad = [name for name, g in named if not bool(torch.isfinite(g).all())]
+        raise NonFiniteGradientError(
+            f"non-finite gradient in parameter(s) {', '.join(bad)}; no parameter was changed. "
+            "Pass nonfinite='skip' to skip such steps instead.")
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["spectrakit"] = {"skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("spectrakit", {})
+        super().load_state_dict(state_dict)
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
