@@ -189,7 +189,10 @@ class SpectralOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; its tensors are copied, so the source optimizer's buffers are never shared."""
         state_dict = dict(state_dict)
         extra = state_dict.pop("spectrakit", {})
+        state_dict["state"] = {key: {k: v.clone() if isinstance(v, Tensor) else v for k, v in per_param.items()}
+                               for key, per_param in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         self.skipped_steps = int(extra.get("skipped_steps", 0))
