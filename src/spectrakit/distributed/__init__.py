@@ -1,0 +1,14 @@
+"""Distributed training: spectral optimizers under DDP and FSDP2, and distributed checkpoints.
+
+- :class:`DistributedSpectral` wraps any spectral optimizer so ranks share its matrix-function work
+  (DDP: FLOP-balanced owners + broadcast; FSDP2: row-sharded evaluation or gather-to-owner per matrix).
+- :func:`sharded_call` evaluates soft_clip / hard_clip / msign on row-sharded DTensors from small R factors.
+- :func:`save_checkpoint` / :func:`load_checkpoint`: torch.distributed.checkpoint, any world size to any other.
+"""
+
+from .optimizer import ROWS_CAPABLE, DistributedSpectral, canonical_name
+from .partition import balanced_owners, matrix_cost
+from .rows import sharded_call
+
+__all__ = ["ROWS_CAPABLE", "DistributedSpectral", "balanced_owners", "canonical_name", "matrix_cost",
+           "sharded_call"]
