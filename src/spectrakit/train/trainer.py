@@ -1,0 +1,321 @@
+"""The training loop. One step, top to bottom:
+
+    lr_t = peak lr * lr_factor(t)                                  (pure function of t: resumable)
+    for each micro-batch j (data = pure function of (seed, t, j)):  loss_j = CE(model(x_j), y_j) / accum; backward
+    [diagnostics on raw gradients every diag_every steps]
+    [spectral pre-clip of 2-D gradients, threshold pre_clip * lr_peak / lr_t during warmup]   (SPEC 1.5)
+    global L2 clip of the gradient norm to grad_clip
+    optimizer.step()                                                (post-clip happens inside SPECTRA optimizers)
+
+Validation loss every eval_every steps on fixed held-out batches; checkpoints every ckpt_every steps, at the end,
+and on SIGINT/SIGTERM (then the run exits with 128 + signal number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import LAST, CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import TokenData, prepare_data, train_batch, val_batches
+from .diagnostics import SpectralDiagnostics, summarize
+from .metrics import MetricsWriter
+from .model import Transformer
+from .optimizers import build_optimizer
+from .schedule import lr_factor
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps_done: int
+    final_val_loss: float | None
+    tokens_per_s: float
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.signal is None else 128 + self.signal
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
+    """bfloat16 where it is fast (CUDA; CPUs with AMX tiles), else None (float32). Explicit choices are kept."""
+    if dtype == "float32":
+        return None
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return torch.bfloat16 if amx() else None
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return f"{cfg.optimizer}-{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Trainer:
+    """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training in a run folder."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, data: TokenData | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg.validate()
+        self.log = log
+        self.checkpoint = load_checkpoint(resume) if resume is not None else None
+        if self.checkpoint is not None:
+            self.run_dir = self.checkpoint["path"].parent.parent
+        else:
+            self.run_dir = Path(cfg.out_dir).expanduser() / (cfg.run_name or default_run_name(cfg))
+            if (self.run_dir / "checkpoints" / LAST).exists():
+                raise ValueError(f"run folder {self.run_dir} already holds a checkpoint; continue it with "
+                                 f"--resume {self.run_dir} or pick another --run-name")
+        self.model_config = cfg.model_config()
+        self.device = resolve_device(cfg.device)
+        self.amp = autocast_dtype(self.device, cfg.dtype)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.data = data if data is not None else prepare_data(
+            cfg.data, vocab_size=self.model_config.vocab_size, cache_dir=cfg.cache_dir,
+            corpus_fraction=cfg.corpus_fraction, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
+            tokenizer_file=cfg.tokenizer, log=log)
+        if self.data.vocab_size > self.model_config.vocab_size:
+            raise ValueError(f"the tokenizer has {self.data.vocab_size} tokens but the model's vocab_size is "
+                             f"{self.model_config.vocab_size}; pass --vocab-size {self.data.vocab_size} or more")
+        torch.manual_seed(cfg.seed)
+        self.model = Transformer(self.model_config).to(self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         clip_c=cfg.clip_c, extra=cfg.opt)
+        self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.diagnostics = SpectralDiagnostics(self.model, cfg.diag_every)
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        self._stop: int | None = None
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        path = ckpt["path"]
+        if ckpt["model_config"] != self.model_config.to_dict():
+            diff = {k: (v, self.model_config.to_dict().get(k)) for k, v in ckpt["model_config"].items()
+                    if self.model_config.to_dict().get(k) != v}
+            raise CheckpointError(f"checkpoint {path} was made for another model; (checkpoint, now): {diff}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: {exc}") from exc
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["initial_lr"] = peak
+        if "rng" in ckpt:
+            torch.set_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+        self.tokens = int(ckpt.get("tokens", 0))
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        if self.step > self.cfg.steps:
+            raise CheckpointError(f"checkpoint {path} is at step {self.step}, beyond --steps {self.cfg.steps}")
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints" / LAST, {
+            "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
+            "config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state()})
+
+    # ---- pieces of a step --------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        for x, y in batches:
+            with self._autocast():
+                total += self.model(x.to(self.device), y.to(self.device)).float()
+        self.model.train()
+        return float(total / len(batches))
+
+    def _pre_clip(self, factor: float) -> None:
+        try:
+            from spectrakit import clip_grad_spectral_
+        except ImportError as exc:
+            raise ValueError("--pre-clip needs spectrakit.clip_grad_spectral_, which this installation does not "
+                             "provide yet") from exc
+        matrices = [p for p in self.model.parameters() if p.ndim == 2 and p.grad is not None]
+        clip_grad_spectral_(matrices, self.cfg.pre_clip / min(1.0, factor))
+
+    def _train_step(self, step: int, diag: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        factor = lr_factor(step, total=cfg.steps, warmup=cfg.warmup, schedule=cfg.schedule,
+                           min_lr_ratio=cfg.min_lr_ratio, decay_frac=cfg.decay_frac)
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["lr"] = peak * factor
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = train_batch(self.data.train, cfg.batch_size, self.model_config.seq_len, seed=cfg.seed,
+                               step=step, micro=micro)
+            with self._autocast(), self.diagnostics.watch_activations(diag and micro == 0):
+                loss = self.model(x.to(self.device), y.to(self.device)) / cfg.grad_accum
+            loss.backward()
+            loss_sum += loss.detach().float()
+        if diag:
+            self.diagnostics.before_step(step + 1)
+        if cfg.pre_clip is not None:
+            self._pre_clip(factor)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
+    # ---- the run -----------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._stop = signum
+        self.log(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step, then exiting")
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lrs = sorted({g["lr"] for g in self.optimizer.param_groups})
+        resolved = {"config": self.cfg.to_dict(), "model": self.model_config.to_dict(),
+                    "parameters": self.model.num_parameters(), "device": str(self.device),
+                    "autocast": str(self.amp) if self.amp else "float32", "data": self.data.name,
+                    "train_tokens": len(self.data.train), "val_tokens": len(self.data.val),
+                    "tokens_per_step": self.tokens_per_step, "peak_lrs": lrs,
+                    "optimizer_class": type(self.optimizer).__name__, "torch": torch.__version__}
+        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        if self.data.tokenizer_path is not None and self.data.tokenizer_path.is_file():
+            shutil.copyfile(self.data.tokenizer_path, self.run_dir / "tokenizer.json")
+        routing = getattr(self.optimizer, "routing_report", None)
+        if callable(routing):
+            (self.run_dir / "routing.txt").write_text(str(routing()) + "\n")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.model_config.seq_len
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        resumed = self.checkpoint is not None
+        self._write_run_files()
+        metrics = MetricsWriter(self.run_dir, resume_step=self.step if resumed else None)
+        self.log(f"run folder {self.run_dir}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
+                 f"{cfg.optimizer} (peak lr {self.peak_lrs[0]:g}), {self.tokens_per_step} tokens/step, "
+                 f"{len(self.data.train) / 1e6:.2f}M train tokens, device {self.device}"
+                 + (f", autocast {self.amp}" if self.amp else "")
+                 + (f"; resuming at step {self.step}" if resumed else ""))
+        val = val_batches(self.data.val, cfg.batch_size, self.model_config.seq_len, cfg.eval_batches)
+        final_val: float | None = None
+        if not resumed:
+            final_val = self.evaluate(val)
+            metrics.log({"step": 0, "kind": "val", "tokens": 0, "val_loss": final_val,
+                         "val_ppl": math.exp(min(final_val, 50))})
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress(cfg, self.step)
+        window_loss = torch.zeros((), device=self.device)
+        window_norm = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
+        run_tokens, run_start = 0, time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                diag = self.diagnostics.active(self.step)
+                loss, grad_norm = self._train_step(self.step, diag)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                run_tokens += self.tokens_per_step
+                window_loss += loss
+                window_norm += grad_norm.float()
+                window_steps += 1
+                if diag:
+                    record = self.diagnostics.after_step(self.optimizer)
+                    metrics.log_diagnostics(record)
+                    metrics.log({"step": self.step, "kind": "diag", **summarize(record)})
+                last = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or last or self._stop is not None:
+                    now = time.perf_counter()
+                    self.elapsed += now - window_start
+                    train_loss = float(window_loss / window_steps)
+                    tps = window_steps * self.tokens_per_step / max(now - window_start, 1e-9)
+                    metrics.log({"step": self.step, "kind": "train", "tokens": self.tokens,
+                                 "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                                 "grad_norm": float(window_norm / window_steps), "tokens_per_s": tps,
+                                 "elapsed_s": self.elapsed})
+                    if not math.isfinite(train_loss):
+                        self.log(f"step {self.step}: the training loss is {train_loss}; stopping")
+                        break
+                    if bar is None:
+                        self.log(f"step {self.step:>6}/{cfg.steps}  loss {train_loss:.4f}  {tps:,.0f} tok/s")
+                    else:
+                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    window_loss.zero_(), window_norm.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                    final_val = self.evaluate(val)
+                    metrics.log({"step": self.step, "kind": "val", "tokens": self.tokens, "val_loss": final_val,
+                                 "val_ppl": math.exp(min(final_val, 50))})
+                    self._print(bar, f"step {self.step:>6}/{cfg.steps}  val loss {final_val:.4f}  "
+                                     f"ppl {math.exp(min(final_val, 50)):.1f}")
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or self._stop is not None:
+                    self.save()
+                if self._stop is not None:
+                    self._print(bar, f"checkpoint saved at step {self.step}: {self.run_dir / 'checkpoints' / LAST}")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            metrics.close()
+        tokens_per_s = run_tokens / max(time.perf_counter() - run_start, 1e-9)
+        summary = {"steps_done": self.step, "final_val_loss": final_val, "tokens_per_s": tokens_per_s,
+                   "elapsed_s": self.elapsed, "tokens": self.tokens, "interrupted_by": self._stop}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.plots:
+            from .plots import plot_run
+
+            plot_run(self.run_dir)
+        return RunResult(self.run_dir, self.step, final_val, tokens_per_s, self._stop)
+
+    def _print(self, bar, text: str) -> None:
+        if bar is not None:
+            bar.write(text)
+        else:
+            self.log(text)
+
+
+def _progress(cfg: TrainConfig, start: int):
+    if not cfg.progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
