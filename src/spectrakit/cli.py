@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_COMMAND_MODULES = ("spectrakit.demo",)
+_COMMAND_MODULES = ("spectrakit.demo", "spectrakit.train.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
