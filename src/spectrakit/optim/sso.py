@@ -1,0 +1,424 @@
+"""SSO, the Spectral Sphere Optimizer, and MuonSphere (Xie et al. 2026, "Controlled LLM Training on Spectral
+Sphere", arXiv 2601.08393).
+
+Every hidden "atomic" matrix W (d_out x d_in) lives on the sphere ||W||_2 = R, R = r sqrt(d_out / d_in), and
+takes the steepest unit-spectral-norm step tangent to it. Per step and atomic block:
+
+    M <- beta M + (1 - beta) G               (Nesterov input: (1 - beta) G + beta M)
+    M_hat = M / ||M||_F
+    (sigma, u, v) = top singular triplet of W (warm-started power iteration, float32)
+    W <- W R / sigma                          (hard retraction, before the step)
+    Theta = u v^T
+    lambda* = root of h(lambda) = <Theta, msign(M_hat + lambda Theta)>
+    Phi = msign(M_hat + lambda* Theta)        (||Phi||_2 = 1, <Theta, Phi> = 0)
+    W <- W - lr R Phi
+
+h is the derivative of the convex function lambda -> ||M_hat + lambda Theta||_* (msign(X) is a subgradient of
+the nuclear norm at X), so it is non-decreasing, from -1 to 1, and its root is found by bracketing then
+bisection. MuonSphere is the lambda = 0 variant (``solver=None``).
+
+What the hard retraction guarantees: at the start of every step (after the retraction, before the update)
+each block has ||W||_2 = R up to the power iteration's accuracy. The update then moves it off the sphere
+by at most lr R (Weyl), and, because the step is tangent (<Theta, Phi> = 0 kills the first-order change of
+sigma_max), only by O(lr^2) R; the next step's retraction puts it back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..linalg import msign, top_singular
+from ._validate import check_choice, check_positive, check_unit_interval
+from .base import SpectralOptimizer
+from .routing import SPECTRAL
+
+RETRACTIONS = ("hard", "dynamic")
+SOLVERS = ("bisection", "illinois")
+
+_TINY = 1e-30
+
+
+# --------------------------------------------------------------------------------------- atomic blocks
+@dataclass(frozen=True)
+class _Segment:
+    """``count`` consecutive row blocks of ``rows`` rows each, starting at row ``start``."""
+
+    start: int
+    count: int
+    rows: int
+
+    def view(self, X: Tensor) -> Tensor:
+        """The blocks of X (..., d_out, d_in) as a view of shape (..., count, rows, d_in)."""
+        return X.narrow(-2, self.start, self.count * self.rows).unflatten(-2, (self.count, self.rows))
+
+
+def atomic_segments(d_out: int, split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                    name: str = "parameter") -> list[_Segment]:
+    """Split the rows of a d_out x d_in matrix into atomic blocks, grouped into runs of equal size.
+
+    ``split_sizes`` cuts the rows into consecutive chunks (e.g. [d, d, d] for a fused Q/K/V, [f, f] for a
+    fused gate/up); ``heads`` then cuts every chunk (or the whole matrix) into that many equal blocks.
+    """
+    sizes = [d_out] if split_sizes is None else list(split_sizes)
+    if sum(sizes) != d_out:
+        raise ValueError(f"split_sizes of {name} must sum to its {d_out} rows, got {list(sizes)}")
+    blocks: list[int] = []
+    for size in sizes:
+        h = 1 if heads is None else heads
+        if size % h:
+            raise ValueError(f"heads={h} must divide every chunk of {name}; a chunk has {size} rows")
+        blocks += [size // h] * h
+    segments: list[_Segment] = []
+    start = 0
+    for rows in blocks:
+        last = segments[-1] if segments else None
+        if last is not None and last.rows == rows:
+            segments[-1] = _Segment(last.start, last.count + 1, rows)
+        else:
+            segments.append(_Segment(start, 1, rows))
+        start += rows
+    return segments
+
+
+def _check_split_options(split_sizes: object, heads: object) -> None:
+    if split_sizes is not None:
+        if isinstance(split_sizes, (str, bytes)) or not isinstance(split_sizes, Sequence) or not split_sizes or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in split_sizes):
+            raise ValueError(f"split_sizes must be None or a non-empty sequence of integers >= 1, got {split_sizes!r}")
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
+        raise ValueError(f"heads must be None or an integer >= 1, got {heads!r}")
+
+
+def radius(rows: int, cols: int, radius_scale: float) -> float:
+    """R = radius_scale * sqrt(d_out / d_in), the spectral muP radius of a d_out x d_in block."""
+    return radius_scale * math.sqrt(rows / cols)
+
+
+# ------------------------------------------------------------------------------------ the multiplier
+class Multiplier(NamedTuple):
+    """The solver's answer for a batch of blocks (all tensors batched over the blocks' leading dims)."""
+
+    lam: Tensor  # lambda* (float64 for float64 inputs, else float32)
+    phi: Tensor  # msign(M_hat + lambda* Theta)
+    h: Tensor  # <Theta, phi>, float32
+    calls: int  # msign evaluations (each one batched over all blocks)
+    fallback: Tensor  # bool: bracketing failed, lambda = 0 was used
+
+
+def _evaluate(msign_fn: Callable[[Tensor], Tensor], M_hat: Tensor, Theta: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    phi = msign_fn(M_hat + lam[..., None, None].to(M_hat.dtype) * Theta)
+    return phi, (Theta.to(lam.dtype) * phi.to(lam.dtype)).sum(dim=(-2, -1))
+
+
+def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *, method: str = "bisection",
+                     tol: float = 2e-4, max_iter: int = 20, bracket_steps: int = 10, bracket_start: float = 1e-3,
+                     msign_fn: Callable[[Tensor], Tensor] = msign, sync: bool = True) -> Multiplier:
+    """Root of h(lambda) = <Theta, msign(M_hat + lambda Theta)> for every matrix of a batch (..., m, n).
+
+    From lambda_0 (``lam0``, the previous step's root; 0 when None): if |h(lambda_0)| <= tol stop; else step
+    away against sign(h(lambda_0)) by ``bracket_start`` * 2^j, j < ``bracket_steps``, until h changes sign,
+    then shrink the bracket up to ``max_iter`` times until |h| <= tol: by bisection (``method="bisection"``,
+    Xie et al. 2026, Alg. 1) or by false position with the Illinois modification (``method="illinois"``: the
+    secant point of the bracket, halving the stored h of an end kept twice in a row; superlinear where h is
+    smooth). The evaluated lambda with the smallest |h| is returned. A matrix whose bracketing fails takes
+    lambda = 0 (as in the paper).
+
+    h can jump: where M_hat + lambda Theta loses rank (one lambda always does for square matrices), msign
+    jumps and h has no zero, only a sign change. When the budget ends on such a bracket [lo, hi] with
+    |h| > tol, the answer is the convex combination Phi = w Phi(lo) + (1 - w) Phi(hi) with w h(lo) +
+    (1 - w) h(hi) = 0: still ||Phi||_2 <= 1, exactly tangent, and at a jump the right element of the nuclear
+    norm's subdifferential (the tangent steepest direction).
+
+    All matrices advance together: each round is ONE batched msign call, and the per-matrix bookkeeping is done
+    with ``torch.where`` on the device. ``sync=True`` ends the loop as soon as every matrix is finished (one
+    host sync per round); ``sync=False`` runs all ``bracket_steps + max_iter`` rounds (no host sync at all).
+    """
+    check_choice(method, "method", SOLVERS)
+    batch = M_hat.shape[:-2]
+    at_zero = lam0 is None
+    scalar = torch.float64 if M_hat.dtype == torch.float64 else torch.float32
+    lam0 = torch.zeros(batch, device=M_hat.device, dtype=scalar) if lam0 is None else lam0.to(scalar)
+    phi, h = _evaluate(msign_fn, M_hat, Theta, lam0)
+    calls = 1
+    phi_zero, h_zero = (phi, h) if at_zero else (None, None)
+    sign0 = torch.where(h >= 0, 1.0, -1.0).to(scalar)
+    best_lam, best_h, best_phi = lam0, h, phi
+    done = h.abs() <= tol
+    failed = torch.zeros_like(done)
+    bracketed = torch.zeros_like(done)
+    # The bracket: ``low`` lies on h(lambda_0)'s side of the root, ``high`` on the other side; ``h_*`` are their
+    # h values, ``f_*`` the ones false position uses (Illinois halves the f of an end kept twice).
+    low, h_low, f_low, phi_low = lam0, h, h, phi
+    high, h_high, f_high, phi_high = lam0, h, h, phi
+    kept = torch.zeros_like(lam0)  # +1: the last shrink replaced ``high`` (kept ``low``), -1: the reverse
+    expansions = torch.zeros_like(lam0)
+    shrinks = torch.zeros_like(lam0)
+    for _ in range(bracket_steps + max_iter):
+        finished = done | failed
+        if sync and bool(finished.all()):
+            break
+        active = ~finished
+        outward = lam0 - sign0 * bracket_start * torch.exp2(expansions)
+        inner = 0.5 * (low + high)
+        if method == "illinois":
+            gap = f_high - f_low
+            inner = torch.where(gap == 0, inner, (low * f_high - high * f_low) / torch.where(gap == 0, 1.0, gap))
+        trial = torch.where(active, torch.where(bracketed, inner, outward), best_lam)
+        phi, h = _evaluate(msign_fn, M_hat, Theta, trial)
+        calls += 1
+        better = active & (h.abs() < best_h.abs())
+        best_lam, best_h = torch.where(better, trial, best_lam), torch.where(better, h, best_h)
+        best_phi = torch.where(better[..., None, None], phi, best_phi)
+        same_side = h * sign0 > 0
+        expanding, shrinking = active & ~bracketed, active & bracketed
+        to_low, to_high = active & same_side, active & ~same_side
+        if method == "illinois":
+            f_low = torch.where(shrinking & to_high & (kept > 0), 0.5 * f_low, f_low)
+            f_high = torch.where(shrinking & to_low & (kept < 0), 0.5 * f_high, f_high)
+            kept = torch.where(shrinking, torch.where(to_high, 1.0, -1.0).to(scalar), kept)
+        low, h_low, f_low = (torch.where(to_low, new, old) for new, old in ((trial, low), (h, h_low), (h, f_low)))
+        high, h_high, f_high = (torch.where(to_high, new, old) for new, old in ((trial, high), (h, h_high),
+                                                                                 (h, f_high)))
+        phi_low = torch.where(to_low[..., None, None], phi, phi_low)
+        phi_high = torch.where(to_high[..., None, None], phi, phi_high)
+        bracketed = bracketed | (expanding & ~same_side)
+        expansions = expansions + expanding.to(scalar)
+        shrinks = shrinks + shrinking.to(scalar)
+        converged = active & (h.abs() <= tol)
+        failed = failed | (expanding & same_side & ~converged & (expansions >= bracket_steps))
+        done = done | converged | (shrinking & (shrinks >= max_iter))
+    # A bracket that ended with |h| > tol (a jump of h, or noise): the tangent convex combination of its ends.
+    blend = bracketed & (best_h.abs() > tol)
+    w = h_high / torch.where(blend, h_high - h_low, 1.0)
+    best_lam = torch.where(blend, w * low + (1 - w) * high, best_lam)
+    best_h = torch.where(blend, w * h_low + (1 - w) * h_high, best_h)
+    wm = w[..., None, None].to(phi.dtype)
+    best_phi = torch.where(blend[..., None, None], wm * phi_low + (1 - wm) * phi_high, best_phi)
+    fallback = failed & ~done
+    if not sync or bool(fallback.any()):
+        zero = torch.zeros_like(lam0)
+        if phi_zero is None:
+            phi_zero, h_zero = _evaluate(msign_fn, M_hat, Theta, zero)
+            calls += 1
+        best_lam, best_h = torch.where(fallback, zero, best_lam), torch.where(fallback, h_zero, best_h)
+        best_phi = torch.where(fallback[..., None, None], phi_zero, best_phi)
+    return Multiplier(best_lam, best_phi, best_h, calls, fallback)
+
+
+# ----------------------------------------------------------------------------------------- initialization
+@torch.no_grad()
+def spectral_init_(params: nn.Module | Iterable[Tensor], radius_scale: float = 1.0, *,
+                   split_sizes: Sequence[int] | None = None, heads: int | None = None) -> None:
+    """Spectral muP initialization W <- R W / ||W||_2, R = radius_scale sqrt(d_out / d_in), in place.
+
+    ``params``: a model (its hidden matrices, routed as SSO routes them: embeddings, the output head and
+    vectors are left alone) or an iterable of tensors (every tensor with >= 2 dims). Each atomic block
+    (``split_sizes``/``heads`` as in :class:`SSO`; leading dims are stacked matrices) is put on its own sphere.
+    The norm is exact (an SVD in float32), as befits a one-off initialization.
+    """
+    check_positive(radius_scale, "radius_scale")
+    _check_split_options(split_sizes, heads)
+    if isinstance(params, nn.Module):
+        tensors = _hidden_matrices(params)
+    else:
+        tensors = [p for p in params if isinstance(p, Tensor) and p.dim() >= 2]
+    for p in tensors:
+        for seg in atomic_segments(p.shape[-2], split_sizes, heads):
+            block = seg.view(p)
+            sigma = torch.linalg.matrix_norm(block.float(), ord=2).clamp_min(_TINY)
+            block.mul_((radius(seg.rows, p.shape[-1], radius_scale) / sigma)[..., None, None].to(p.dtype))
+
+
+def _hidden_matrices(model: nn.Module) -> list[Tensor]:
+    probe = MuonSphere(model, lr=0.0)
+    return [p for group in probe.param_groups if group["rule"] == SPECTRAL for p in group["params"]]
+
+
+# ------------------------------------------------------------------------------------------ optimizers
+class SSO(SpectralOptimizer):
+    """Spectral Sphere Optimizer (Xie et al. 2026, arXiv 2601.08393): steepest descent on ||W||_2 = R.
+
+    Hidden matrices take the rule in this module's docstring; embeddings, the output head and vectors go to
+    the internal AdamW rule (wd 0.1, betas (0.9, 0.95)) unless routed otherwise (see ``SpectralOptimizer``).
+    Parameters with more than 2 dims are stacks of matrices (e.g. MoE experts (E, d_out, d_in)): each
+    trailing matrix is its own sphere.
+
+    Args:
+        params: a model, tensors, (name, tensor) pairs or param groups. A group may set ``split_sizes``
+            (row chunks of a fused matrix, e.g. [d, d, d] for Q/K/V or [f, f] for gate/up) and ``heads``
+            (cut each chunk into that many equal row blocks); every block is then its own sphere.
+        lr: step length; the update is lr * R * Phi.
+        momentum, nesterov: EMA momentum coefficient beta (default 0.9) and the Nesterov input.
+        radius_scale: r in R = r sqrt(d_out / d_in) (the paper's sweep found r = 2 slightly better).
+        weight_decay: decoupled decay of hidden matrices, W <- (1 - lr wd) W. A no-op under hard retraction
+            (the retraction undoes any rescaling); it only matters with ``retraction="dynamic"``.
+        retraction: "hard" (W <- W R / sigma before the step) or "dynamic" (W <- (1 + a sign(R - sigma)) W,
+            the authors' code; a = ``retraction_rate``, multiplied by lr when ``retraction_rate_times_lr``,
+            the paper's variant).
+        solver_tol, solver_max_iter, solver_bracket_steps: |h| tolerance, bisection and doubling budgets.
+        solver_sync: end the solver as soon as every block has converged (one host sync per solver round);
+            False runs the full budget of rounds with no host sync.
+        power_iters: power iterations per step (warm-started from the previous step's vector);
+            the first step, which has no vector yet, runs ``cold_power_iters``.
+        msign_steps, msign_dtype: Polar Express steps (8) and compute dtype of msign. float32 by default:
+            in bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the 2e-4 level, and the
+            solver then runs to its budget (measured: ~16 msign calls per block and step instead of ~13).
+        solver: "bisection" (the paper's) or "illinois" (the same bracket shrunk by false position; the same
+            root to the same tolerance in fewer msign calls, see BENCHMARKS.md), or None (lambda = 0).
+        track_stats: record per-parameter lambda, sigma and the msign call count for :meth:`statistics`.
+        adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
+    """
+
+    def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.9, nesterov: bool = True, *,
+                 radius_scale: float = 1.0, weight_decay: float = 0.0, retraction: str = "hard",
+                 retraction_rate: float = 0.05, retraction_rate_times_lr: bool = False,
+                 solver: str | None = "bisection", solver_tol: float = 2e-4, solver_max_iter: int = 20,
+                 solver_bracket_steps: int = 10, solver_sync: bool = True, power_iters: int = 10, power_rank: int = 4,
+                 cold_power_iters: int = 50, msign_steps: int = 8, msign_dtype: torch.dtype = torch.float32,
+                 track_stats: bool = False, split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                 fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
+                 adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
+        check_unit_interval(momentum, "momentum")
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be a bool, got {nesterov!r}")
+        check_positive(radius_scale, "radius_scale")
+        check_choice(retraction, "retraction", RETRACTIONS)
+        check_positive(retraction_rate, "retraction_rate")
+        check_choice(solver, "solver", (*SOLVERS, None))
+        check_positive(solver_tol, "solver_tol")
+        for value, name in ((solver_max_iter, "solver_max_iter"), (solver_bracket_steps, "solver_bracket_steps"),
+                            (power_iters, "power_iters"), (power_rank, "power_rank"),
+                            (cold_power_iters, "cold_power_iters"),
+                            (msign_steps, "msign_steps")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if msign_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            raise ValueError(f"msign_dtype must be a floating torch dtype, got {msign_dtype!r}")
+        _check_split_options(split_sizes, heads)
+        self.retraction, self.retraction_rate = retraction, retraction_rate
+        self.retraction_rate_times_lr = bool(retraction_rate_times_lr)
+        self.solver, self.solver_tol, self.solver_max_iter = solver, solver_tol, solver_max_iter
+        self.solver_bracket_steps, self.solver_sync = solver_bracket_steps, bool(solver_sync)
+        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
+        self.power_rank = power_rank
+        self.msign_steps, self.msign_dtype = msign_steps, msign_dtype
+        self.track_stats = bool(track_stats)
+        self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
+        self._stats: dict[str, Tensor] = {}
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
+                    "weight_decay": weight_decay, "split_sizes": split_sizes, "heads": heads}
+        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
+                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                         nonfinite=nonfinite)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_unit_interval(param_group.get("momentum", self.defaults["momentum"]), "momentum")
+        check_positive(param_group.get("radius_scale", self.defaults["radius_scale"]), "radius_scale")
+        _check_split_options(param_group.get("split_sizes"), param_group.get("heads"))
+        super().add_param_group(param_group)
+        for group in self.param_groups:
+            if group["rule"] != SPECTRAL:
+                continue
+            for name, p in zip(group["param_names"], group["params"]):
+                if p.dim() < 2:
+                    raise ValueError(f"{type(self).__name__} needs matrices for its spectral rule; parameter {name} "
+                                     f"has shape {tuple(p.shape)} (route it to AdamW with fallback=('vectors', ...))")
+                atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
+
+    def _msign(self, X: Tensor) -> Tensor:
+        return msign(X, coefficients="polar_express", steps=self.msign_steps, dtype=self.msign_dtype)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        self.msign_calls = 0
+        if self.track_stats:
+            self._stats = {}
+        loss = super().step(closure)
+        if self.track_stats:
+            self._stats["sso/msign_calls"] = torch.tensor(float(self.msign_calls))
+        return loss
+
+    def _spectral_step(self, group: dict[str, Any]) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        for name, p in zip(group["param_names"], group["params"]):
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            segments = atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf, beta = state["momentum_buffer"], group["momentum"]
+            buf.lerp_(p.grad, 1 - beta)  # M <- beta M + (1 - beta) G; Nesterov input (1 - beta) G + beta M
+            direction = p.grad.lerp(buf, beta) if group["nesterov"] else buf
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            blocks = sum(seg.count for seg in segments)
+            cold = "power_v" not in state
+            if cold:
+                rank = min(self.power_rank, p.shape[-1], *(seg.rows for seg in segments))
+                state["power_v"] = torch.randn((*p.shape[:-2], blocks, p.shape[-1], rank), device=p.device,
+                                               generator=torch.Generator(p.device).manual_seed(0))
+                state["lambda"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
+                state["sigma"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
+            first = 0
+            for seg in segments:
+                index = slice(first, first + seg.count)
+                first += seg.count
+                self._block_step(p, seg, direction, state, index, lr, group["radius_scale"], cold)
+            if self.track_stats:
+                self._stats[f"sso/sigma/{name}"] = state["sigma"].mean()
+                if self.solver is not None:
+                    self._stats[f"sso/lambda/{name}"] = state["lambda"].mean()
+
+    def _block_step(self, p: Tensor, seg: _Segment, direction: Tensor, state: dict[str, Any], index: slice,
+                    lr: float, radius_scale: float, cold: bool) -> None:
+        W = seg.view(p)
+        R = radius(seg.rows, p.shape[-1], radius_scale)
+        iters = self.cold_power_iters if cold else self.power_iters
+        U, S, V = top_singular(W, state["power_v"].shape[-1], iters=iters, v0=state["power_v"][..., index, :, :])
+        state["power_v"][..., index, :, :] = V
+        sigma, u, v = S[..., 0], U[..., 0], V[..., 0]
+        state["sigma"][..., index] = sigma
+        if self.retraction == "hard":
+            W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(p.dtype))
+        else:
+            rate = self.retraction_rate * (lr if self.retraction_rate_times_lr else 1.0)
+            W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(p.dtype))
+        M = seg.view(direction).float()
+        M_hat = M / torch.linalg.matrix_norm(M, keepdim=True).clamp_min(_TINY)
+        if self.solver is None:
+            phi = self._msign(M_hat)
+            self.msign_calls += 1
+        else:
+            Theta = u[..., :, None] * v[..., None, :]
+            answer = solve_multiplier(M_hat, Theta, state["lambda"][..., index], method=self.solver,
+                                      tol=self.solver_tol,
+                                      max_iter=self.solver_max_iter, bracket_steps=self.solver_bracket_steps,
+                                      msign_fn=self._msign, sync=self.solver_sync)
+            phi = answer.phi
+            state["lambda"][..., index] = answer.lam
+            self.msign_calls += answer.calls
+        W.add_(phi.to(p.dtype), alpha=-lr * R)
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Scalar tensors of the last step (empty unless ``track_stats=True``): per parameter the mean
+        pre-retraction sigma ("sso/sigma/<name>") and lambda* ("sso/lambda/<name>") over its blocks, and the
+        number of msign calls ("sso/msign_calls"). No host sync happens to produce them."""
+        return dict(self._stats)
+
+
+class MuonSphere(SSO):
+    """SSO with lambda = 0 (Xie et al. 2026): the retraction and the Muon step lr R msign(M_hat), no solver."""
+
+    def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.9, nesterov: bool = True,
+                 **kwargs: Any) -> None:
+        if "solver" in kwargs:
+            raise ValueError("MuonSphere has no solver (lambda = 0); use SSO(..., solver=...) instead")
+        super().__init__(params, lr, momentum, nesterov, solver=None, **kwargs)
