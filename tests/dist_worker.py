@@ -11,11 +11,13 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from spectrakit.distributed import ROWS_CAPABLE
 from spectrakit.linalg import soft_clip
 from spectrakit.optim.base import SpectralOptimizer
 
@@ -44,15 +46,47 @@ class ClipMomentum(SpectralOptimizer):
             p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
 
 
-def optimizer_kinds() -> dict[str, callable]:
-    """name -> factory(params) for every optimizer the distributed tests cover (those that exist)."""
-    kinds = {"clip_momentum": lambda params: ClipMomentum(params)}
+ROWS_CAPABLE.add("ClipMomentum")
+
+
+def optimizer_kinds() -> dict[str, Callable]:
+    """name -> factory(model) for every optimizer the distributed tests cover (those that exist).
+
+    Matrix functions run in float32 (not the bfloat16 defaults) so that runs can be compared to float32
+    round-off; clip thresholds are small enough that the clips are active on these matrices.
+    """
+    from spectrakit import optim
+
+    f32 = torch.float32
+    kinds = {
+        "clip_momentum": lambda m: ClipMomentum(m),
+        "spectra_soft": lambda m: optim.Spectra(m, lr=0.02, clip="soft", clip_c=1.0, clip_dtype=f32),
+        "spectra_hard": lambda m: optim.Spectra(m, lr=0.02, clip="hard", clip_c=1.0, clip_dtype=f32),
+        "muon": lambda m: optim.Muon(m, lr=0.02, ns_dtype=f32),
+    }
+    sso = _optional("spectrakit.optim.sso", "SSO")
+    if sso is not None:
+        kinds["sso"] = lambda m: sso(m, lr=0.02, msign_dtype=f32)
+    spike = _optional("spectrakit.optim", "SpikeAware")
+    if spike is not None:
+        kinds["spike_aware"] = lambda m: spike(m, lr=0.02)
     return kinds
+
+
+def _optional(module: str, name: str):
+    """An optimizer class that may not have landed yet (None when absent)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 class TinyNet(nn.Module):
     """Matrices of several aspect ratios: 13 x 6 (13 rows do not split evenly over 2 ranks), 6 x 13 (wide),
-    5 x 6, 24 x 5 (tall: the row-sharded path is the cheaper one), and a norm gain (AdamW-routed)."""
+    5 x 6, 24 x 5 (tall: the row-sharded path is the cheaper one), 1 x 24 (rank 1 holds no row of it), and a
+    norm gain (AdamW-routed unless the optimizer clips vectors)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,11 +95,13 @@ class TinyNet(nn.Module):
         self.gain = nn.Parameter(torch.ones(6))
         self.mix = nn.Linear(6, 5, bias=False)
         self.out = nn.Linear(5, 24, bias=False)
+        self.score = nn.Linear(24, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.up(x))
         h = torch.tanh(self.down(h) * self.gain)
-        return self.out(torch.tanh(self.mix(h)))
+        out = self.out(torch.tanh(self.mix(h)))
+        return torch.cat([out, self.score(out)], dim=-1)
 
 
 def make_model() -> TinyNet:
@@ -77,7 +113,7 @@ def batch(step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch
     """The full batch of a step, or rank's contiguous share of it."""
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(BATCH, 6, generator=g)
-    y = torch.randn(BATCH, 24, generator=g)
+    y = torch.randn(BATCH, 25, generator=g)
     per = BATCH // world
     return x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
 
@@ -106,8 +142,13 @@ def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def reference(kind: str, steps: int = STEPS) -> dict[str, torch.Tensor]:
     """Single-process run of ``kind`` for ``steps`` steps: the parameters at the end."""
-    model = make_model()
-    train(model, optimizer_kinds()[kind](model), range(steps))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, so kernels sum in the same order
+    try:
+        model = make_model()
+        train(model, optimizer_kinds()[kind](model), range(steps))
+    finally:
+        torch.set_num_threads(threads)
     return full_params(model)
 
 
@@ -120,7 +161,7 @@ def _wrap(model: nn.Module, parallel: str):
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
-    for module in (model.up, model.down, model.mix, model.out):
+    for module in (model.up, model.down, model.mix, model.out, model.score):
         fully_shard(module, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 
@@ -131,19 +172,48 @@ def _distributed_optimizer(kind: str, model: nn.Module, parallel: str, rows_path
     return DistributedSpectral(optimizer_kinds()[kind](model), parallel=parallel, rows_path=rows_path)
 
 
-def scenario_train(args: dict, rank: int, world: int) -> dict:
-    """Train every kind for STEPS steps under args["parallel"]; return final parameters, report, bytes."""
+#: (parallel, rows_path) combinations the suite trains under.
+RUNS = (("ddp", "auto"), ("fsdp", "auto"), ("fsdp", "always"))
+#: Steps before the checkpoint in the resume tests (the run then continues to STEPS).
+SAVE_AT = 5
+
+
+def _setup(kind: str, parallel: str, rows_path: str = "auto"):
+    model = _wrap(make_model(), parallel)
+    return model, _distributed_optimizer(kind, model, parallel, rows_path)
+
+
+def scenario_suite(args: dict, rank: int, world: int) -> dict:
+    """Everything the tests need from one launch (process start-up dominates the time):
+
+    - "train/<parallel>/<rows_path>/<kind>": STEPS steps; final parameters, ownership report, paths, bytes;
+    - "saved/<parallel>/<kind>": SAVE_AT steps, then a checkpoint in args["dir"]/<parallel>-<kind> (N -> 1);
+    - "resumed/<parallel>/<kind>": load args["dir"]/single-<kind> (written by one process after SAVE_AT steps),
+      run to STEPS; final parameters (1 -> N).
+    """
+    from spectrakit.distributed import load_checkpoint, save_checkpoint
+
     out = {}
+    root = Path(args["dir"])
     for kind in args["kinds"]:
-        model = _wrap(make_model(), args["parallel"])
-        opt = _distributed_optimizer(kind, model, args["parallel"], args.get("rows_path", "auto"))
-        train(model, opt, range(STEPS), rank, world)
-        out[kind] = {"params": full_params(model), "report": opt.ownership_report(),
-                     "paths": {m.name: m.path for m in opt.members}, "bytes": opt.last_step_bytes}
+        for parallel, rows_path in RUNS:
+            model, opt = _setup(kind, parallel, rows_path)
+            train(model, opt, range(STEPS), rank, world)
+            out[f"train/{parallel}/{rows_path}/{kind}"] = {
+                "params": full_params(model), "report": opt.ownership_report(),
+                "paths": {m.name: m.path for m in opt.members}, "bytes": opt.last_step_bytes}
+        for parallel in ("ddp", "fsdp"):
+            model, opt = _setup(kind, parallel)
+            train(model, opt, range(SAVE_AT), rank, world)
+            save_checkpoint(root / f"{parallel}-{kind}", model, opt)
+            model, opt = _setup(kind, parallel)
+            load_checkpoint(root / f"single-{kind}", model, opt)
+            train(model, opt, range(SAVE_AT, STEPS), rank, world)
+            out[f"resumed/{parallel}/{kind}"] = full_params(model)
     return out
 
 
-SCENARIOS = {"train": scenario_train}
+SCENARIOS = {"suite": scenario_suite}
 
 
 def main() -> None:

@@ -6,9 +6,10 @@
 - :func:`save_checkpoint` / :func:`load_checkpoint`: torch.distributed.checkpoint, any world size to any other.
 """
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .optimizer import ROWS_CAPABLE, DistributedSpectral, canonical_name
 from .partition import balanced_owners, matrix_cost
 from .rows import sharded_call
 
-__all__ = ["ROWS_CAPABLE", "DistributedSpectral", "balanced_owners", "canonical_name", "matrix_cost",
-           "sharded_call"]
+__all__ = ["ROWS_CAPABLE", "DistributedSpectral", "balanced_owners", "canonical_name", "load_checkpoint",
+           "matrix_cost", "save_checkpoint", "sharded_call"]

@@ -47,9 +47,10 @@ PARALLEL_MODES = ("auto", "ddp", "fsdp")
 ROWS_PATH_CHOICES = ("auto", "never", "always")
 REPLICATED, LOCAL, ROWS, OWNER = "replicated", "local", "rows", "owner"
 
-#: Optimizer classes whose spectral rule is elementwise math around soft_clip / hard_clip / msign applied to
-#: each whole parameter, so it runs unchanged on row-sharded DTensors (the "rows" path).
-ROWS_CAPABLE: set[str] = set()
+#: Names of optimizer classes whose spectral rule is elementwise math around soft_clip / hard_clip / msign of
+#: each whole parameter, so it runs unchanged on row-sharded DTensors (the "rows" path). Add a class of your
+#: own when that holds for it.
+ROWS_CAPABLE: set[str] = {"Spectra", "Muon"}
 
 _WRAPPER_PREFIX = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 
@@ -96,7 +97,8 @@ class DistributedSpectral(Optimizer):
             (fsdp when any parameter is a DTensor).
         group: the process group (DDP; default: the world). FSDP2 uses the parameters' 1-D device mesh.
         rows_path: FSDP2 only: "auto" (row-sharded evaluation where supported and cheaper), "never", or
-            "always" (wherever supported, for tests).
+            "always" (every matrix the optimizer supports it for). Supported: optimizer classes named in
+            ``ROWS_CAPABLE``, for matrices sharded on dim 0.
 
     The update equals the wrapped optimizer's single-process update up to floating-point round-off (DDP and
     the FSDP2 owner path run the identical computation on the full matrix; the rows path evaluates f(X) as
@@ -162,8 +164,7 @@ class DistributedSpectral(Optimizer):
             return LOCAL
         if p.dim() < 2 or any(type(pl).__name__ != "Shard" or pl.dim != 0 for pl in p.placements):
             return OWNER
-        capable = type(self.optimizer).__name__ in ROWS_CAPABLE or self.rows_path == "always"
-        if self.rows_path == "never" or not capable:
+        if self.rows_path == "never" or type(self.optimizer).__name__ not in ROWS_CAPABLE:
             return OWNER
         if self.rows_path == "always":
             return ROWS
@@ -387,7 +388,8 @@ class DistributedSpectral(Optimizer):
                 offsets[m.owner] += n
 
     # ------------------------------------------------------------------------------------- checkpoints
-    def _state_key(self, m: Member) -> Tensor:
+    def state_key(self, m: Member) -> Tensor:
+        """The tensor that keys the optimizer state of ``m`` on this rank (its owner-path proxy or the parameter)."""
         return self._proxy(m) if m.path == OWNER and self.parallel == "fsdp" else m.param
 
     def held_members(self) -> list[Member]:
@@ -398,7 +400,7 @@ class DistributedSpectral(Optimizer):
         """This rank's optimizer state keyed by canonical parameter name (for distributed checkpoints)."""
         out = {}
         for m in self.held_members():
-            state = self.optimizer.state.get(self._state_key(m))
+            state = self.optimizer.state.get(self.state_key(m))
             if state:
                 out[m.name] = dict(state)
         return out
@@ -407,7 +409,7 @@ class DistributedSpectral(Optimizer):
         """Install state for the parameters this rank holds (values are used as given)."""
         for m in self.held_members():
             if m.name in named:
-                self.optimizer.state[self._state_key(m)] = dict(named[m.name])
+                self.optimizer.state[self.state_key(m)] = dict(named[m.name])
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's part: {"state": {name: {...}}, "param_groups": [...], "spectrakit": {...}}.

@@ -37,16 +37,16 @@ def _plain(value: Any) -> Any:
 
 def _tsqr_apply(local: Tensor, fn: Callable[..., Any], group: Any, args: tuple, kwargs: dict,
                 return_bound: bool) -> tuple[Tensor, Tensor | None]:
-    """Rows of f(X) for the rows ``local`` (m_r x n) of a row-sharded X (see the module docstring)."""
+    """Rows of f(X) for the rows ``local`` (..., m_r, n) of a row-sharded X (see the module docstring)."""
     n = local.shape[-1]
-    rank, size = _comm.world(group)
+    rank, _ = _comm.world(group)
     Q1, R1 = torch.linalg.qr(local.double())
-    k = R1.shape[0]
-    R_pad = torch.zeros(n, n, dtype=torch.float64, device=local.device)
-    R_pad[:k] = R1
-    stacked = torch.cat(_comm.all_gather_equal(R_pad, group))
+    k = R1.shape[-2]
+    R_pad = torch.zeros(*local.shape[:-2], n, n, dtype=torch.float64, device=local.device)
+    R_pad[..., :k, :] = R1
+    stacked = torch.cat(_comm.all_gather_equal(R_pad, group), dim=-2)
     Q2, R = torch.linalg.qr(stacked)
-    Q_local = Q1 @ Q2[rank * n:rank * n + k]
+    Q_local = Q1 @ Q2[..., rank * n:rank * n + k, :]
     out = fn(R.mT.to(local.dtype), *args, **kwargs)
     F, bound = out if return_bound else (out, None)
     return (Q_local @ F.mT.double()).to(local.dtype), bound
@@ -56,7 +56,8 @@ def sharded_call(fn: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> A
     """Evaluate ``fn(X, *args, **kwargs)`` for a DTensor ``X``; returns a DTensor with X's placements.
 
     ``fn`` must be a unitarily invariant spectral map of each trailing matrix (soft_clip, hard_clip, msign).
-    With ``return_bound=True`` the bound comes back as a replicated DTensor.
+    With ``return_bound=True`` the bound comes back as a DTensor too (replicated unless X is sharded
+    over a batch dim).
     """
     from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
@@ -75,14 +76,17 @@ def sharded_call(fn: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> A
 
     if mesh.ndim == 1 and X.dim() >= 2:
         placement = placements[0]
-        if isinstance(placement, Replicate):
-            out = fn(X.to_local(), *args, **kwargs)
+        dim = placement.dim % X.dim() if isinstance(placement, Shard) else None
+        if isinstance(placement, Replicate) or (dim is not None and dim < X.dim() - 2 and scalar_threshold):
+            out = fn(X.to_local(), *args, **kwargs)  # whole matrices on every rank: nothing to exchange
+            if return_bound and dim is not None:  # the bound is sharded over the batch like X
+                return DTensor.from_local(out[0], mesh, placements, shape=X.shape, stride=X.stride()), \
+                    DTensor.from_local(out[1], mesh, placements)
             return wrap(*out) if return_bound else wrap(out, None)
-        if isinstance(placement, Shard) and X.dim() == 2 and scalar_threshold:
-            group = mesh.get_group()
-            if placement.dim in (0, -2):
-                return wrap(*_tsqr_apply(X.to_local(), fn, group, args, kwargs, return_bound))
-            Yt, bound = _tsqr_apply(X.to_local().mT, fn, group, args, kwargs, return_bound)
+        if dim == X.dim() - 2:
+            return wrap(*_tsqr_apply(X.to_local(), fn, mesh.get_group(), args, kwargs, return_bound))
+        if dim == X.dim() - 1:
+            Yt, bound = _tsqr_apply(X.to_local().mT, fn, mesh.get_group(), args, kwargs, return_bound)
             return wrap(Yt.mT.contiguous(), bound)
     full = X.full_tensor()
     out = fn(full, *args, **kwargs)

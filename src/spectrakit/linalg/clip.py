@@ -7,15 +7,22 @@ hard:  sigma -> min(sigma, c)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ._validate import batch_threshold, check_positive_int, check_tensor, check_threshold
 from .exact import hard_clip_svd, soft_clip_svd
 from .newton_schulz import soft_clip_newton_schulz
+from .polar_clip import hard_clip_polar, soft_clip_polar
 
 SOFT_METHODS = ("auto", "polar", "newton_schulz", "svd")
 HARD_METHODS = ("auto", "polar", "svd")
+_POLAR_DTYPES = (torch.float32, torch.float64)
+#: "auto" uses the exact SVD (float64) up to this min(m, n) on CPU, where it is measured faster
+#: (benchmarks/bench_linalg.py); the polar iteration above it and on accelerators.
+_AUTO_SVD_MAX_SIDE_CPU = 16
 
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> None:
@@ -31,21 +38,70 @@ def _vector_rule(u: Tensor, c: float | Tensor, hard: bool) -> tuple[Tensor, Tens
     return (uf * scale).to(u.dtype), norm.squeeze(-1)
 
 
-def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
-              dtype: torch.dtype | None = None, return_bound: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """SPECTRA's soft spectral clip H_c(X) = X (I + X^T X / c^2)^{-1/2} of each trailing matrix.
+def _resolve_method(method: str, X: Tensor) -> str:
+    if method != "auto":
+        return method
+    small = min(X.shape[-2:]) <= _AUTO_SVD_MAX_SIDE_CPU and X.device.type == "cpu"
+    return "svd" if small else "polar"
 
+
+def _polar_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float64
+    if dtype not in _POLAR_DTYPES:
+        raise ValueError(f"dtype for method 'polar' must be torch.float32 or torch.float64 (or None), got {dtype}")
+    return dtype
+
+
+def _run_polar(fn: Callable[..., tuple[Tensor, Tensor]], Xw: Tensor, c: float | Tensor, steps: int | None,
+               dtype: torch.dtype | None, adaptive: bool | None) -> tuple[Tensor, Tensor]:
+    """Flatten the batch, cast to the compute dtype, call a polar_clip function, restore shape and dtype."""
+    work = _polar_dtype(dtype)
+    batch_shape, (m, n) = Xw.shape[:-2], Xw.shape[-2:]
+    if Xw.numel() == 0:
+        return Xw.clone(), torch.zeros(batch_shape, dtype=torch.float32, device=Xw.device)
+    Xf = Xw.reshape(-1, m, n).to(work)
+    cf = (c.to(device=Xw.device, dtype=work).expand(batch_shape) if isinstance(c, Tensor)
+          else torch.full(batch_shape, float(c), dtype=work, device=Xw.device)).reshape(-1)
+    if adaptive is None:
+        adaptive = Xw.device.type == "cpu"
+    Y, bound = fn(Xf, cf, steps=steps, adaptive=adaptive)
+    return Y.reshape(Xw.shape).to(Xw.dtype), bound.reshape(batch_shape).float()
+
+
+_COMMON_ARGS = """
     Args:
         X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
-        c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch).
-        method: "auto" | "polar" | "newton_schulz" (the authors' iteration, 10 steps) | "svd" (exact).
-        steps: iteration count for the iterative methods (default: the method's own).
-        dtype: compute dtype for the iteration (default: the method's documented choice).
-        return_bound: also return an upper-bound estimate of sigma_max per matrix (shape X.shape[:-2]),
-            computed anyway by the iterative methods (exact for "svd").
+        c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch). Tensor
+            values are not checked (that would synchronise); c <= 0 there gives undefined results.
+        method: "auto" | "polar" | "svd" (exact, float64){extra_methods}. "auto" is the exact SVD for
+            min(m, n) <= 16 on CPU (faster there) and "polar" otherwise.
+        steps: iteration count (default: chosen per call, see ``adaptive``).
+        dtype: compute dtype of the iteration. "polar": float64 (default) or float32. Measured on a CPU
+            (2 AVX2 cores, no bf16 matmul units): bf16 matmuls are ~20-300x slower than float32 there and
+            float32 loses accuracy from sigma_max/c ~ 100 on (forming X X^T squares the condition number:
+            the eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2), while
+            float64 costs 1.2-2x float32 and meets 1e-3 up to sigma_max/c = 1e4.
+        return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
+            computes anyway ("polar": sqrt of min(Gershgorin, Frobenius) bounds of X X^T and (X X^T)^2, within
+            a factor rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
+        adaptive: "polar" only: choose the number of steps from the computed bound (the largest need in
+            the batch; this reads one integer on the host). None (default) = True on CPU, where that read
+            costs nothing, and False on accelerators, where a fixed worst-case count (enough for
+            sigma_max/c up to ~1e5 .. 1e10) keeps the call free of host synchronisation.
 
-    Returns the clipped tensor in X's dtype (and the bound when asked). NaN in gives NaN out.
-    """
+    Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
+    gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
+"""
+
+
+def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
+              dtype: torch.dtype | None = None, return_bound: bool = False,
+              adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
+        from ..distributed.rows import sharded_call
+        return sharded_call(soft_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
+                            adaptive=adaptive)
     check_tensor(X, "X", min_dim=1)
     check_threshold(c, "c")
     check_positive_int(steps, "steps")
@@ -53,11 +109,14 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     if X.dim() == 1:
         Y, norm = _vector_rule(X, c, hard=False)
         return (Y, norm) if return_bound else Y
+    method = _resolve_method(method, X)
     transposed = X.shape[-2] > X.shape[-1]
     Xw = X.mT if transposed else X
-    if method in ("svd", "auto", "polar"):
+    if method == "svd":
         Y = soft_clip_svd(Xw, c)
         bound = torch.linalg.matrix_norm(Xw.double(), ord=2).float()
+    elif method == "polar":
+        Y, bound = _run_polar(soft_clip_polar, Xw, c, steps, dtype, adaptive)
     else:
         cb = batch_threshold(c, Xw, dtype or torch.bfloat16)
         Y, bound = soft_clip_newton_schulz(Xw, cb, steps=steps or 10, dtype=dtype or torch.bfloat16)
@@ -65,9 +124,23 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     return (Y, bound) if return_bound else Y
 
 
+soft_clip.__doc__ = """SPECTRA's soft spectral clip H_c(X) = X (I + X^T X / c^2)^{-1/2} of each trailing matrix.
+
+    Singular values map sigma -> sigma / sqrt(1 + sigma^2/c^2) (Jiang, Semenov, Stich 2026, arXiv 2603.14315);
+    H_{tc}(tX) = t H_c(X). "polar" computes H_c(X) = c * top rows of msign([X/c; I]) with Polar-Express
+    quintics fitted to the known lower end of that stack's spectrum, in the min(m, n)-sized Gram space
+    (see spectrakit.linalg.polar_clip); "newton_schulz" is the authors' coupled iteration (10 steps, bfloat16
+    by default; float32 with dtype=torch.float32), accurate only while sigma_max/c <~ 10.
+""" + _COMMON_ARGS.format(extra_methods=' | "newton_schulz"')
+
+
 def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
-              dtype: torch.dtype | None = None, return_bound: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Hard spectral clip sigma -> min(sigma, c) of each trailing matrix (same arguments as soft_clip)."""
+              dtype: torch.dtype | None = None, return_bound: bool = False,
+              adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
+        from ..distributed.rows import sharded_call
+        return sharded_call(hard_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
+                            adaptive=adaptive)
     check_tensor(X, "X", min_dim=1)
     check_threshold(c, "c")
     check_positive_int(steps, "steps")
@@ -75,6 +148,22 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     if X.dim() == 1:
         Y, norm = _vector_rule(X, c, hard=True)
         return (Y, norm) if return_bound else Y
-    Y = hard_clip_svd(X, c)
-    bound = torch.linalg.matrix_norm(X.double(), ord=2).float()
+    method = _resolve_method(method, X)
+    transposed = X.shape[-2] > X.shape[-1]
+    Xw = X.mT if transposed else X
+    if method == "svd":
+        Y = hard_clip_svd(Xw, c)
+        bound = torch.linalg.matrix_norm(Xw.double(), ord=2).float()
+    else:
+        Y, bound = _run_polar(hard_clip_polar, Xw, c, steps, dtype, adaptive)
+    Y = (Y.mT if transposed else Y).to(X.dtype)
     return (Y, bound) if return_bound else Y
+
+
+hard_clip.__doc__ = """Hard spectral clip sigma -> min(sigma, c) of each trailing matrix.
+
+    "polar" uses msign-only formulas (Jianlin Su, kexue.fm/archives/11006, 11059):
+    hard_clip_c(X) = c mclip(X/c), mclip(M) = 1/2 [(I + S) msign(M) + (I - S) M], S = sign(M M^T - I),
+    all evaluated in the min(m, n)-sized Gram space (see spectrakit.linalg.polar_clip). Singular values within
+    2e-4 c of c may be clipped only partly (relative error <= 1e-4 there).
+""" + _COMMON_ARGS.format(extra_methods="")

@@ -10,6 +10,9 @@ from torch import Tensor
 
 def spectral_map_svd(X: Tensor, f: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
     """U f(S) V^T for X = U S V^T, computed in ``dtype`` (float64 by default); output in X's dtype."""
+    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
+        from ..distributed.rows import sharded_call
+        return sharded_call(spectral_map_svd, X, f, dtype)
     U, S, Vh = torch.linalg.svd(X.to(dtype), full_matrices=False)
     return ((U * f(S).unsqueeze(-2)) @ Vh).to(X.dtype)
 

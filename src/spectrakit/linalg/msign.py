@@ -78,6 +78,9 @@ def msign(
     A zero matrix maps to zero; NaN in gives NaN out. The input is scaled by its Frobenius norm, an
     upper bound on the spectral norm, so no host synchronisation happens.
     """
+    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
+        from ..distributed.rows import sharded_call
+        return sharded_call(msign, X, coefficients=coefficients, steps=steps, dtype=dtype)
     check_tensor(X, "X", min_dim=2)
     check_positive_int(steps, "steps")
     if isinstance(coefficients, str):
