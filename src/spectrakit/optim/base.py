@@ -80,6 +80,7 @@ class SpectralOptimizer(Optimizer):
         self._unnamed_count = 0
         self.nonfinite = nonfinite
         self.skipped_steps = 0
+        self._statistics: dict[str, Tensor] = {}
         if isinstance(params, nn.Module):
             params, self._embedding_ids = module_param_groups(params)
         defaults = {**defaults, "rule": None, "adamw_betas": tuple(adamw_betas), "adamw_eps": adamw_eps}
@@ -127,6 +128,11 @@ class SpectralOptimizer(Optimizer):
     def routing_report(self) -> str:
         """The routing as a readable table."""
         return format_routes(self._routes)
+
+    def statistics(self) -> dict[str, Tensor]:
+        """Diagnostics of the last step as a flat dict of scalar tensors (no host sync; empty unless the
+        subclass was asked to track them, e.g. ``track_stats=True``). Subclasses fill ``self._statistics``."""
+        return dict(self._statistics)
 
     # -------------------------------------------------------------------------------------------- step
     @torch.no_grad()

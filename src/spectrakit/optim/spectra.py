@@ -1,0 +1,201 @@
+"""SPECTRA: spectral clipping of any base optimizer's direction (Jiang, Semenov, Stich 2026, arXiv 2603.14315).
+
+Update of every clipped parameter X (SPEC 1.1):
+
+    U_k     = base direction (AdamW, Signum, MARS, AdEMAMix or momentum; see ``directions``)
+    X_{k+1} = (1 - lr*wd) X_k - alpha_shape * lr * clip_{c_t}(U_k)
+
+computed natively: U_k comes straight from the base rule (no parameter copy, no recovery by subtraction),
+so the optimizer state is exactly the base optimizer's. ``clip_c`` maps each trailing matrix's singular
+values sigma -> sigma / sqrt(1 + sigma^2/c^2) (soft, the paper's default), min(sigma, c) (hard) or 1
+(normalize, Muon's limit). alpha_shape follows ``scale`` (default "keller" = sqrt(max(1, rows/cols)),
+the authors' code) and is 1 for vectors; parameters that are not clipped take the plain base step.
+c_t follows the threshold schedule of ``schedule.ClipSchedule`` (warmup rule c*peak_lr/lr_t; optional decay).
+
+Frank-Wolfe reading (paper): with constant c and lr, ||X_k||_2 <= (1 - lr wd)^k ||X_0||_2
++ (1 - (1 - lr wd)^k) * alpha_shape * c / wd for the soft and hard clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._chunks import chunks_by_key
+from ._selection import ClipSelection
+from ._validate import check_choice, check_positive
+from .base import SpectralOptimizer
+from .directions import BASES, base_direction, base_options, validate_base_options
+from .scale import SCALE_CONVENTIONS, shape_scale
+from .schedule import ClipSchedule, group_threshold, prepare_group
+from .stats import record_clip_statistics
+from .transforms import CLIP_KINDS, VECTOR_RULES, check_method, spectral_transform
+
+
+def check_clip_c(value: object, name: str = "clip_c") -> None:
+    check_positive(value, name)
+
+
+class Spectra(SpectralOptimizer):
+    """SPECTRA over a base optimizer, for a whole model in one object.
+
+    Args:
+        params: an ``nn.Module``, tensors, (name, tensor) pairs or param-group dicts. Groups may override
+            lr, weight_decay, the base hyperparameters, ``clip`` (a kind or None = unclipped), ``clip_c``,
+            ``peak_lr`` and ``rule`` ("spectral" | "adamw").
+        lr: learning rate (the peak lr of the threshold warmup unless a group sets ``peak_lr`` or a torch LR
+            scheduler set ``initial_lr``).
+        base: "adamw" | "signum" | "mars" | "ademamix" | "momentum".
+        weight_decay: decoupled weight decay lambda (X <- (1 - lr*lambda) X).
+        betas, eps, momentum, dampening, nesterov, gamma, vector_betas, alpha, alpha_warmup, beta3_warmup:
+            the base's hyperparameters (None = the base's default, see ``directions.BASE_DEFAULTS``); passing
+            one the base does not use raises ValueError.
+        clip: "soft" | "hard" | "normalize" | None (None: the plain base optimizer).
+        clip_c: threshold c > 0 (per group via ``clip_c`` in a param group).
+        clip_method: "auto" (default, our accurate fast method) | "polar" | "newton_schulz" (the authors'
+            10-step iteration, for parity; soft only) | "svd" (exact).
+        clip_steps, clip_dtype: iteration count and compute dtype of the matrix function (None = its default).
+        clip_apply_to: "all" (default, as in the paper: 1-D parameters use the vector rule) | "matrices".
+        clip_exclude: regular expressions on parameter names whose parameters take the unclipped step.
+        vector_rule: "smooth" (u / sqrt(1 + ||u||^2/c^2)) | "authors" (u unchanged below c; parity option).
+        scale: rectangular scale after clipping: "keller" (default, authors) | "moonlight" | "spectral" | "none".
+        clip_batch: how many same-shape matrices one matrix-function call stacks (more = fewer, larger kernels;
+            costs that many directions of temporary memory).
+        clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape,
+            clip_final_scale: the threshold schedule (``schedule.ClipSchedule``); also ``set_clip_schedule``.
+        peak_lr: default peak lr of the warmup rule for every group (None: see ``lr``).
+        track_stats: record ``statistics()`` each step (a few reductions per matrix, no host sync).
+        fallback, fallback_patterns, adamw_*, nonfinite: see ``SpectralOptimizer`` (default: nothing goes to
+            the internal AdamW rule, as in the paper's runs).
+
+    Threshold schedule: c_t = clip_c * warmup factor * decay factor, evaluated per group at each step from
+    the group's current lr and its own peak lr; drive the decay by giving ``clip_total_steps`` (or calling
+    ``set_clip_schedule(total_steps=...)``) and step the optimizer once per training step.
+
+    ``statistics()`` (with ``track_stats=True``): "clip_c/group<i>" (c_t), "sigma_max/<name>" (the
+    sigma_max estimate of U computed by the clip method: an upper bound for the iterative methods, exact for
+    "svd"; for normalize the Frobenius norm; the largest over a stack of matrices) and
+    "clipped_fraction/<name>" = ||clip_c(U)||_F^2 / (c^2 q) with q the number of singular values (1 for
+    vectors): the mean over singular directions of (f(sigma)/c)^2, a smooth count of the directions at or
+    above c: each sigma << c counts ~0, sigma = c counts 1/2 (soft) or 1 (hard), sigma >> c counts ~1.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, *, base: str = "adamw", weight_decay: float = 0.1,
+                 betas: tuple[float, ...] | None = None, eps: float | None = None, momentum: float | None = None,
+                 dampening: float | None = None, nesterov: bool | None = None, gamma: float | None = None,
+                 vector_betas: tuple[float, float] | None = None, alpha: float | None = None,
+                 alpha_warmup: int | None = None, beta3_warmup: int | None = None,
+                 clip: str | None = "soft", clip_c: float = 10.0, clip_method: str = "auto",
+                 clip_steps: int | None = None, clip_dtype: torch.dtype | None = None, clip_apply_to: str = "all",
+                 clip_exclude: Iterable[str] = (), vector_rule: str = "smooth", scale: str = "keller",
+                 clip_batch: int = 8, clip_warmup: bool = True, clip_warmup_steps: int | None = None,
+                 clip_total_steps: int | None = None, clip_decay_fraction: float = 0.1,
+                 clip_decay_shape: str = "sqrt", clip_final_scale: float = 0.0, peak_lr: float | None = None,
+                 track_stats: bool = False, fallback: Iterable[str] = (), fallback_patterns: Iterable[str] = (),
+                 adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str = "raise") -> None:
+        check_choice(base, "base", BASES)
+        given = {"betas": betas, "eps": eps, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
+                 "gamma": gamma, "vector_betas": vector_betas, "alpha": alpha, "alpha_warmup": alpha_warmup,
+                 "beta3_warmup": beta3_warmup}
+        options = base_options(base, given)
+        if clip is not None:
+            check_choice(clip, "clip", CLIP_KINDS)
+        check_clip_c(clip_c)
+        check_choice(clip_method, "clip_method", ("auto", "polar", "newton_schulz", "svd"))
+        if clip_steps is not None and (isinstance(clip_steps, bool) or not isinstance(clip_steps, int)
+                                       or clip_steps < 1):
+            raise ValueError(f"clip_steps must be None or an integer >= 1, got {clip_steps!r}")
+        if clip_dtype is not None and clip_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            raise ValueError(f"clip_dtype must be None or a floating torch dtype, got {clip_dtype!r}")
+        check_choice(vector_rule, "vector_rule", VECTOR_RULES)
+        check_choice(scale, "scale", SCALE_CONVENTIONS)
+        if isinstance(clip_batch, bool) or not isinstance(clip_batch, int) or clip_batch < 1:
+            raise ValueError(f"clip_batch must be an integer >= 1, got {clip_batch!r}")
+        if peak_lr is not None:
+            check_positive(peak_lr, "peak_lr")
+        self._selection = ClipSelection(clip_apply_to, clip_exclude)
+        self.base = base
+        self.clip_method, self.clip_steps, self.clip_dtype = clip_method, clip_steps, clip_dtype
+        self.vector_rule = vector_rule
+        self.scale, self.clip_batch = scale, clip_batch
+        self.track_stats = track_stats
+        self._schedule = ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction,
+                                      clip_decay_shape, clip_final_scale)
+        defaults = {"lr": lr, "weight_decay": weight_decay, **options, "clip": clip, "clip_c": clip_c,
+                    "peak_lr": peak_lr}
+        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
+                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                         nonfinite=nonfinite)
+
+    # ------------------------------------------------------------------------------------- configuration
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking its SPECTRA options (``clip``, ``clip_c``, ``peak_lr``, base options)."""
+        group = dict(param_group)
+        if group.get("clip") is not None:
+            check_choice(group["clip"], "clip", CLIP_KINDS)
+        clip = group.get("clip", self.defaults.get("clip"))
+        if clip is not None:
+            check_method(clip, self.clip_method)
+        if "clip_c" in group:
+            check_clip_c(group["clip_c"])
+        if group.get("peak_lr") is not None:
+            check_positive(group["peak_lr"], "peak_lr")
+        validate_base_options(self.base, group)
+        prepare_group(group, group.get("lr", self.defaults["lr"]))
+        super().add_param_group(group)
+
+    def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
+                          shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
+                          warmup_steps: int | None = None) -> None:
+        """Replace the threshold schedule (see ``schedule.ClipSchedule``), e.g. once the run length is known."""
+        self._schedule = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale)
+
+    @property
+    def clip_schedule(self) -> ClipSchedule:
+        return self._schedule
+
+    # ---------------------------------------------------------------------------------------------- step
+    def _spectral_step(self, group: dict[str, Any]) -> None:
+        c = group_threshold(self._schedule, group)
+        if self.track_stats and group["clip"] is not None:
+            index = next(i for i, g in enumerate(self.param_groups) if g is group)
+            self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
+        lr, wd = group["lr"], group["weight_decay"]
+        clipped = []
+        for name, p in zip(group["param_names"], group["params"]):
+            if p.grad is None:
+                continue
+            if group["clip"] is None or not self._selection(name, p):
+                direction = base_direction(self.base, p.grad, self.state[p], group)
+                p.mul_(1 - lr * wd).add_(direction, alpha=-lr)
+            else:
+                clipped.append((name, p))
+        vectors = [[item] for item in clipped if item[1].dim() < 2]
+        matrices = chunks_by_key([item for item in clipped if item[1].dim() >= 2],
+                                 lambda item: (item[1].shape, item[1].dtype, item[1].device), self.clip_batch)
+        for chunk in vectors + matrices:
+            self._clipped_step(group, chunk, c)
+
+    def _clipped_step(self, group: dict[str, Any], chunk: list[tuple[str, Tensor]], c: float) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        directions = [base_direction(self.base, p.grad, self.state[p], group) for _, p in chunk]
+        if c == 0:  # the decay phase reached c = 0: the clipped direction is zero
+            for _, p in chunk:
+                p.mul_(1 - lr * wd)
+            return
+        stacked = directions[0] if len(chunk) == 1 else torch.stack(directions)
+        del directions
+        vector = chunk[0][1].dim() < 2
+        Y, bound = spectral_transform(stacked, group["clip"], c, method=self.clip_method, steps=self.clip_steps,
+                                      dtype=self.clip_dtype, vector_rule=self.vector_rule, vector=vector,
+                                      need_bound=self.track_stats)
+        for i, (name, p) in enumerate(chunk):
+            update = Y if len(chunk) == 1 else Y[i]
+            p.mul_(1 - lr * wd).add_(update, alpha=-lr * shape_scale(p.shape, self.scale))
+            if self.track_stats:
+                record_clip_statistics(self._statistics, name, update, bound if len(chunk) == 1 else bound[i],
+                                       group["clip"], c)

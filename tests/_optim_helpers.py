@@ -1,0 +1,57 @@
+"""Shared pieces of the optimizer tests: a small model, a deterministic loss, exact SVD clips."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def small_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """Tall (12 x 6) and wide (3 x 12) matrices plus biases."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).to(dtype)
+
+
+def batch(step: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(8, 6, generator=g).to(dtype), torch.randn(8, 3, generator=g).to(dtype)
+
+
+def loss_of(model: nn.Module, step: int) -> torch.Tensor:
+    x, y = batch(step, next(model.parameters()).dtype)
+    return nn.functional.mse_loss(model(x), y)
+
+
+def backward(model: nn.Module, step: int) -> None:
+    model.zero_grad(set_to_none=True)
+    loss_of(model, step).backward()
+
+
+def run(model: nn.Module, opt, steps: int, start: int = 0) -> None:
+    for k in range(start, start + steps):
+        backward(model, k)
+        opt.step()
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def soft_clip_exact(U: torch.Tensor, c: float) -> torch.Tensor:
+    """U diag(s / sqrt(1 + s^2/c^2)) V^T through torch.linalg.svd in float64 (vectors: the 1 x n case)."""
+    if U.dim() < 2:
+        return U * (1 / math.sqrt(1 + float(U.double().norm()) ** 2 / c**2))
+    L, S, Vh = torch.linalg.svd(U.double(), full_matrices=False)
+    return ((L * (S / torch.sqrt(1 + (S / c) ** 2))) @ Vh).to(U.dtype)
+
+
+def rect_scale(shape: torch.Size) -> float:
+    return math.sqrt(max(1.0, shape[0] / shape[1])) if len(shape) == 2 else 1.0
+
+
+def assert_models_close(a: nn.Module, b: nn.Module, rtol: float, atol: float) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
