@@ -13,11 +13,13 @@ tail's scale, leave the tail alone, and take an RMS-normalized step. Per matrix 
 
 The block power iteration (T steps, warm-started from the cached V_k; the first step starts from a Gaussian
 block, a randomized range finder) is  P = M V;  U = QR(P);  W = M^T U;  s = column norms of W;  V = W / s.
-Then U diag(s) V^T = U U^T M exactly, so Tail = (I - U U^T) M is orthogonal to the spike part and
-||O||_F^2 = (q - k) sigma_tail^2 + k sigma_tail^2 = q sigma_tail^2: RMS(O) = sigma_tail sqrt(q / (m n)) needs
-no extra pass, and O is never formed: the step is W -= c M, then W -= U (c diag(sigma_tail - s) V^T).
+By default a Rayleigh-Ritz rotation within the block (a k x k eigendecomposition) then makes (U, s, V) the
+exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M exactly, so Tail = (I - U U^T) M is
+orthogonal to the spike part and ||O||_F^2 = (q - k) sigma_tail^2 + k sigma_tail^2 = q sigma_tail^2:
+RMS(O) = sigma_tail sqrt(q / (m n)) needs no extra pass, and O is never formed: the step is W -= c M, then
+W -= U (c diag(sigma_tail - s) V^T).
 
-State per matrix: the momentum and V (n x k): (1 + k/m) buffers against AdamW's 2, about 0.51x.
+State per matrix: the momentum and V (n x k), (1 + k/m)/2 of AdamW's two moments: about 0.51x for k/m = 1.5%.
 """
 
 from __future__ import annotations
@@ -41,13 +43,24 @@ def spike_rank(shape: tuple[int, ...], rank_fraction: float) -> int:
     return max(1, round(rank_fraction * min(shape[-2], shape[-1])))
 
 
-def block_power_iteration(M: Tensor, V: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool = True) -> tuple[Tensor, Tensor,
+                                                                                                  Tensor]:
     """``iters`` block power steps on M (..., m, n) from V (..., n, k): P = M V; U = QR(P); W = M^T U;
     s = ||W columns||; V = W / s. Returns (U (..., m, k) orthonormal, s (..., k), V (..., n, k) unit columns)
-    with U diag(s) V^T = U U^T M. Warm-start the next call with the returned V."""
+    with U diag(s) V^T = U U^T M. Warm-start the next call with the returned V.
+
+    The QR basis U spans the top-k subspace long before its columns align with the individual singular
+    vectors (they converge at the rates s_{i+1}/s_i, slow for spikes of similar size), and until they do,
+    s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
+    of the k x k matrix W^T W (= U^T M M^T U) so that (U, s, V) are the exact singular triplets of U U^T M.
+    """
     for _ in range(iters):
         U = torch.linalg.qr(M @ V).Q
         W = M.mT @ U
+        if rayleigh_ritz:
+            _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
+            Z = Z.flip(-1).to(W.dtype)
+            U, W = U @ Z, W @ Z
         s = torch.linalg.vector_norm(W, dim=-2)
         V = W / s.clamp_min(_TINY)[..., None, :]
     return U, s, V
@@ -72,6 +85,8 @@ class SpikeAware(SpectralOptimizer):
         rank_fraction: k = max(1, round(rank_fraction * min(m, n))) spike directions; must leave k < min(m, n).
         power_iters: block power iterations per step (warm-started from the cached V).
         cold_power_iters: iterations of the first step (a randomized range finder from a Gaussian block).
+        rayleigh_ritz: rotate the power iteration's basis to the exact singular triplets of its subspace (a k x k
+            eigendecomposition; see :func:`block_power_iteration`). False is the quoted Algorithm 1 as is.
         update_scale: the 0.2 in 0.2 lr O / RMS(O). eps: added to RMS(O).
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
         exact_svd: take the top-k triplets from a full SVD (float32) instead of the power iteration: for
@@ -82,8 +97,9 @@ class SpikeAware(SpectralOptimizer):
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.95, rank_fraction: float = 0.015,
-                 power_iters: int = 1, *, cold_power_iters: int = 4, update_scale: float = 0.2, eps: float = 1e-8,
-                 weight_decay: float = 0.1, exact_svd: bool = False, track_stats: bool = False,
+                 power_iters: int = 1, *, cold_power_iters: int = 4, rayleigh_ritz: bool = True,
+                 update_scale: float = 0.2, eps: float = 1e-8, weight_decay: float = 0.1, exact_svd: bool = False,
+                 track_stats: bool = False,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
@@ -98,6 +114,7 @@ class SpikeAware(SpectralOptimizer):
         check_nonnegative(eps, "eps")
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
         self.exact_svd, self.track_stats = bool(exact_svd), bool(track_stats)
+        self.rayleigh_ritz = bool(rayleigh_ritz)
         self._stats: dict[str, Tensor] = {}
         defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "update_scale": update_scale,
                     "eps": eps, "weight_decay": weight_decay}
@@ -148,7 +165,7 @@ class SpikeAware(SpectralOptimizer):
                     gen = torch.Generator(device=p.device).manual_seed(0)
                     state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen)
                 iters = self.cold_power_iters if cold else self.power_iters
-                U, s, V = block_power_iteration(M, state["spike_v"].float(), iters)
+                U, s, V = block_power_iteration(M, state["spike_v"].float(), iters, self.rayleigh_ritz)
                 state["spike_v"] = V
             energy = torch.linalg.matrix_norm(M).square()
             spike_energy = s.square().sum(-1)

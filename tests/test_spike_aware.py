@@ -1,0 +1,224 @@
+"""The spike-aware optimizer: the shaped spectrum, the warm-started power iteration, a float64 reference,
+resume, routing, state size and arguments."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from spectrakit.optim.spike_aware import SpikeAware, block_power_iteration, spike_rank
+
+
+def spiky(m: int, n: int, k: int, seed: int, spike: float = 30.0) -> torch.Tensor:
+    """Gaussian noise plus k dominant directions (singular values ~ spike * sqrt(max(m, n)))."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(m, n, generator=g)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    return noise + spike * (a @ b) / math.sqrt(k * min(m, n))
+
+
+def reference_spike_aware(W: torch.Tensor, grads: list[torch.Tensor], lr: float, mu: float, k: int,
+                          wd: float) -> torch.Tensor:
+    """The rule from the equations with an exact float64 SVD, forming O explicitly."""
+    W, M = W.double().clone(), torch.zeros_like(W, dtype=torch.float64)
+    m, n = W.shape
+    q = min(m, n)
+    for G in grads:
+        M = mu * M + G.double()
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+        spike = (U[:, :k] * S[:k]) @ Vh[:k]
+        tail = M - spike
+        sigma_tail = math.sqrt(float(tail.square().sum()) / (q - k))
+        O = tail + sigma_tail * U[:, :k] @ Vh[:k]
+        W = (1 - lr * wd) * W - 0.2 * lr * O / (O.norm() / math.sqrt(m * n) + 1e-8)
+    return W
+
+
+@settings(max_examples=8, deadline=None)
+@given(m=st.integers(8, 40), n=st.integers(8, 40), k=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_with_exact_svd_the_spike_is_shrunk_to_the_tail_scale_and_the_tail_is_unchanged(m: int, n: int, k: int,
+                                                                                      seed: int) -> None:
+    q = min(m, n)
+    G = spiky(m, n, k, seed)
+    W0 = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1))
+    p = nn.Parameter(W0.clone())
+    p.grad = G.clone()
+    lr = 0.1
+    SpikeAware([p], lr=lr, rank_fraction=(k + 0.4) / q, weight_decay=0.0, exact_svd=True).step()
+    D = (W0 - p.detach()).double() / (0.2 * lr)  # = O / RMS(O)
+    S_M = torch.linalg.svdvals(G.double())
+    sigma_tail = float(S_M[k:].square().mean().sqrt())
+    expected = torch.cat([torch.full((k,), sigma_tail, dtype=torch.float64), S_M[k:]])
+    expected = expected / float(expected.square().sum().sqrt() / math.sqrt(m * n))  # divide by RMS(O)
+    torch.testing.assert_close(torch.linalg.svdvals(D), expected.sort(descending=True).values, atol=1e-3, rtol=1e-3)
+    assert float(D.square().mean().sqrt()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("exact_svd, atol", [(True, 1e-5), (False, 1e-3)])
+def test_matches_the_reference_from_the_equations(exact_svd: bool, atol: float) -> None:
+    m, n, k = 40, 24, 2
+    W0 = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
+    base = spiky(m, n, k, 1)
+    g = torch.Generator().manual_seed(2)
+    grads = [base + 0.1 * torch.randn(m, n, generator=g) for _ in range(5)]
+    p = nn.Parameter(W0.clone())
+    opt = SpikeAware([p], lr=0.05, momentum=0.9, rank_fraction=k / n, weight_decay=0.1, exact_svd=exact_svd,
+                     power_iters=2)
+    for G in grads:
+        p.grad = G.clone()
+        opt.step()
+    expected = reference_spike_aware(W0, grads, lr=0.05, mu=0.9, k=k, wd=0.1)
+    torch.testing.assert_close(p.detach().double(), expected, atol=atol, rtol=0)
+
+
+def test_warm_started_power_iteration_tracks_the_top_k_subspace_of_a_drifting_matrix() -> None:
+    m, n, k = 60, 40, 3
+    g = torch.Generator().manual_seed(3)
+    M = spiky(m, n, k, 4, spike=10.0)
+    V = torch.randn(n, k, generator=g)
+    angles = []
+    for _ in range(12):
+        M = M + 0.02 * torch.randn(m, n, generator=g)  # slow drift
+        U, s, V = block_power_iteration(M, V, iters=1)  # ONE step per "training step"
+        _, S, Vh = torch.linalg.svd(M.double())
+        top = Vh[:k].mT
+        Q = torch.linalg.qr(V.double()).Q
+        angles.append(float(torch.linalg.matrix_norm(top - Q @ (Q.mT @ top), ord=2)))  # sin of largest angle
+        assert torch.allclose((U * s) @ V.mT, U @ (U.mT @ M), atol=1e-4)  # U diag(s) V^T = U U^T M
+        assert torch.allclose(U.mT @ U, torch.eye(k), atol=1e-5)
+    assert angles[-1] < 1e-3 and angles[-1] < angles[0]
+    torch.testing.assert_close(s.double(), S[:k], rtol=1e-4, atol=0)
+
+
+def test_one_power_iteration_per_step_is_close_to_exact_in_the_optimizer() -> None:
+    m, n = 64, 48
+    base = spiky(m, n, 1, 5)
+    g = torch.Generator().manual_seed(6)
+    a, b = nn.Parameter(torch.zeros(m, n)), nn.Parameter(torch.zeros(m, n))
+    fast = SpikeAware([a], lr=0.01, rank_fraction=0.015, weight_decay=0.0)
+    exact = SpikeAware([b], lr=0.01, rank_fraction=0.015, weight_decay=0.0, exact_svd=True)
+    for _ in range(6):
+        G = base + 0.2 * torch.randn(m, n, generator=g)
+        a.grad, b.grad = G.clone(), G.clone()
+        fast.step()
+        exact.step()
+    assert float((a - b).detach().norm() / b.detach().norm()) < 1e-3
+
+
+def test_rayleigh_ritz_gives_exact_triplets_when_spikes_have_similar_sizes() -> None:
+    """With 3 spikes of similar size the QR basis spans the right subspace before its columns align with the
+    singular vectors; the Rayleigh-Ritz rotation makes the update match the exact-SVD one anyway."""
+    m, n, k = 96, 64, 3
+    base = spiky(m, n, k, 7)
+    g = torch.Generator().manual_seed(8)
+    grads = [base + 0.2 * torch.randn(m, n, generator=g) for _ in range(4)]
+    finals = {}
+    for label, kwargs in (("exact", {"exact_svd": True}), ("rr", {}), ("plain", {"rayleigh_ritz": False})):
+        p = nn.Parameter(torch.zeros(m, n))
+        opt = SpikeAware([p], lr=0.01, rank_fraction=k / n, weight_decay=0.0, **kwargs)
+        for G in grads:
+            p.grad = G.clone()
+            opt.step()
+        finals[label] = p.detach()
+    error = {label: float((finals[label] - finals["exact"]).norm() / finals["exact"].norm()) for label in finals}
+    assert error["rr"] < 1e-3
+    assert error["plain"] > 10 * error["rr"]
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(13, 16)
+        self.up = nn.Linear(16, 48)
+        self.experts = nn.Parameter(torch.randn(2, 16, 48) / 7)
+        self.lm_head = nn.Linear(16, 13, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.up(self.embed(idx)))
+        return self.lm_head(torch.einsum("btf,edf->btd", h, self.experts))
+
+
+def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, 13, (4, 6), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(idx).flatten(0, 1), idx.flatten()).backward()
+        opt.step()
+
+
+def test_state_dict_resume_continues_identically() -> None:
+    torch.manual_seed(0)
+    net = _Net()
+    opt = SpikeAware(net, lr=0.01, rank_fraction=0.1)
+    _train(net, opt, 2)
+    twin = copy.deepcopy(net)
+    resumed = SpikeAware(twin, lr=0.01, rank_fraction=0.1)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _train(net, opt, 2, seed=1)
+    _train(twin, resumed, 2, seed=1)
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_routing_stats_and_state_bytes() -> None:
+    torch.manual_seed(1)
+    net = _Net()
+    opt = SpikeAware(net, lr=0.01, rank_fraction=0.1, track_stats=True)
+    rules = {r.name: r.rule for r in opt.routing}
+    assert rules == {"embed.weight": "adamw", "up.weight": "spectral", "up.bias": "adamw", "experts": "spectral",
+                     "lm_head.weight": "adamw"}
+    assert all(g["weight_decay"] == 0.1 and g["adamw_betas"] == (0.9, 0.95) for g in opt.param_groups
+               if g["rule"] == "adamw")
+    _train(net, opt, 2)
+    stats = opt.statistics()
+    assert set(stats) == {"spike/energy_fraction/up.weight", "spike/energy_fraction/experts"}
+    assert all(v.dim() == 0 and 0 < float(v) < 1 for v in stats.values())
+    sizes = opt.state_bytes()
+    k = spike_rank((48, 16), 0.1)
+    assert sizes["up.weight"] == 4 * (48 * 16 + 16 * k)
+    assert sizes["experts"] == 4 * (2 * 16 * 48 + 2 * 48 * spike_rank((16, 48), 0.1))
+    assert sizes["up.bias"] == 4 * 2 * 48  # AdamW's two moments
+    assert SpikeAware(net, lr=0.01, rank_fraction=0.1).statistics() == {}
+
+
+def test_state_is_about_half_of_adamw_for_matrices() -> None:
+    p = nn.Parameter(torch.randn(256, 192))
+    p.grad = torch.randn(256, 192)
+    opt = SpikeAware([p], lr=0.01)
+    opt.step()
+    adamw = torch.optim.AdamW([p], lr=0.01)
+    adamw.step()
+    adamw_bytes = sum(t.numel() * t.element_size() for t in adamw.state[p].values() if t.dim() > 0)
+    assert opt.state_bytes()["param0"] / adamw_bytes <= 0.51
+
+
+def test_a_zero_gradient_gives_a_zero_step() -> None:
+    p = nn.Parameter(torch.randn(10, 8))
+    before = p.detach().clone()
+    p.grad = torch.zeros(10, 8)
+    SpikeAware([p], lr=0.1, rank_fraction=0.2, weight_decay=0.0).step()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank_fraction": 0.0}, "rank_fraction"), ({"rank_fraction": 1.0}, "rank_fraction"),
+    ({"rank_fraction": 0.9}, "k must be < min"), ({"momentum": 1.0}, "momentum"), ({"lr": float("nan")}, "lr"),
+    ({"power_iters": 0}, "power_iters"), ({"cold_power_iters": 2.0}, "cold_power_iters"),
+    ({"update_scale": 0.0}, "update_scale"), ({"eps": -1.0}, "eps"), ({"weight_decay": -0.1}, "weight_decay"),
+])
+def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
+    p = nn.Parameter(torch.randn(8, 4))
+    with pytest.raises(ValueError, match=match):
+        SpikeAware([("w", p)], **{"lr": 0.1, "rank_fraction": 0.25, **kwargs})
+
+
+def test_a_too_small_matrix_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="tiny.*k must be < min"):
+        SpikeAware([("tiny", nn.Parameter(torch.randn(1, 5)))], lr=0.1)
