@@ -9,9 +9,12 @@ from .routing import Route
 from .scale import SCALE_CONVENTIONS, shape_scale
 from .schedule import DECAY_SHAPES, ClipSchedule
 from .spectra import Spectra
+from .spike_aware import SpikeAware
+from .sso import SSO, MuonSphere, spectral_init_
 from .transforms import CLIP_KINDS, spectral_transform
 from .wrapper import SpectraWrapper
 
 __all__ = ["BASES", "CLIP_KINDS", "DECAY_SHAPES", "SCALE_CONVENTIONS", "AdEMAMix", "ClipSchedule", "Mars", "Muon",
            "NonFiniteGradientError", "Route", "Signum", "Spectra", "SpectraWrapper", "SpectralOptimizer",
-           "adamw_direction", "ema_momentum", "heavy_ball_momentum", "shape_scale", "spectral_transform"]
+           "adamw_direction", "ema_momentum", "heavy_ball_momentum", "shape_scale", "spectral_transform",
+           "MuonSphere", "SSO", "SpikeAware", "spectral_init_"]

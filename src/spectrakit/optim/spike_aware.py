@@ -91,8 +91,9 @@ class SpikeAware(SpectralOptimizer):
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
         exact_svd: take the top-k triplets from a full SVD (float32) instead of the power iteration: for
             tests and small models only.
-        track_stats: record "spike/energy_fraction/<name>" = ||s_k||^2 / ||M||_F^2 (the share of the
-            momentum's energy in the spike) for :meth:`statistics`.
+        track_stats: record for :meth:`statistics` (scalar tensors, no host sync) "spike/energy_fraction/<name>"
+            = ||U_k s_k V_k^T||_F^2 / ||M||_F^2, the spike's share of the momentum energy (mean over stacked
+            matrices).
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
     """
 
@@ -115,7 +116,6 @@ class SpikeAware(SpectralOptimizer):
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
         self.exact_svd, self.track_stats = bool(exact_svd), bool(track_stats)
         self.rayleigh_ritz = bool(rayleigh_ritz)
-        self._stats: dict[str, Tensor] = {}
         defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "update_scale": update_scale,
                     "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
@@ -141,7 +141,7 @@ class SpikeAware(SpectralOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         if self.track_stats:
-            self._stats = {}
+            self._statistics = {}
         return super().step(closure)
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
@@ -181,12 +181,7 @@ class SpikeAware(SpectralOptimizer):
             else:
                 p.add_((U @ shrink).to(p.dtype))
             if self.track_stats:
-                self._stats[f"spike/energy_fraction/{name}"] = (spike_energy / energy.clamp_min(_TINY)).mean()
-
-    def statistics(self) -> dict[str, Tensor]:
-        """Scalar tensors of the last step (empty unless ``track_stats=True``): per parameter the spike's share
-        of the momentum energy ||U_k s_k V_k^T||_F^2 / ||M||_F^2 (mean over stacked matrices). No host sync."""
-        return dict(self._stats)
+                self._statistics[f"spike/energy_fraction/{name}"] = (spike_energy / energy.clamp_min(_TINY)).mean()
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of optimizer state held for each parameter (momentum + V cache, or AdamW's moments)."""

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..linalg import msign, top_singular
 from ._validate import check_choice, check_positive, check_unit_interval
 from .base import SpectralOptimizer
+from .momentum import ema_momentum
 from .routing import SPECTRAL
 
 RETRACTIONS = ("hard", "dynamic")
@@ -271,7 +272,9 @@ class SSO(SpectralOptimizer):
             solver then runs to its budget (measured: ~16 msign calls per block and step instead of ~13).
         solver: "bisection" (the paper's) or "illinois" (the same bracket shrunk by false position; the same
             root to the same tolerance in fewer msign calls, see BENCHMARKS.md), or None (lambda = 0).
-        track_stats: record per-parameter lambda, sigma and the msign call count for :meth:`statistics`.
+        track_stats: record for :meth:`statistics` (scalar tensors, no host sync) per parameter the mean over its
+            blocks of the pre-retraction sigma ("sso/sigma/<name>") and of lambda* ("sso/lambda/<name>"), and
+            the step's msign calls ("sso/msign_calls").
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
     """
 
@@ -311,7 +314,6 @@ class SSO(SpectralOptimizer):
         self.msign_steps, self.msign_dtype = msign_steps, msign_dtype
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
-        self._stats: dict[str, Tensor] = {}
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
                     "weight_decay": weight_decay, "split_sizes": split_sizes, "heads": heads}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
@@ -339,10 +341,10 @@ class SSO(SpectralOptimizer):
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         self.msign_calls = 0
         if self.track_stats:
-            self._stats = {}
+            self._statistics = {}
         loss = super().step(closure)
         if self.track_stats:
-            self._stats["sso/msign_calls"] = torch.tensor(float(self.msign_calls))
+            self._statistics["sso/msign_calls"] = torch.tensor(float(self.msign_calls))
         return loss
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
@@ -354,9 +356,7 @@ class SSO(SpectralOptimizer):
             segments = atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf, beta = state["momentum_buffer"], group["momentum"]
-            buf.lerp_(p.grad, 1 - beta)  # M <- beta M + (1 - beta) G; Nesterov input (1 - beta) G + beta M
-            direction = p.grad.lerp(buf, beta) if group["nesterov"] else buf
+            direction = ema_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
             if wd != 0:
                 p.mul_(1 - lr * wd)
             blocks = sum(seg.count for seg in segments)
@@ -373,9 +373,9 @@ class SSO(SpectralOptimizer):
                 first += seg.count
                 self._block_step(p, seg, direction, state, index, lr, group["radius_scale"], cold)
             if self.track_stats:
-                self._stats[f"sso/sigma/{name}"] = state["sigma"].mean()
+                self._statistics[f"sso/sigma/{name}"] = state["sigma"].mean()
                 if self.solver is not None:
-                    self._stats[f"sso/lambda/{name}"] = state["lambda"].mean()
+                    self._statistics[f"sso/lambda/{name}"] = state["lambda"].mean()
 
     def _block_step(self, p: Tensor, seg: _Segment, direction: Tensor, state: dict[str, Any], index: slice,
                     lr: float, radius_scale: float, cold: bool) -> None:
@@ -406,12 +406,6 @@ class SSO(SpectralOptimizer):
             state["lambda"][..., index] = answer.lam
             self.msign_calls += answer.calls
         W.add_(phi.to(p.dtype), alpha=-lr * R)
-
-    def statistics(self) -> dict[str, Tensor]:
-        """Scalar tensors of the last step (empty unless ``track_stats=True``): per parameter the mean
-        pre-retraction sigma ("sso/sigma/<name>") and lambda* ("sso/lambda/<name>") over its blocks, and the
-        number of msign calls ("sso/msign_calls"). No host sync happens to produce them."""
-        return dict(self._stats)
 
 
 class MuonSphere(SSO):
