@@ -210,7 +210,34 @@ def scenario_suite(args: dict, rank: int, world: int) -> dict:
             load_checkpoint(root / f"single-{kind}", model, opt)
             train(model, opt, range(SAVE_AT, STEPS), rank, world)
             out[f"resumed/{parallel}/{kind}"] = full_params(model)
+    for parallel in ("ddp", "fsdp"):
+        for policy in ("skip", "raise"):
+            out[f"nonfinite/{parallel}/{policy}"] = _nonfinite_step(parallel, policy, rank, world)
     return out
+
+
+def _nonfinite_step(parallel: str, policy: str, rank: int, world: int) -> dict:
+    """Put a NaN into one gradient on rank 1 only (in a matrix rank 1 reads); every rank must skip / raise."""
+    from spectrakit.distributed import DistributedSpectral
+    from spectrakit.optim import NonFiniteGradientError
+
+    model = _wrap(make_model(), parallel)
+    opt = DistributedSpectral(ClipMomentum(model, nonfinite=policy), parallel=parallel)
+    target = next(m for m in opt.members if m.owner == 1)
+    x, y = batch(0, rank, world)
+    nn.functional.mse_loss(model(x), y).backward()
+    if rank == 1:
+        grad = target.param.grad
+        (grad.to_local() if parallel == "fsdp" else grad).view(-1)[0] = float("nan")
+    before = full_params(model)
+    raised = False
+    try:
+        opt.step()
+    except NonFiniteGradientError:
+        raised = True
+    after = full_params(model)
+    return {"target": target.name, "raised": raised, "skipped": opt.optimizer.skipped_steps,
+            "unchanged": all(torch.equal(before[n], after[n]) for n in before)}
 
 
 SCENARIOS = {"suite": scenario_suite}

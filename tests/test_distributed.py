@@ -16,7 +16,7 @@ from dist_worker import RUNS, SAVE_AT, STEPS, launch, make_model, optimizer_kind
 
 from spectrakit.distributed import load_checkpoint, save_checkpoint
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 REQUIRED = ("spectra_soft", "spectra_hard", "muon", "sso", "spike_aware")
 
@@ -92,3 +92,13 @@ def test_checkpoint_one_rank_to_two(suite, parallel):
         for rank, result in enumerate(suite["results"]):
             _assert_params_close(result[f"resumed/{parallel}/{kind}"], suite["reference"][kind],
                                  f"{kind} {parallel} 1 -> 2 rank {rank}")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_nonfinite_decision_is_global(suite, parallel):
+    """A NaN in a gradient only rank 1 reads makes every rank skip (or raise), none half-steps."""
+    for rank, result in enumerate(suite["results"]):
+        skip = result[f"nonfinite/{parallel}/skip"]
+        assert skip == {**skip, "raised": False, "skipped": 1, "unchanged": True}, (rank, skip)
+        fail = result[f"nonfinite/{parallel}/raise"]
+        assert fail["raised"] and fail["unchanged"] and fail["skipped"] == 0, (rank, fail)

@@ -1,0 +1,56 @@
+"""The FLOP-balanced partition and the name canonicalization behind DistributedSpectral (no processes)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spectrakit.distributed import balanced_owners, canonical_name, matrix_cost
+from spectrakit.distributed.optimizer import _dim0_sizes
+from spectrakit.distributed.partition import rank_loads
+
+shapes = st.lists(st.tuples(st.integers(1, 64), st.integers(1, 64)), min_size=0, max_size=30)
+
+
+def test_matrix_cost_counts_the_wide_orientation():
+    assert matrix_cost((8, 2)) == matrix_cost((2, 8)) == 4 * 2 * 2 * 8 + 2 * 2**3
+    assert matrix_cost((3, 8, 2)) == 3 * matrix_cost((8, 2))
+    assert matrix_cost((7,)) == 7
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(1, 5))
+def test_partition_is_within_the_greedy_bound(items, world):
+    owners = balanced_owners(items, world)
+    assert len(owners) == len(items) and all(0 <= r < world for r in owners)
+    loads = rank_loads(items, owners, world)
+    costs = [matrix_cost(s) for s in items]
+    # Graham: the job that ends last started on the least loaded rank, so
+    # makespan <= total / world + (1 - 1/world) * largest job (and the partition is never worse than that).
+    bound = (sum(costs) / world + (1 - 1 / world) * max(costs)) if costs else 0.0
+    assert max(loads) <= bound * (1 + 1e-12)
+    assert sum(loads) == pytest.approx(sum(costs))
+
+
+def test_same_shapes_are_dealt_round_robin_and_deterministic():
+    items = [(768, 3072)] * 4 + [(768, 768)] * 4
+    owners = balanced_owners(items, 2)
+    assert owners == balanced_owners(list(items), 2)
+    assert sorted(owners[:4]) == [0, 0, 1, 1] and sorted(owners[4:]) == [0, 0, 1, 1]
+
+
+def test_partition_rejects_bad_world_size():
+    with pytest.raises(ValueError, match="world_size"):
+        balanced_owners([(2, 2)], 0)
+
+
+def test_dim0_sizes_follow_torch_chunk():
+    assert _dim0_sizes(13, 2) == [7, 6]
+    assert _dim0_sizes(1, 2) == [1, 0]
+    assert _dim0_sizes(5, 4) == [2, 2, 1, 0]
+    assert sum(_dim0_sizes(0, 3)) == 0
+
+
+def test_canonical_name_strips_wrapper_prefixes():
+    assert canonical_name("module.layers.0.attn.weight") == "layers.0.attn.weight"
+    assert canonical_name("_orig_mod.module.w") == "w"
+    assert canonical_name("encoder.module_list.0.weight") == "encoder.module_list.0.weight"
