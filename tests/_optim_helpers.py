@@ -25,14 +25,16 @@ def loss_of(model: nn.Module, step: int) -> torch.Tensor:
     return nn.functional.mse_loss(model(x), y)
 
 
-def backward(model: nn.Module, step: int) -> None:
+def backward(model: nn.Module, step: int, loss_scale: float = 1.0) -> None:
+    """Gradients of the step's loss; ``loss_scale`` may vary with the step (a callable of it)."""
     model.zero_grad(set_to_none=True)
-    loss_of(model, step).backward()
+    scale = loss_scale(step) if callable(loss_scale) else loss_scale
+    (scale * loss_of(model, step)).backward()
 
 
-def run(model: nn.Module, opt, steps: int, start: int = 0) -> None:
+def run(model: nn.Module, opt, steps: int, start: int = 0, loss_scale: float = 1.0) -> None:
     for k in range(start, start + steps):
-        backward(model, k)
+        backward(model, k, loss_scale)
         opt.step()
 
 

@@ -99,7 +99,7 @@ def mars_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, floa
     last = state["last_grad"]
     beta1 = betas[0]
     corrected = torch.sub(grad, last).mul_(gamma * beta1 / (1 - beta1)).add_(grad)
-    norm = torch.linalg.vector_norm(corrected, dtype=torch.float32)
+    norm = torch.linalg.vector_norm(corrected.to(torch.promote_types(corrected.dtype, torch.float32)))
     corrected.div_(norm.clamp_min(1.0).to(corrected.dtype))
     last.copy_(grad)
     return adamw_direction(corrected, state, betas, eps)
