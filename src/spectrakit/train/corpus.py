@@ -138,7 +138,7 @@ def text_corpus(path: str | Path, val_fraction: float = 0.1) -> Corpus:
         n_val = max(1, round(len(docs) * val_fraction))
         return Corpus(name, docs[:-n_val], docs[-n_val:])
     text = docs[0].text
-    cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction)))
+    cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction))) + 1  # just after a line break
     cut = cut if cut > 0 else int(len(text) * (1 - val_fraction))
     if cut <= 0 or cut >= len(text):
         raise DataError(f"{files[0]} is too short to split into train and validation text ({len(text)} characters)")

@@ -215,10 +215,8 @@ def train_batch(tokens: np.ndarray, batch_size: int, seq_len: int, *, seed: int,
 
 def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int) -> list[tuple[torch.Tensor,
                                                                                                  torch.Tensor]]:
-    """Up to ``n_batches`` fixed batches of windows spread evenly over the validation split (non-overlapping
-    where the split is long enough)."""
+    """Up to ``n_batches`` fixed batches of non-overlapping windows spread evenly over the validation split."""
     _check_length(tokens, seq_len, "validation")
-    n_windows = batch_size * n_batches
-    last = len(tokens) - seq_len - 1
-    starts = np.linspace(0, last, num=min(n_windows, last + 1)).astype(np.int64).tolist()
+    n_windows = min(batch_size * n_batches, (len(tokens) - 1) // seq_len)
+    starts = np.linspace(0, len(tokens) - seq_len - 1, num=n_windows).astype(np.int64).tolist()
     return [_windows(tokens, starts[i: i + batch_size], seq_len) for i in range(0, len(starts), batch_size)]

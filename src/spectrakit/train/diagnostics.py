@@ -55,6 +55,14 @@ class SpectralDiagnostics:
         self._record: dict[str, Any] = {}
         self._activations: dict[str, tuple[Tensor, Tensor]] = {}
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The power-iteration warm starts (saved in checkpoints so a resumed run reports the same norms)."""
+        return dict(self._v)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        names = {name for name, _ in self.matrices}
+        self._v = {k: v for k, v in state.items() if k in names}
+
     def active(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 

@@ -129,6 +129,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: {exc}") from exc
         for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
             group["initial_lr"] = peak
+        self.diagnostics.load_state_dict(ckpt.get("diagnostics", {}))
         if "rng" in ckpt:
             torch.set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
@@ -142,7 +143,7 @@ class Trainer:
             "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
             "config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state()})
+            "diagnostics": self.diagnostics.state_dict(), "rng": torch.get_rng_state()})
 
     # ---- pieces of a step --------------------------------------------------------------------------------------
     def _autocast(self):
