@@ -1,0 +1,183 @@
+"""Optimizer step time and memory on a LLaMA-shaped parameter set (issue 3 benchmark; BENCHMARKS.md "step").
+
+For each optimizer: the median wall time of ``optimizer.step()`` over a few steps (gradients fixed, one
+warmup step first), the persistent optimizer state, and the peak extra memory of stepping (state plus step
+temporaries; CUDA: peak allocated bytes, CPU: peak resident set size of a fresh worker process above its
+size once parameters and gradients exist).
+
+    python benchmarks/bench_step.py                 # 124M LLaMA shapes on CUDA; reduced (--layers 2) on CPU
+    python benchmarks/bench_step.py --layers 12     # the full 124M shape set on CPU (slow)
+    python benchmarks/bench_step.py --quick         # tiny shapes, in-process, prints only (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+from spectrakit.optim import Muon, Spectra, SpectraWrapper  # noqa: E402
+
+BASELINE = "torch AdamW (foreach)"
+HYPER = {"lr": 1e-3, "weight_decay": 0.1}
+
+
+def llama_shapes(dim: int, layers: int, ffn: int, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Parameter names and shapes of a LLaMA (RMSNorm, SwiGLU, untied embeddings), as in the SPECTRA runs."""
+    shapes: list[tuple[str, tuple[int, ...]]] = [("embed_tokens.weight", (vocab, dim))]
+    for i in range(layers):
+        prefix = f"layers.{i}."
+        shapes += [(prefix + f"attn.{n}.weight", (dim, dim)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        shapes += [(prefix + "mlp.gate_proj.weight", (ffn, dim)), (prefix + "mlp.up_proj.weight", (ffn, dim)),
+                   (prefix + "mlp.down_proj.weight", (dim, ffn))]
+        shapes += [(prefix + "attn_norm.weight", (dim,)), (prefix + "mlp_norm.weight", (dim,))]
+    shapes += [("norm.weight", (dim,)), ("lm_head.weight", (vocab, dim))]
+    return shapes
+
+
+class _TorchMuonWithAdamW:
+    """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the rest (torch's Muon takes 2-D only)."""
+
+    def __init__(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        hidden = [p for n, p in named if p.dim() == 2 and "embed" not in n and "lm_head" not in n]
+        ids = {id(p) for p in hidden}
+        self.muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1)
+        self.adamw = torch.optim.AdamW([p for _, p in named if id(p) not in ids], lr=3e-4, weight_decay=0.1,
+                                       foreach=True)
+        self.state = {**self.muon.state, **self.adamw.state}
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+        self.state = {**self.muon.state, **self.adamw.state}
+
+
+OPTIMIZERS: dict[str, Callable[[list[tuple[str, torch.Tensor]]], object]] = {
+    BASELINE: lambda named: torch.optim.AdamW([p for _, p in named], foreach=True, **HYPER),
+    "torch AdamW (fused)": lambda named: torch.optim.AdamW([p for _, p in named], fused=True, **HYPER),
+    "Spectra-AdamW (native)": lambda named: Spectra(named, **HYPER),
+    "SpectraWrapper(AdamW foreach)": lambda named: SpectraWrapper(
+        torch.optim.AdamW([p for _, p in named], foreach=True, **HYPER)),
+    "Muon (ours)": lambda named: Muon(named, weight_decay=0.1),
+    "torch.optim.Muon + AdamW": _TorchMuonWithAdamW,
+}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def measure(name: str, shapes: list[tuple[str, tuple[int, ...]]], steps: int, device: str) -> dict[str, float]:
+    """Build the parameters, step ``name`` once to warm up, then time ``steps`` steps."""
+    torch.manual_seed(0)
+    named = []
+    for pname, shape in shapes:
+        p = torch.nn.Parameter(0.02 * torch.randn(shape, device=device))
+        p.grad = torch.randn(shape, device=device)
+        named.append((pname, p))
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+    opt = OPTIMIZERS[name](named)
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                      if isinstance(t, torch.Tensor))
+    return {"median_s": statistics.median(times), "state_bytes": state_bytes, "peak_extra_bytes": max(peak, 0),
+            "param_bytes": sum(p.numel() * p.element_size() for _, p in named)}
+
+
+def _worker(name: str, config: dict) -> dict[str, float]:
+    """Run one optimizer in a fresh process (clean peak-RSS measurement on CPU)."""
+    cmd = [sys.executable, __file__, "--worker", name, "--config", json.dumps(config)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(results: dict[str, dict[str, float]], memory: bool) -> str:
+    base = results[BASELINE]["median_s"]
+    mib = 2**20
+    lines = ["| optimizer | step median (ms) | vs torch AdamW (foreach) | state (MiB) | peak extra (MiB) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        peak = f"{r['peak_extra_bytes'] / mib:.0f}" if memory else "n/a"
+        lines.append(f"| {name} | {1e3 * r['median_s']:.1f} | {r['median_s'] / base:.2f}x | "
+                     f"{r['state_bytes'] / mib:.0f} | {peak} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, in-process, do not write BENCHMARKS.md")
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=None, help="default: 12 on CUDA, 2 on CPU")
+    parser.add_argument("--ffn", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=None, help="default: 50304 on CUDA, 8192 on CPU")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=None, help="subset of optimizer names")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        config = json.loads(args.config)
+        result = measure(args.worker, [(n, tuple(s)) for n, s in config["shapes"]], config["steps"], config["device"])
+        print(json.dumps(result))
+        return ""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick:
+        dim, layers, ffn, vocab, steps = 32, 1, 64, 128, 1
+    else:
+        dim, ffn, steps = args.dim, args.ffn, args.steps
+        layers = args.layers if args.layers is not None else (12 if device == "cuda" else 2)
+        vocab = args.vocab if args.vocab is not None else (50304 if device == "cuda" else 8192)
+    shapes = llama_shapes(dim, layers, ffn, vocab)
+    names = args.only or list(OPTIMIZERS)
+    if BASELINE not in names:
+        names = [BASELINE, *names]
+    results = {}
+    for name in names:
+        if args.quick:
+            results[name] = measure(name, shapes, steps, device)
+        else:
+            results[name] = _worker(name, {"shapes": shapes, "steps": steps, "device": device})
+        print(f"{name}: {1e3 * results[name]['median_s']:.1f} ms", file=sys.stderr, flush=True)
+    n_params = sum(torch.Size(s).numel() for _, s in shapes)
+    header = (f"LLaMA shapes: dim {dim}, {layers} layers, SwiGLU {ffn}, vocab {vocab} (untied): {n_params / 1e6:.1f}M "
+              f"parameters, float32, {device}; median of {steps} steps after one warmup step; default options "
+              "(Spectra: soft clip c=10, method auto, all parameters; Muon: hidden matrices, AdamW for the rest).")
+    body = header + "\n\n" + table(results, memory=not args.quick)
+    print(body)
+    if not args.quick:
+        command = "python benchmarks/bench_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section("step", body, command.strip())
+    return body
+
+
+if __name__ == "__main__":
+    main()
