@@ -166,3 +166,13 @@ def test_resume_and_statistics():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Muon(small_model(), **kwargs)
+
+
+def test_bf16_parameters():
+    model = small_model(torch.float32)
+    a, b = clone(model), clone(model).to(torch.bfloat16)
+    run(a, Muon(a, fallback=("vectors",)), 5)
+    run(b, Muon(b, fallback=("vectors",)), 5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert q.dtype == torch.bfloat16 and torch.isfinite(q).all()
+        torch.testing.assert_close(q.float(), p, rtol=0.05, atol=0.05)

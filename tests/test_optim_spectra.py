@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 from _optim_helpers import assert_models_close, backward, clone, loss_of, rect_scale, run, small_model, soft_clip_exact
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from spectrakit.optim import Spectra, SpectraWrapper
@@ -240,7 +242,7 @@ def test_every_base_with_every_clip_runs_and_learns(base):
         lr = {"adamw": 0.01, "signum": 0.003, "mars": 0.01, "ademamix": 0.01, "momentum": 0.05}[base]
         opt = Spectra(model, lr=lr, base=base, clip=clip, clip_c=1.0, weight_decay=0.0)
         start = loss_of(model, 0).item()
-        for _ in range(30):
+        for _ in range(15):
             backward(model, 0)
             opt.step()
         assert loss_of(model, 0).item() < start
@@ -344,3 +346,56 @@ def test_bad_group_options_and_sparse_gradients():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(TypeError, match="sparse gradients"):
         opt.step()
+
+
+def test_nonfinite_gradients_raise_or_skip():
+    from spectrakit.optim import NonFiniteGradientError
+
+    model = small_model()
+    backward(model, 0)
+    model[2].weight.grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteGradientError, match="2.weight"):
+        Spectra(model).step()
+    opt = Spectra(model, nonfinite="skip")
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_stacked_matrices_are_clipped_one_by_one():
+    torch.manual_seed(0)
+    E = nn.Parameter(torch.randn(3, 8, 4, dtype=torch.float64))
+    E0 = E.detach().clone()
+    opt = Spectra([E], lr=0.1, weight_decay=0.0, base="momentum", momentum=0.0, nesterov=False, clip_c=0.5,
+                  clip_method="svd")
+    E.grad = torch.randn(3, 8, 4, dtype=torch.float64)
+    opt.step()
+    for i in range(3):
+        expected = E0[i] - 0.1 * math.sqrt(2) * soft_clip_exact(E.grad[i], 0.5)
+        torch.testing.assert_close(E.detach()[i], expected)
+
+
+def test_authors_newton_schulz_method_for_parity():
+    model = small_model(torch.float32)
+    a, b = clone(model), clone(model)
+    run(a, Spectra(a, clip_c=10.0, clip_method="newton_schulz", clip_dtype=torch.float32, **HYPER), 3)
+    run(b, Spectra(b, clip_c=10.0, clip_method="svd", **HYPER), 3)
+    assert_models_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 9), c=st.floats(0.05, 20.0), seed=st.integers(0, 2**16),
+       clip=st.sampled_from(["soft", "hard"]))
+def test_update_spectral_norm_never_exceeds_alpha_lr_c(rows, cols, c, seed, clip):
+    """Property: ||X_{k+1} - (1 - lr wd) X_k||_2 <= alpha_shape * lr * c, whatever the gradient's scale."""
+    g = torch.Generator().manual_seed(seed)
+    W = nn.Parameter(torch.randn(rows, cols, generator=g, dtype=torch.float64))
+    W0 = W.detach().clone()
+    lr, wd = 0.1, 0.3
+    opt = Spectra([W], lr=lr, weight_decay=wd, clip=clip, clip_c=c, clip_method="svd")
+    W.grad = 100 * torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    opt.step()
+    step = W.detach() - (1 - lr * wd) * W0
+    alpha = math.sqrt(max(1.0, rows / cols))
+    assert torch.linalg.matrix_norm(step, 2).item() <= alpha * lr * c * (1 + 1e-9)
