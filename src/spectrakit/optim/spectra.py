@@ -35,10 +35,6 @@ from .stats import record_clip_statistics
 from .transforms import CLIP_KINDS, VECTOR_RULES, check_method, spectral_transform
 
 
-def check_clip_c(value: object, name: str = "clip_c") -> None:
-    check_positive(value, name)
-
-
 class Spectra(SpectralOptimizer):
     """SPECTRA over a base optimizer, for a whole model in one object.
 
@@ -104,7 +100,7 @@ class Spectra(SpectralOptimizer):
         options = base_options(base, given)
         if clip is not None:
             check_choice(clip, "clip", CLIP_KINDS)
-        check_clip_c(clip_c)
+        check_positive(clip_c, "clip_c")
         check_choice(clip_method, "clip_method", ("auto", "polar", "newton_schulz", "svd"))
         if clip_steps is not None and (isinstance(clip_steps, bool) or not isinstance(clip_steps, int)
                                        or clip_steps < 1):
@@ -141,7 +137,7 @@ class Spectra(SpectralOptimizer):
         if clip is not None:
             check_method(clip, self.clip_method)
         if "clip_c" in group:
-            check_clip_c(group["clip_c"])
+            check_positive(group["clip_c"], "clip_c")
         if group.get("peak_lr") is not None:
             check_positive(group["peak_lr"], "peak_lr")
         validate_base_options(self.base, group)
