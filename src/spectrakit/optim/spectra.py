@@ -60,8 +60,8 @@ class Spectra(SpectralOptimizer):
         scale: rectangular scale after clipping: "keller" (default, authors) | "moonlight" | "spectral" | "none".
         clip_batch: how many same-shape matrices one matrix-function call stacks (more = fewer, larger kernels;
             costs that many directions of temporary memory).
-        clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape,
-            clip_final_scale: the threshold schedule (``schedule.ClipSchedule``); also ``set_clip_schedule``.
+        clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape, clip_final_scale:
+            the threshold schedule (``schedule.ClipSchedule``); also ``set_clip_schedule``.
         peak_lr: default peak lr of the warmup rule for every group (None: see ``lr``).
         track_stats: record ``statistics()`` each step (a few reductions per matrix, no host sync).
         fallback, fallback_patterns, adamw_*, nonfinite: see ``SpectralOptimizer`` (default: nothing goes to

@@ -41,9 +41,11 @@ class SpectraWrapper(Optimizer):
             param groups ("lr", "weight_decay"), e.g. torch.optim.AdamW. With ``decoupled_weight_decay=False``
             the whole change is taken as the direction (U = (X - X')/lr), for optimizers whose weight decay is
             part of the gradient (SGD, Adam) or that have none.
-        clip, clip_c, clip_method, clip_steps, clip_dtype, clip_apply_to, clip_exclude, vector_rule, scale,
-        clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape,
-        clip_final_scale, peak_lr, track_stats: as in ``Spectra``.
+        clip, clip_c, clip_method, clip_steps, clip_dtype, clip_apply_to, clip_exclude, vector_rule, scale:
+            as in ``Spectra``.
+        clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape, clip_final_scale:
+            the threshold schedule, as in ``Spectra``.
+        peak_lr, track_stats: as in ``Spectra``.
 
     Parameter names (for ``clip_exclude`` and statistics) come from the wrapped optimizer's "param_names"
     when it was built from named parameters, else "group<i>.param<j>". A closure is evaluated by the wrapper
