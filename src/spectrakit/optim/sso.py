@@ -274,7 +274,11 @@ class SSO(SpectralOptimizer):
             root to the same tolerance in fewer msign calls, see BENCHMARKS.md), or None (lambda = 0).
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) per parameter the mean over its
             blocks of the pre-retraction sigma ("sso/sigma/<name>") and of lambda* ("sso/lambda/<name>"), and
-            the step's msign calls ("sso/msign_calls").
+            per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per run of
+            equal blocks), blocks that fell back to lambda = 0 ("sso/fallbacks") and the largest |<Theta, Phi>|
+            ("sso/max_abs_h", the tangency achieved).
+        adamw_lr: learning rate of the AdamW groups (3e-4 by default, as for Muon: ``lr`` is a spectral step
+            length, far too large for AdamW; None = the group's lr).
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
     """
 
@@ -286,7 +290,7 @@ class SSO(SpectralOptimizer):
                  cold_power_iters: int = 50, msign_steps: int = 8, msign_dtype: torch.dtype = torch.float32,
                  track_stats: bool = False, split_sizes: Sequence[int] | None = None, heads: int | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
-                 adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
         check_unit_interval(momentum, "momentum")
         if not isinstance(nesterov, bool):
@@ -314,6 +318,7 @@ class SSO(SpectralOptimizer):
         self.msign_steps, self.msign_dtype = msign_steps, msign_dtype
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
+        self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
                     "weight_decay": weight_decay, "split_sizes": split_sizes, "heads": heads}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
@@ -339,12 +344,13 @@ class SSO(SpectralOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        self.msign_calls = 0
+        self.msign_calls = self.solves = 0
         if self.track_stats:
             self._statistics = {}
         loss = super().step(closure)
         if self.track_stats:
             self._statistics["sso/msign_calls"] = torch.tensor(float(self.msign_calls))
+            self._statistics["sso/solves"] = torch.tensor(float(self.solves))
         return loss
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
@@ -405,6 +411,12 @@ class SSO(SpectralOptimizer):
             phi = answer.phi
             state["lambda"][..., index] = answer.lam
             self.msign_calls += answer.calls
+            self.solves += 1
+            if self.track_stats:
+                stats = self._statistics
+                stats["sso/fallbacks"] = stats.get("sso/fallbacks", 0) + answer.fallback.sum().float()
+                worst = answer.h.abs().amax().float()
+                stats["sso/max_abs_h"] = torch.maximum(stats.get("sso/max_abs_h", worst), worst)
         W.add_(phi.to(p.dtype), alpha=-lr * R)
 
 
