@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._validate import batch_threshold, check_positive_int, check_tensor, check_threshold
-from .exact import hard_clip_svd, soft_clip_svd
+from .exact import spectral_map_svd_with_norm
 from .newton_schulz import soft_clip_newton_schulz
 from .polar_clip import hard_clip_polar, soft_clip_polar
 
@@ -38,6 +38,15 @@ def _vector_rule(u: Tensor, c: float | Tensor, hard: bool) -> tuple[Tensor, Tens
     return (uf * scale).to(u.dtype), norm.squeeze(-1)
 
 
+def _svd_clip(X: Tensor, c: float | Tensor, hard: bool) -> tuple[Tensor, Tensor]:
+    """Exact clip through a float64 SVD, with sigma_max as the bound."""
+    c_ = c.to(X.device, torch.float64)[..., None] if isinstance(c, Tensor) else c
+    f = (lambda s: torch.minimum(s, torch.as_tensor(c_, dtype=s.dtype, device=s.device))) if hard else \
+        (lambda s: s / torch.sqrt(1 + (s / c_) ** 2))
+    Y, smax = spectral_map_svd_with_norm(X, f)
+    return Y, smax.float()
+
+
 def _resolve_method(method: str, X: Tensor) -> str:
     if method != "auto":
         return method
@@ -45,27 +54,26 @@ def _resolve_method(method: str, X: Tensor) -> str:
     return "svd" if small else "polar"
 
 
-def _polar_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float64
-    if dtype not in _POLAR_DTYPES:
+def _check_polar_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and dtype not in _POLAR_DTYPES:
         raise ValueError(f"dtype for method 'polar' must be torch.float32 or torch.float64 (or None), got {dtype}")
-    return dtype
 
 
 def _run_polar(fn: Callable[..., tuple[Tensor, Tensor]], Xw: Tensor, c: float | Tensor, steps: int | None,
                dtype: torch.dtype | None, adaptive: bool | None) -> tuple[Tensor, Tensor]:
     """Flatten the batch, cast to the compute dtype, call a polar_clip function, restore shape and dtype."""
-    work = _polar_dtype(dtype)
+    _check_polar_dtype(dtype)
     batch_shape, (m, n) = Xw.shape[:-2], Xw.shape[-2:]
     if Xw.numel() == 0:
         return Xw.clone(), torch.zeros(batch_shape, dtype=torch.float32, device=Xw.device)
-    Xf = Xw.reshape(-1, m, n).to(work)
-    cf = (c.to(device=Xw.device, dtype=work).expand(batch_shape) if isinstance(c, Tensor)
-          else torch.full(batch_shape, float(c), dtype=work, device=Xw.device)).reshape(-1)
+    Xf = Xw.reshape(-1, m, n)
+    if Xf.dtype not in _POLAR_DTYPES:
+        Xf = Xf.float()
+    cf = (c.to(device=Xw.device, dtype=torch.float64).expand(batch_shape) if isinstance(c, Tensor)
+          else torch.full(batch_shape, float(c), dtype=torch.float64, device=Xw.device)).reshape(-1)
     if adaptive is None:
         adaptive = Xw.device.type == "cpu"
-    Y, bound = fn(Xf, cf, steps=steps, adaptive=adaptive)
+    Y, bound = fn(Xf, cf, steps=steps, adaptive=adaptive, dtype=dtype)
     return Y.reshape(Xw.shape).to(Xw.dtype), bound.reshape(batch_shape).float()
 
 
@@ -113,8 +121,7 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     transposed = X.shape[-2] > X.shape[-1]
     Xw = X.mT if transposed else X
     if method == "svd":
-        Y = soft_clip_svd(Xw, c)
-        bound = torch.linalg.matrix_norm(Xw.double(), ord=2).float()
+        Y, bound = _svd_clip(Xw, c, hard=False)
     elif method == "polar":
         Y, bound = _run_polar(soft_clip_polar, Xw, c, steps, dtype, adaptive)
     else:
@@ -152,8 +159,7 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     transposed = X.shape[-2] > X.shape[-1]
     Xw = X.mT if transposed else X
     if method == "svd":
-        Y = hard_clip_svd(Xw, c)
-        bound = torch.linalg.matrix_norm(Xw.double(), ord=2).float()
+        Y, bound = _svd_clip(Xw, c, hard=True)
     else:
         Y, bound = _run_polar(hard_clip_polar, Xw, c, steps, dtype, adaptive)
     Y = (Y.mT if transposed else Y).to(X.dtype)

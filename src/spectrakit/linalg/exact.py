@@ -13,8 +13,18 @@ def spectral_map_svd(X: Tensor, f: Callable[[Tensor], Tensor], dtype: torch.dtyp
     if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
         from ..distributed.rows import sharded_call
         return sharded_call(spectral_map_svd, X, f, dtype)
-    U, S, Vh = torch.linalg.svd(X.to(dtype), full_matrices=False)
-    return ((U * f(S).unsqueeze(-2)) @ Vh).to(X.dtype)
+    return spectral_map_svd_with_norm(X, f, dtype)[0]
+
+
+def spectral_map_svd_with_norm(X: Tensor, f: Callable[[Tensor], Tensor],
+                               dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """(U f(S) V^T, sigma_max) for each trailing matrix; a matrix with NaN/Inf gives NaN for both."""
+    Xd = X.to(dtype)
+    finite = torch.isfinite(Xd).all(-1, keepdim=True).all(-2, keepdim=True)  # NaN/Inf in -> NaN out, no sync
+    U, S, Vh = torch.linalg.svd(torch.where(finite, Xd, 0), full_matrices=False)
+    Y = (U * f(S).unsqueeze(-2)) @ Vh
+    smax = S[..., 0] if S.shape[-1] else S.new_zeros(S.shape[:-1])
+    return torch.where(finite, Y, float("nan")).to(X.dtype), torch.where(finite[..., 0, 0], smax, float("nan"))
 
 
 def soft_clip_svd(X: Tensor, c: float | Tensor, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -1,0 +1,122 @@
+"""Polar-Express-style coefficients: per-step minimax odd quintics for a known singular-value interval.
+
+For singular values in [l, u], the step p(x) = a x + b x^3 + c x^5 minimising max_{x in [l, u]} |1 - p(x)|
+equioscillates at four points l < x1 < x2 < u (Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932):
+p(l) = 1 - E, p(x1) = 1 + E, p(x2) = 1 - E, p(u) = 1 + E, with x1, x2 the critical points of p
+(roots of a + 3 b y + 5 c y^2 = 0 in y = x^2). A Remez exchange solves the 4x4 linear system for
+(a, b, c, E), moves x1, x2 to the new critical points and repeats. The next interval is
+[p(l), 2 - p(l)]. As in the paper, the lower end used for the fit is cushioned to at least
+``cushion * u`` (then p is rescaled so the new interval is centred on 1), which keeps the
+coefficients moderate for tiny l; the paper's cushion reproduces its published table for l = 1e-3.
+
+The coefficients are derived once per grid point and cached (``schedule_table``); callers gather
+each matrix's row by index, so no host synchronisation is needed to use per-matrix schedules.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+#: Cushion of the Polar Express paper (fit on [max(l, cushion*u), u]).
+CUSHION = 0.02407327424182761
+#: A schedule stops once 1 - l_t <= this (singular values of the iterate within 1e-6 of 1).
+CONVERGED = 1e-6
+#: Grid of lower ends l_j = 10 ** (-j / GRID_PER_DECADE), j = 0 .. GRID_DECADES * GRID_PER_DECADE.
+GRID_PER_DECADE = 8
+GRID_DECADES = 12
+#: Newton-Schulz quintic (15 x - 10 x^3 + 3 x^5) / 8, the limit of the optimal steps as l -> 1.
+LIMIT_QUINTIC = (1.875, -1.25, 0.375)
+
+
+def optimal_quintic(l: float, u: float = 1.0, iters: int = 60) -> tuple[float, float, float, float]:
+    """Minimax odd quintic on [l, u] approximating 1: returns (a, b, c, E) with max |1 - p| = E."""
+    if not 0 < l < u:
+        raise ValueError(f"need 0 < l < u, got l={l!r}, u={u!r}")
+    if 1 - l / u < 1e-4:  # the exchange is ill-conditioned here; the limit quintic is within E ~ 3 (1 - l/u)^3
+        a, b, c = LIMIT_QUINTIC
+        return a / u, b / u**3, c / u**5, 2.5 * (1 - l / u) ** 3
+    pts = [l, l + 0.25 * (u - l), l + 0.75 * (u - l), u]
+    a = b = c = E = 0.0
+    for _ in range(iters):
+        A = np.array([[x, x**3, x**5, s] for x, s in zip(pts, (1.0, -1.0, 1.0, -1.0))])
+        a, b, c, E = (float(v) for v in np.linalg.solve(A, np.ones(4)))
+        disc = math.sqrt(max(9 * b * b - 20 * a * c, 0.0))
+        y1, y2 = sorted(((-3 * b - disc) / (10 * c), (-3 * b + disc) / (10 * c)))
+        new = [l, math.sqrt(max(y1, 0.0)), math.sqrt(max(y2, 0.0)), u]
+        if max(abs(p - q) for p, q in zip(new, pts)) <= 1e-13 * u:
+            break
+        pts = new
+    return a, b, c, E
+
+
+def polar_schedule(l: float, *, tol: float = CONVERGED, cushion: float = CUSHION,
+                   max_steps: int = 40) -> list[tuple[float, float, float]]:
+    """Coefficients (a, b, c) of the quintic steps that take singular values in [l, 1] to within ``tol`` of 1.
+
+    Step t fits the minimax quintic on [max(l_t, cushion*u_t), u_t], rescales it so that
+    p(l_t) + p(u_t) = 2, and sets l_{t+1} = p(l_t), u_{t+1} = 2 - l_{t+1}.
+    """
+    if not 0 < l <= 1:
+        raise ValueError(f"l must be in (0, 1], got {l!r}")
+    u, out = 1.0, []
+    while 1 - l > tol and len(out) < max_steps:
+        a, b, c, _ = optimal_quintic(max(l, cushion * u), u)
+        pl, pu = a * l + b * l**3 + c * l**5, a * u + b * u**3 + c * u**5
+        s = 2 / (pl + pu)
+        out.append((a * s, b * s, c * s))
+        l = s * pl
+        u = 2 - l
+    return out
+
+
+def grid_lower_ends() -> list[float]:
+    """The grid of lower ends l_j on which schedules are tabulated (l_0 = 1, decreasing)."""
+    return [10 ** (-j / GRID_PER_DECADE) for j in range(GRID_DECADES * GRID_PER_DECADE + 1)]
+
+
+@functools.cache
+def _table() -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    schedules = [polar_schedule(l) for l in grid_lower_ends()]
+    steps = tuple(len(s) for s in schedules)
+    width = max(steps)
+    rows = [s + [LIMIT_QUINTIC] * (width - len(s)) for s in schedules]
+    return torch.tensor(rows, dtype=torch.float64), steps, tuple(_steps_below(l, s) for l, s in
+                                                                  zip(grid_lower_ends(), schedules))
+
+
+def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: float = 0.1) -> int:
+    """How many steps of ``schedule`` start from a lower end l_t < level."""
+    count = 0
+    for a, b, c in schedule:
+        if l >= level:
+            break
+        count += 1
+        l = a * l + b * l**3 + c * l**5
+    return count
+
+
+def schedule_table() -> torch.Tensor:
+    """(grid size, max steps, 3) float64 tensor: row j is the schedule of l_j padded with the limit quintic."""
+    return _table()[0]
+
+
+def steps_for_index(j: int) -> int:
+    """Number of steps the schedule for grid point j needs to converge (0 for l_0 = 1)."""
+    return _table()[1][j]
+
+
+def small_steps_for_index(j: int) -> int:
+    """Number of leading steps of grid point j's schedule that start with l_t < 0.1 (the ill-conditioned ones)."""
+    return _table()[2][j]
+
+
+def grid_index(l: torch.Tensor) -> torch.Tensor:
+    """Index of the largest grid point <= l (per element; NaN and l <= 0 map to the last, smallest one)."""
+    last = GRID_DECADES * GRID_PER_DECADE
+    j = torch.ceil(-GRID_PER_DECADE * torch.log10(l.double()) - 1e-9)
+    j = torch.nan_to_num(j, nan=float(last), posinf=float(last), neginf=0.0)
+    return j.clamp(0, last).long()

@@ -1,0 +1,78 @@
+"""Polynomial iterations on small symmetric (Gram-space) matrices, with per-matrix coefficient schedules.
+
+Every iterate is a polynomial in the starting matrix, so all of them commute; the loops below use that
+to stay in the m x m space. Coefficients come from ``coefficients.schedule_table`` gathered by each
+matrix's grid index, so one batched loop serves matrices with different spectra (no host sync).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .coefficients import LIMIT_QUINTIC, schedule_table, steps_for_index
+
+
+def gather_schedule(idx: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+    """(steps, B, 3) coefficients: row ``idx[b]`` of the table, cut or padded (limit quintic) to ``steps``."""
+    table = schedule_table()
+    if steps > table.shape[1]:
+        pad = torch.tensor(LIMIT_QUINTIC, dtype=table.dtype).expand(table.shape[0], steps - table.shape[1], 3)
+        table = torch.cat([table, pad], dim=1)
+    return table[:, :steps].to(device=idx.device, dtype=dtype)[idx].transpose(0, 1)
+
+
+def schedule_steps(idx: Tensor, steps: int | None, adaptive: bool) -> int:
+    """Loop length: ``steps`` if given; else the longest need in the batch (adaptive, reads idx.max() on the
+    host) or the worst case of the whole table (no host read)."""
+    if steps is not None:
+        return steps
+    if adaptive:
+        return steps_for_index(int(idx.max())) if idx.numel() else 0
+    return schedule_table().shape[1]
+
+
+def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
+    a, b, c = coeffs[t].unbind(-1)
+    return a[:, None, None], b[:, None, None], c[:, None, None]
+
+
+def inverse_sqrt(R: Tensor, R2: Tensor, coeffs: Tensor, *, switch_at: int = 0,
+                 late_dtype: torch.dtype | None = None) -> Tensor:
+    """Q ~ R^{-1/2} for a batch (B, m, m) of symmetric R with eigenvalues in [l^2, 1], given R2 = R @ R.
+
+    This is the polar iteration sigma <- sigma p_t(sigma^2) on sigma = sqrt(lambda(R)) written on Gram
+    matrices: Q_{t+1} = Q_t P_t, R_{t+1} = P_t R_t P_t with P_t = a_t I + b_t R_t + c_t R_t^2, so that
+    R_t = R Q_t^2 -> I and Q_t -> R^{-1/2}. Cost: 4 small matmuls per step (3 on the first, 2 on the last).
+
+    A relative error e in a small eigenvalue r_t of R_t stays in the result as e/2 (R_{t+1} is propagated, not
+    recomputed), so the steps with small r_t need a precise dtype; from step ``switch_at`` on (if > 0) the
+    loop continues in ``late_dtype``.
+    """
+    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+    Q: Tensor | None = None
+    steps = coeffs.shape[0]
+    for t in range(steps):
+        if late_dtype is not None and t == switch_at and t > 0 and R.dtype != late_dtype:
+            R, Q, eye, coeffs = R.to(late_dtype), Q.to(late_dtype), eye.to(late_dtype), coeffs.to(late_dtype)
+        a, b, c = _abc(coeffs, t)
+        if t > 0:
+            R2 = R @ R
+        P = a * eye + b * R + c * R2
+        Q = P if Q is None else Q @ P
+        if t < steps - 1:
+            R = P @ (R @ P)
+    return eye.expand_as(R).clone() if Q is None else Q
+
+
+def symmetric_sign(E: Tensor, coeffs: Tensor) -> Tensor:
+    """sign(E) for a batch of symmetric E with eigenvalues in [-1, 1]: E <- a E + b E^3 + c E^5 per step.
+
+    Eigenvalues with |x| >= l (the schedule's lower end) converge to +-1; smaller ones are damped towards
+    sign(x) * p(|x|). 3 small matmuls per step.
+    """
+    for t in range(coeffs.shape[0]):
+        a, b, c = _abc(coeffs, t)
+        E2 = E @ E
+        E = a * E + E @ (b * E2 + c * (E2 @ E2))
+    return E

@@ -1,0 +1,132 @@
+"""Soft and hard spectral clipping by polar iterations in the small Gram space (wide orientation, m <= n).
+
+Soft clip (SPECTRA, Jiang, Semenov, Stich 2026, arXiv 2603.14315): with A = [X/c; I],
+msign(A) = A (I + X^T X/c^2)^{-1/2}, so H_c(X) = c * top rows of msign(A) = (I + G/c^2)^{-1/2} X with
+G = X X^T. The singular values of A lie in [1, sqrt(1 + smax^2/c^2)]; dividing B = I + G/c^2 by an upper
+bound alpha of its largest eigenvalue puts sqrt(eig(B/alpha)) in [l, 1] with l = alpha^{-1/2} known, and
+the polar iteration uses minimax quintics optimised for [l, 1] (Polar Express, arXiv 2505.16932).
+
+Hard clip (Jianlin Su, kexue.fm/archives/11006 and 11059): with M = X/c, O = msign(M),
+mclip(M) = 1/2 [(I + S) O + (I - S) M], S = sign(M M^T - I) = sign((M M^T)^{1/2} - I). Where S = -1
+(sigma < c) the O terms cancel exactly, so O only has to be accurate for sigma >~ c/2. The sign is taken of
+(M M^T)^{1/2} - I (eigenvalues sigma/c - 1) rather than M M^T - I (sigma^2/c^2 - 1): the resolution it needs
+relative to the spectrum's width is then tol/ratio instead of tol/ratio^2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .coefficients import GRID_DECADES, GRID_PER_DECADE, grid_index, small_steps_for_index
+from .gram import gather_schedule, inverse_sqrt, schedule_steps, symmetric_sign
+
+#: Hard clip: singular values within SIGN_TOL * c of c may have their sign only partly resolved; the
+#: resulting error is at most SIGN_TOL / 2 relative to c per such singular value.
+SIGN_TOL = 2e-4
+
+
+def _gram_and_bound(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """G = X X^T, G^2 and an upper bound on lambda_max(G) (shape (B,)) from both, without host sync.
+
+    bound = min(Gershgorin(G), ||G||_F, sqrt(Gershgorin(G^2)), sqrt(||G^2||_F)); the last is within a factor
+    rank^{1/4} of lambda_max and costs nothing extra because G^2 is needed by the first polar step anyway.
+    """
+    G = X @ X.mT
+    G2 = G @ G
+    bound = torch.stack([G.abs().sum(-1).amax(-1), torch.linalg.matrix_norm(G),
+                         G2.abs().sum(-1).amax(-1).sqrt(), torch.linalg.matrix_norm(G2).sqrt()]).amin(0)
+    return G, G2, bound
+
+
+#: Precision policy for dtype=None, from a quick power-iteration estimate r of max sigma_max/c in the batch
+#: (only with ``adaptive``; otherwise float64 throughout). Measured relative errors vs float64 SVD:
+#: r <= FP32_MAX_RATIO: float32 throughout (~5e-6 at r = 10);
+#: r <= MIXED_MAX_RATIO: float64 for X X^T, its square and the steps starting at l_t < 0.1, float32 after
+#: (~3e-5 at r = 100, up to ~1e-3 at r = 1000 on rank-deficient inputs); larger r: float64 throughout
+#: (float32 rounding of X and Q X alone costs ~eps * r).
+FP32_MAX_RATIO = 16.0
+MIXED_MAX_RATIO = 100.0
+
+
+def _ratio_estimate(X: Tensor, c: Tensor, iters: int = 3) -> float:
+    """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each); reads the host."""
+    v = torch.ones(X.shape[0], X.shape[-1], 1, dtype=X.dtype, device=X.device)
+    for _ in range(iters):
+        v = X.mT @ (X @ v)
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-300)
+    return float(((X @ v).norm(dim=(-2, -1)) / c).nan_to_num(float("inf")).max())
+
+
+def _normalize(X: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(X/s, c/s, s) in float64 with s = ||X||_F per matrix (float64): spectral maps obey f_{c/s}(X/s) = f_c(X)/s, and
+    this keeps X X^T and its square in range (no overflow or underflow in float32) at any scale of X."""
+    s = torch.linalg.matrix_norm(X.double()).clamp_min(1e-300)
+    return X.double() / s[:, None, None], c.double() / s, s
+
+
+def _policy(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
+    """(early, late) compute dtypes."""
+    if dtype is not None:
+        return dtype, dtype
+    if not adaptive:
+        return torch.float64, torch.float64
+    r = _ratio_estimate(X, c)
+    if r <= FP32_MAX_RATIO:
+        return torch.float32, torch.float32
+    return (torch.float64, torch.float32) if r <= MIXED_MAX_RATIO else (torch.float64, torch.float64)
+
+
+def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
+                    dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """(H_c(X), sigma_bound) for a (B, m <= n) batch X; c of shape (B,); result in float32 or float64.
+
+    dtype float32/float64: everything in that dtype; None: the mixed policy above.
+    """
+    X, c, scale = _normalize(X, c)
+    early, late = _policy(X, c, adaptive, dtype)
+    Xe, c = X.to(early), c.to(early)
+    G, G2, bound = _gram_and_bound(Xe)
+    c2 = (c * c)[:, None, None]
+    alpha = 1 + bound[:, None, None] / c2
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    R = (eye + G / c2) / alpha
+    R2 = (eye + 2 * G / c2 + G2 / (c2 * c2)) / (alpha * alpha)
+    idx = grid_index(alpha.rsqrt().flatten())
+    n_steps = schedule_steps(idx, steps, adaptive)
+    worst = int(idx.max()) if adaptive and idx.numel() else GRID_DECADES * GRID_PER_DECADE
+    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early), switch_at=small_steps_for_index(worst),
+                     late_dtype=late)
+    Y = (Q.to(late) @ X.to(late)) * (alpha.rsqrt() * scale[:, None, None]).to(late)
+    return Y, bound.sqrt() * scale
+
+
+def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
+                    dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """(hard clip of X at c, sigma_bound) for a (B, m <= n) batch X; c of shape (B,).
+
+    Computed in ``dtype``; None = float64, or float32 when ``adaptive`` and a power-iteration estimate of
+    sigma_max/c is <= FP32_MAX_RATIO (the sign iteration has no well-conditioned late phase to run in float32).
+
+    With Gh = G/c^2 and beta = max(1, bound/c^2): Z = Gh^{-1/2} from the polar iteration on Gh/beta
+    (accurate for sigma >= c/2), Gh^{1/2} = Gh Z, S = sign((Gh^{1/2} - I)/gamma) with gamma = max(1, sqrt(beta)),
+    and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
+    """
+    X, c, scale = _normalize(X, c)
+    dtype = _policy(X, c, adaptive, dtype)[0]
+    X, c = X.to(dtype), c.to(dtype)
+    G, G2, bound = _gram_and_bound(X)
+    c2 = (c * c)[:, None, None]
+    beta = torch.clamp(bound[:, None, None] / c2, min=1.0)
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    Gh = G / c2
+    idx_z = grid_index(0.5 * beta.rsqrt().flatten())
+    Qz = inverse_sqrt(Gh / beta, G2 / (c2 * c2 * beta * beta),
+                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive), X.dtype))
+    Z = Qz * beta.rsqrt()
+    gamma = beta.sqrt()
+    E = (Gh @ Z - eye) / gamma
+    idx_s = grid_index(SIGN_TOL / gamma.flatten())
+    S = symmetric_sign(E, gather_schedule(idx_s, schedule_steps(idx_s, steps, adaptive), X.dtype))
+    F = 0.5 * ((eye + S) @ Z + (eye - S))
+    return (F @ X) * scale[:, None, None].to(dtype), bound.sqrt() * scale
