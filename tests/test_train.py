@@ -244,3 +244,26 @@ def test_adamw_factory_skips_decay_on_vectors():
         build_optimizer("adamw", model, clip_c=5.0)
     with pytest.raises(ValueError, match="bad arguments for optimizer 'adamw'"):
         build_optimizer("adamw", model, extra={"momentum": 0.9})
+
+
+def test_a_diverging_run_stops_with_an_error_code(tmp_path, cache_dir, data):
+    trainer = Trainer(tiny(tmp_path, cache_dir, steps=5), data=data, **QUIET)
+    trainer.model.register_forward_hook(lambda _m, _i, out: out * float("nan"))
+    result = trainer.run()
+    assert result.diverged and result.exit_code == 1 and result.steps_done == 1
+    assert math.isnan(result.final_val_loss)
+    assert json.loads((result.run_dir / "summary.json").read_text())["diverged"] is True
+
+
+def test_diagnostics_record_the_optimizer_statistics_at_diag_steps_only(tmp_path, cache_dir, data):
+    try:
+        optimizer_class("spectra-adamw")
+    except ValueError:
+        pytest.skip("Spectra not available")
+    trainer = Trainer(tiny(tmp_path, cache_dir, optimizer="spectra-adamw", steps=4, diag_every=2), data=data,
+                      **QUIET)
+    trainer.run()
+    assert trainer.optimizer.track_stats is False  # restored after each diag step
+    records = read_jsonl(trainer.run_dir / "diagnostics.jsonl")
+    assert [r["step"] for r in records] == [2, 4]
+    assert any(k.startswith("clip_c") for k in records[-1]["optimizer"])

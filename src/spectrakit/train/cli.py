@@ -111,7 +111,10 @@ def run_train(args: argparse.Namespace) -> int:
         result = Trainer(cfg, resume=args.resume).run()
     except (ValueError, DataError, CheckpointError, OSError) as exc:
         return _fail("train", exc)
-    if result.final_val_loss is not None:
+    except KeyboardInterrupt:
+        print("spectrakit train: interrupted", file=sys.stderr)
+        return 130
+    if result.final_val_loss is not None and not result.diverged:
         print(f"done: {result.steps_done} steps, final validation loss {result.final_val_loss:.4f}; "
               f"outputs in {result.run_dir}")
     return result.exit_code
@@ -163,6 +166,9 @@ def run_compare(args: argparse.Namespace) -> int:
         summary = write_report(records, base, report)
     except (ValueError, DataError, CheckpointError, OSError) as exc:
         return _fail("compare", exc)
+    except KeyboardInterrupt:
+        print("spectrakit compare: interrupted", file=sys.stderr)
+        return 130
     print(summary.read_text())
     print(f"report: {summary}")
     return 0

@@ -114,8 +114,8 @@ def summary_markdown(records: list[RunRecord], base: TrainConfig) -> str:
              f"Model `{base.preset}` (d_model {mc.d_model}, {mc.n_layers} layers, seq_len {mc.seq_len}), "
              f"{base.steps} steps x {base.batch_size * base.grad_accum} sequences, schedule {base.schedule}, "
              f"weight decay {base.weight_decay}, data `{base.data or 'embedded'}`.", "",
-             "| optimizer | lr | seeds | final val loss (mean +- std) | best seed | max ||W||_2 | ||W||_F (all) "
-             "| tokens/s |",
+             "| optimizer | lr | seeds | final val loss (mean +- std) | best seed | max spectral norm | "
+             "Frobenius norm (all) | tokens/s |",
              "|---|---|---|---|---|---|---|---|"]
     for (name, lr), runs in sorted(_groups(records).items(), key=lambda kv: (kv[0][0], kv[0][1])):
         mean, std = _mean_std([r.final_val_loss for r in runs])

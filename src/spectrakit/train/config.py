@@ -75,7 +75,7 @@ class TrainConfig:
     run_name: str | None = _f(None, "run folder name (default: OPTIMIZER-PRESET-sSEED-TIME)")
     log_every: int = _f(10, "steps between training-loss log lines")
     eval_every: int = _f(100, "steps between validation evaluations (0: only at the end)")
-    eval_batches: int = _f(16, "validation batches per evaluation")
+    eval_batches: int = _f(8, "validation batches per evaluation")
     diag_every: int = _f(50, "steps between spectral diagnostics (0: off)")
     ckpt_every: int = _f(200, "steps between checkpoints (0: only at the end)")
     progress: bool = _f(True, "show a progress bar")

@@ -63,8 +63,9 @@ class SpectralDiagnostics:
         names = {name for name, _ in self.matrices}
         self._v = {k: v for k, v in state.items() if k in names}
 
-    def active(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+    def active(self, step: int, total: int) -> bool:
+        """Whether step index ``step`` (0-based) ends a diagnostics interval or the run."""
+        return self.every > 0 and ((step + 1) % self.every == 0 or step + 1 == total)
 
     @contextmanager
     def watch_activations(self, enabled: bool) -> Iterator[None]:

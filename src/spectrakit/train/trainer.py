@@ -43,10 +43,13 @@ class RunResult:
     final_val_loss: float | None
     tokens_per_s: float
     signal: int | None = None
+    diverged: bool = False
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.signal is None else 128 + self.signal
+        if self.signal is not None:
+            return 128 + self.signal
+        return 1 if self.diverged else 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,7 +191,13 @@ class Trainer:
             self._pre_clip(factor)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # spectrakit optimizers record statistics() (e.g. the clip threshold c_t) only when asked: at diag steps
+        tracking = getattr(self.optimizer, "track_stats", None)
+        if diag and tracking is not None:
+            self.optimizer.track_stats = True
         self.optimizer.step()
+        if diag and tracking is not None:
+            self.optimizer.track_stats = tracking
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, grad_norm
 
@@ -231,6 +240,7 @@ class Trainer:
                  + (f"; resuming at step {self.step}" if resumed else ""))
         val = val_batches(self.data.val, cfg.batch_size, self.model_config.seq_len, cfg.eval_batches)
         final_val: float | None = None
+        diverged = False
         if not resumed:
             final_val = self.evaluate(val)
             metrics.log({"step": 0, "kind": "val", "tokens": 0, "val_loss": final_val,
@@ -245,7 +255,7 @@ class Trainer:
         run_tokens, run_start = 0, time.perf_counter()
         try:
             while self.step < cfg.steps:
-                diag = self.diagnostics.active(self.step)
+                diag = self.diagnostics.active(self.step, cfg.steps)
                 loss, grad_norm = self._train_step(self.step, diag)
                 self.step += 1
                 self.tokens += self.tokens_per_step
@@ -268,7 +278,9 @@ class Trainer:
                                  "grad_norm": float(window_norm / window_steps), "tokens_per_s": tps,
                                  "elapsed_s": self.elapsed})
                     if not math.isfinite(train_loss):
-                        self.log(f"step {self.step}: the training loss is {train_loss}; stopping")
+                        self._print(bar, f"step {self.step}: the training loss is {train_loss}; stopping "
+                                         "(try a lower --lr or --grad-clip)")
+                        final_val, diverged = math.nan, True
                         break
                     if bar is None:
                         self.log(f"step {self.step:>6}/{cfg.steps}  loss {train_loss:.4f}  {tps:,.0f} tok/s")
@@ -297,13 +309,14 @@ class Trainer:
             metrics.close()
         tokens_per_s = run_tokens / max(time.perf_counter() - run_start, 1e-9)
         summary = {"steps_done": self.step, "final_val_loss": final_val, "tokens_per_s": tokens_per_s,
-                   "elapsed_s": self.elapsed, "tokens": self.tokens, "interrupted_by": self._stop}
+                   "elapsed_s": self.elapsed, "tokens": self.tokens, "interrupted_by": self._stop,
+                   "diverged": diverged}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.plots:
             from .plots import plot_run
 
             plot_run(self.run_dir)
-        return RunResult(self.run_dir, self.step, final_val, tokens_per_s, self._stop)
+        return RunResult(self.run_dir, self.step, final_val, tokens_per_s, self._stop, diverged)
 
     def _print(self, bar, text: str) -> None:
         if bar is not None:
