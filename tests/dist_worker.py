@@ -69,7 +69,8 @@ def optimizer_kinds() -> dict[str, Callable]:
         kinds["sso"] = lambda m: sso(m, lr=0.02, msign_dtype=f32)
     spike = _optional("spectrakit.optim", "SpikeAware")
     if spike is not None:
-        kinds["spike_aware"] = lambda m: spike(m, lr=0.02)
+        # the 1 x 24 score matrix has no tail below a spike (k = 1 = min(m, n)): AdamW takes it
+        kinds["spike_aware"] = lambda m: spike(m, lr=0.02, fallback_patterns=("score",))
     return kinds
 
 
@@ -176,6 +177,7 @@ def _distributed_optimizer(kind: str, model: nn.Module, parallel: str, rows_path
 RUNS = (("ddp", "auto"), ("fsdp", "auto"), ("fsdp", "always"))
 #: Steps before the checkpoint in the resume tests (the run then continues to STEPS).
 SAVE_AT = 5
+HARNESS_STEPS = 4
 
 
 def _setup(kind: str, parallel: str, rows_path: str = "auto"):
@@ -210,10 +212,45 @@ def scenario_suite(args: dict, rank: int, world: int) -> dict:
             load_checkpoint(root / f"single-{kind}", model, opt)
             train(model, opt, range(SAVE_AT, STEPS), rank, world)
             out[f"resumed/{parallel}/{kind}"] = full_params(model)
+            if kind == "spectra_soft":  # the wrapper's own state_dict round trip (same world size)
+                model, opt = _setup(kind, parallel)
+                train(model, opt, range(SAVE_AT), rank, world)
+                saved = opt.state_dict()
+                opt = _distributed_optimizer(kind, model, parallel, "auto")
+                opt.load_state_dict(saved)
+                train(model, opt, range(SAVE_AT, STEPS), rank, world)
+                out[f"state_dict/{parallel}"] = full_params(model)
     for parallel in ("ddp", "fsdp"):
+        out[f"harness/{parallel}"] = harness_run(parallel, rank, world)
         for policy in ("skip", "raise"):
             out[f"nonfinite/{parallel}/{policy}"] = _nonfinite_step(parallel, policy, rank, world)
     return out
+
+
+def harness_run(parallel: str | None, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """The training harness's Transformer (tiny) with Muon for HARNESS_STEPS steps, wrapped by ``parallelize``."""
+    from spectrakit.distributed import DistributedSpectral, parallelize
+    from spectrakit.optim import Muon
+    from spectrakit.train.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, seq_len=8))
+    if parallel is not None:
+        from spectrakit.distributed import DistContext
+
+        model = parallelize(model, parallel, DistContext(rank, world, rank, torch.device("cpu"), "gloo"))
+    opt = Muon(model, lr=0.02, ns_dtype=torch.float32, adamw_lr=1e-2)
+    if parallel is not None:
+        opt = DistributedSpectral(opt, parallel=parallel)
+    for step in range(HARNESS_STEPS):
+        g = torch.Generator().manual_seed(step)
+        tokens = torch.randint(0, 32, (4, 9), generator=g)
+        per = 4 // world
+        x, y = tokens[rank * per:(rank + 1) * per, :-1], tokens[rank * per:(rank + 1) * per, 1:]
+        opt.zero_grad()
+        model(x, y).backward()
+        opt.step()
+    return full_params(model)
 
 
 def _nonfinite_step(parallel: str, policy: str, rank: int, world: int) -> dict:
@@ -244,28 +281,22 @@ SCENARIOS = {"suite": scenario_suite}
 
 
 def main() -> None:
-    import datetime
     import traceback
 
-    import torch.distributed as dist
+    from spectrakit.distributed import init_from_env, shutdown
 
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    ctx = init_from_env(device="cpu", timeout_s=60)
     try:
-        result = SCENARIOS[args["scenario"]](args, rank, world)
-        torch.save(result, Path(args["out"]) / f"rank{rank}.pt")
+        result = SCENARIOS[args["scenario"]](args, ctx.rank, ctx.world_size)
+        torch.save(result, Path(args["out"]) / f"rank{ctx.rank}.pt")
     except BaseException:
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        os._exit(1)  # no barrier: the other rank may be stuck in a collective; the launcher reports both logs
+    shutdown(0)
 
 
 # ----------------------------------------------------------------------------------------- the launcher

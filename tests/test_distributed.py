@@ -12,7 +12,7 @@ Real faults are far larger: a wrong shard, a lost or doubled update moves a para
 
 import pytest
 import torch
-from dist_worker import RUNS, SAVE_AT, STEPS, launch, make_model, optimizer_kinds, reference, train
+from dist_worker import RUNS, SAVE_AT, STEPS, harness_run, launch, make_model, optimizer_kinds, reference, train
 
 from spectrakit.distributed import load_checkpoint, save_checkpoint
 
@@ -39,7 +39,7 @@ def suite(tmp_path_factory):
         train(model, opt, range(SAVE_AT))
         save_checkpoint(root / f"single-{kind}", model, opt)
     torch.set_num_threads(threads)
-    results = launch({"scenario": "suite", "kinds": kinds, "dir": str(root)}, root, timeout=240)
+    results = launch({"scenario": "suite", "kinds": kinds, "dir": str(root)}, root, timeout=600)
     yield {"root": root, "kinds": kinds, "results": results,
             "reference": {kind: reference(kind, STEPS) for kind in kinds}}
 
@@ -102,3 +102,23 @@ def test_nonfinite_decision_is_global(suite, parallel):
         assert skip == {**skip, "raised": False, "skipped": 1, "unchanged": True}, (rank, skip)
         fail = result[f"nonfinite/{parallel}/raise"]
         assert fail["raised"] and fail["unchanged"] and fail["skipped"] == 0, (rank, fail)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_harness_model_under_parallelize(suite, parallel):
+    """The training harness's Transformer wrapped by ``parallelize`` (DDP / fully_shard per block) with Muon."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = harness_run(None)
+    finally:
+        torch.set_num_threads(threads)
+    for rank, result in enumerate(suite["results"]):
+        _assert_params_close(result[f"harness/{parallel}"], expected, f"harness {parallel} rank {rank}")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_wrapper_state_dict_round_trip(suite, parallel):
+    for rank, result in enumerate(suite["results"]):
+        _assert_params_close(result[f"state_dict/{parallel}"], suite["reference"]["spectra_soft"],
+                             f"state_dict {parallel} rank {rank}")

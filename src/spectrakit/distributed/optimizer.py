@@ -203,6 +203,14 @@ class DistributedSpectral(Optimizer):
         lines.append("owner-path flops per rank: " + ", ".join(f"{r}: {v:.3g}" for r, v in enumerate(load)))
         return "\n".join(lines)
 
+    def routing_report(self) -> str:
+        """The wrapped optimizer's routing table, then the ownership table."""
+        return self.optimizer.routing_report() + "\n\n" + self.ownership_report()
+
+    def statistics(self) -> dict[str, Tensor]:
+        """The wrapped optimizer's statistics of the last step (for the parameters this rank updated)."""
+        return self.optimizer.statistics()
+
     @property
     def members(self) -> list[Member]:
         """How each parameter is handled (group, index, canonical name, rule, path, owner)."""
