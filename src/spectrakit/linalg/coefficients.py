@@ -78,8 +78,14 @@ def grid_lower_ends() -> list[float]:
     return [10 ** (-j / GRID_PER_DECADE) for j in range(GRID_DECADES * GRID_PER_DECADE + 1)]
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def _table() -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    """The cached tables; torch.compile takes them as constants instead of tracing the solve behind them."""
+    return _compute_table()
+
+
+@functools.cache
+def _compute_table() -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
     schedules = [polar_schedule(l) for l in grid_lower_ends()]
     steps = tuple(len(s) for s in schedules)
     width = max(steps)
