@@ -58,7 +58,7 @@ class TrainConfig:
     opt: dict = _f({}, "extra optimizer argument KEY=VALUE (Python literal), repeatable")
     pre_clip: float | None = _f(None, "spectral pre-clipping of gradients with threshold C (SPEC 1.5); off when unset")
     grad_clip: float = _f(1.0, "global L2 gradient-norm clipping (0: off)")
-    steps: int = _f(600, "optimizer steps")
+    steps: int = _f(500, "optimizer steps")
     batch_size: int = _f(16, "sequences per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     schedule: str = _f("cosine", f"learning-rate schedule, one of {', '.join(SCHEDULES)}")
@@ -77,7 +77,7 @@ class TrainConfig:
     eval_every: int = _f(100, "steps between validation evaluations (0: only at the end)")
     eval_batches: int = _f(8, "validation batches per evaluation")
     diag_every: int = _f(50, "steps between spectral diagnostics (0: off)")
-    ckpt_every: int = _f(200, "steps between checkpoints (0: only at the end)")
+    ckpt_every: int = _f(250, "steps between checkpoints (0: only at the end)")
     progress: bool = _f(True, "show a progress bar")
     plots: bool = _f(True, "write PNG plots at the end of the run")
 
