@@ -231,3 +231,19 @@ def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
 def test_a_too_small_matrix_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="tiny.*k must be < min"):
         SpikeAware([("tiny", nn.Parameter(torch.randn(1, 5)))], lr=0.1)
+
+
+def test_bfloat16_parameters_follow_the_float32_run() -> None:
+    m, n = 64, 48
+    base = spiky(m, n, 1, 9)
+    g = torch.Generator().manual_seed(10)
+    a, b = nn.Parameter(torch.zeros(m, n)), nn.Parameter(torch.zeros(m, n, dtype=torch.bfloat16))
+    opt_a = SpikeAware([a], lr=0.01, weight_decay=0.0)
+    opt_b = SpikeAware([b], lr=0.01, weight_decay=0.0)
+    for _ in range(3):
+        G = base + 0.2 * torch.randn(m, n, generator=g)
+        a.grad, b.grad = G.clone(), G.bfloat16()
+        opt_a.step()
+        opt_b.step()
+    assert opt_b.state[b]["momentum_buffer"].dtype == torch.bfloat16
+    assert float((a.detach() - b.detach().float()).norm() / a.detach().norm()) < 2e-2

@@ -439,3 +439,21 @@ def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     p = nn.Parameter(torch.randn(8, 4))
     with pytest.raises(ValueError, match=match):
         SSO([p], **{"lr": 0.1, **kwargs})
+
+
+def test_bfloat16_parameters_train_and_resume_with_float32_solver_state() -> None:
+    W0 = matrix_with_gap(12, 8, 17).bfloat16()
+    g = torch.Generator().manual_seed(18)
+    p = nn.Parameter(W0.clone())
+    opt = SSO([p], lr=0.02)
+    for _ in range(2):
+        p.grad = torch.randn(12, 8, generator=g).bfloat16()
+        opt.step()
+    resumed = SSO([p], lr=0.02)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    state = resumed.state[p]
+    assert state["momentum_buffer"].dtype == torch.bfloat16
+    assert all(state[key].dtype == torch.float32 for key in ("power_v", "lambda", "sigma"))
+    p.grad = torch.randn(12, 8, generator=g).bfloat16()
+    resumed.step()
+    assert p.dtype == torch.bfloat16 and float(spectral(p.float())) == pytest.approx(math.sqrt(12 / 8), rel=0.03)

@@ -54,9 +54,9 @@ def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool 
     s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
     of the k x k matrix W^T W (= U^T M M^T U) so that (U, s, V) are the exact singular triplets of U U^T M.
     """
-    for _ in range(iters):
-        U = torch.linalg.qr(M @ V).Q
-        W = M.mT @ U
+    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in float32
+        U = torch.linalg.qr((M @ V.to(M.dtype)).float()).Q
+        W = (M.mT @ U.to(M.dtype)).float()
         if rayleigh_ritz:
             _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
             Z = Z.flip(-1).to(W.dtype)
@@ -156,18 +156,17 @@ class SpikeAware(SpectralOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
-            M = buf.float()
             if self.exact_svd:
-                U, s, V = _exact_top(M, k)
+                U, s, V = _exact_top(buf.float(), k)
             else:
                 cold = "spike_v" not in state
                 if cold:
                     gen = torch.Generator(device=p.device).manual_seed(0)
                     state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen)
                 iters = self.cold_power_iters if cold else self.power_iters
-                U, s, V = block_power_iteration(M, state["spike_v"].float(), iters, self.rayleigh_ritz)
+                U, s, V = block_power_iteration(buf, state["spike_v"].float(), iters, self.rayleigh_ritz)
                 state["spike_v"] = V
-            energy = torch.linalg.matrix_norm(M).square()
+            energy = torch.linalg.vector_norm(buf, dim=(-2, -1), dtype=torch.float32).square()
             spike_energy = s.square().sum(-1)
             sigma_tail = ((energy - spike_energy).clamp_min(0) / (q - k)).sqrt()
             rms = sigma_tail * math.sqrt(q / (m * n))

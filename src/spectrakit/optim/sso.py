@@ -339,6 +339,13 @@ class SSO(SpectralOptimizer):
                                      f"has shape {tuple(p.shape)} (route it to AdamW with fallback=('vectors', ...))")
                 atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch casts state to the parameter's dtype; the solver's is float32
+            for key in ("power_v", "lambda", "sigma"):
+                if key in state:
+                    state[key] = state[key].float()
+
     def _msign(self, X: Tensor) -> Tensor:
         return msign(X, coefficients="polar_express", steps=self.msign_steps, dtype=self.msign_dtype)
 
