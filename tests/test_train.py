@@ -267,3 +267,11 @@ def test_diagnostics_record_the_optimizer_statistics_at_diag_steps_only(tmp_path
     records = read_jsonl(trainer.run_dir / "diagnostics.jsonl")
     assert [r["step"] for r in records] == [2, 4]
     assert any(k.startswith("clip_c") for k in records[-1]["optimizer"])
+
+
+def test_config_round_trips_through_json_with_tuple_arguments():
+    cfg = TrainConfig(optimizer="spectra-adamw", opt={"betas": (0.8, 0.99)}, lr=2e-3)
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.opt["betas"] == (0.8, 0.99)
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})

@@ -146,6 +146,8 @@ class TrainConfig:
         unknown = sorted(set(normalized) - known)
         if unknown:
             raise ValueError(f"{source}: unknown keys {unknown}; allowed keys: {sorted(known)}")
+        if isinstance(normalized.get("opt"), dict):  # JSON/TOML arrays -> tuples (e.g. betas)
+            normalized["opt"] = {k: tuple(v) if isinstance(v, list) else v for k, v in normalized["opt"].items()}
         return replace(cls(), **normalized)
 
 
