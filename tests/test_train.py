@@ -275,3 +275,20 @@ def test_config_round_trips_through_json_with_tuple_arguments():
     assert again == cfg and again.opt["betas"] == (0.8, 0.99)
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_gradient_spectrum_estimate_for_large_matrices_matches_svd():
+    from spectrakit.train.diagnostics import _grad_spectrum
+
+    gen = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(300, 100, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(80, 80, generator=gen, dtype=torch.float64))
+    s = torch.cat([torch.tensor([50.0, 30.0, 20.0]), torch.linspace(1.0, 0.5, 77)]).double()
+    G = ((U[:, :80] * s) @ V.T).float()
+    exact, median = _grad_spectrum(G, exact_limit=1024)
+    assert torch.allclose(exact, torch.sort(s, descending=True).values.float()[:64], rtol=1e-4)
+    assert median == pytest.approx(s.median().item(), rel=1e-4)
+    approx, tail = _grad_spectrum(G, exact_limit=10)  # the block power iteration path
+    assert torch.allclose(approx[:3], exact[:3], rtol=1e-3)
+    assert len(approx) == 16
+    assert tail == pytest.approx(s[16:].pow(2).mean().sqrt().item(), rel=0.05)  # RMS of the tail stands in
