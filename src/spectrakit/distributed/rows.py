@@ -16,6 +16,11 @@ round-off of forming R (relative ~1e-7 in float32). This is the Gram-space evalu
 matrix function to its own rows; only n x n matrices travel. QR is used instead of the Gram matrix
 X^T X itself because it does not square the condition number and works with any method of f.
 
+Cost per rank: two QRs and one product of m_r x n by n x n (~6 m_r n^2 flops), plus f of an n x n matrix,
+which every rank evaluates (redundantly). It pays where moving the m x n matrix costs more than that, and
+where f's cost grows with m (msign's polynomial iteration on X: ~32 m n^2); for methods that already
+work in the n x n Gram space (the polar soft/hard clips) the per-rank compute is higher than an owner's.
+
 Other layouts (replicated, sharded over a batch dim) are evaluated locally; anything else falls back to
 gathering the full matrix on every rank.
 """
@@ -37,19 +42,24 @@ def _plain(value: Any) -> Any:
 
 def _tsqr_apply(local: Tensor, fn: Callable[..., Any], group: Any, args: tuple, kwargs: dict,
                 return_bound: bool) -> tuple[Tensor, Tensor | None]:
-    """Rows of f(X) for the rows ``local`` (..., m_r, n) of a row-sharded X (see the module docstring)."""
+    """Rows of f(X) for the rows ``local`` (..., m_r, n) of a row-sharded X (see the module docstring).
+
+    QR runs in float64 for float64 inputs and in float32 otherwise (Householder QR is backward stable: the
+    error is float32 round-off of X, the same size as X's own rounding).
+    """
     n = local.shape[-1]
     rank, _ = _comm.world(group)
-    Q1, R1 = torch.linalg.qr(local.double())
+    work = torch.float64 if local.dtype == torch.float64 else torch.float32
+    Q1, R1 = torch.linalg.qr(local.to(work))
     k = R1.shape[-2]
-    R_pad = torch.zeros(*local.shape[:-2], n, n, dtype=torch.float64, device=local.device)
+    R_pad = torch.zeros(*local.shape[:-2], n, n, dtype=work, device=local.device)
     R_pad[..., :k, :] = R1
     stacked = torch.cat(_comm.all_gather_equal(R_pad, group), dim=-2)
     Q2, R = torch.linalg.qr(stacked)
-    Q_local = Q1 @ Q2[..., rank * n:rank * n + k, :]
     out = fn(R.mT.to(local.dtype), *args, **kwargs)
     F, bound = out if return_bound else (out, None)
-    return (Q_local @ F.mT.double()).to(local.dtype), bound
+    # rows of Q f(R) = Q1 (Q2_r f(R)), associated so that the m_r x n product happens once
+    return (Q1 @ (Q2[..., rank * n:rank * n + k, :] @ F.mT.to(work))).to(local.dtype), bound
 
 
 def sharded_call(fn: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> Any:
