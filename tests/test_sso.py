@@ -431,7 +431,7 @@ def test_routing_sends_embeddings_head_and_vectors_to_adamw() -> None:
     ({"retraction_rate": -0.1}, "retraction_rate"), ({"solver": "newton"}, "solver"),
     ({"solver_tol": 0}, "solver_tol"), ({"solver_max_iter": 0}, "solver_max_iter"),
     ({"solver_bracket_steps": 1.5}, "solver_bracket_steps"), ({"power_iters": 0}, "power_iters"),
-    ({"power_rank": 0}, "power_rank"), ({"msign_steps": True}, "msign_steps"),
+    ({"power_rank": 0}, "power_rank"), ({"msign_steps": True}, "msign_steps"), ({"batch": 0}, "batch"),
     ({"msign_dtype": torch.int32}, "msign_dtype"), ({"split_sizes": [4, 0]}, "split_sizes"),
     ({"split_sizes": [3, 3]}, "must sum"), ({"heads": 3}, "heads"), ({"weight_decay": -1.0}, "weight_decay"),
 ])
@@ -457,3 +457,22 @@ def test_bfloat16_parameters_train_and_resume_with_float32_solver_state() -> Non
     p.grad = torch.randn(12, 8, generator=g).bfloat16()
     resumed.step()
     assert p.dtype == torch.bfloat16 and float(spectral(p.float())) == pytest.approx(math.sqrt(12 / 8), rel=0.03)
+
+
+def test_same_shape_blocks_of_different_parameters_are_solved_together() -> None:
+    g = torch.Generator().manual_seed(19)
+    shapes = [(6, 10), (6, 10), (12, 10), (2, 6, 10)]  # the (12, 10) matrix is split into two 6 x 10 heads
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    results, solves = {}, {}
+    for batch in (1, 64):
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = SSO([{"params": params[:2] + params[3:]}, {"params": [params[2]], "heads": 2}], lr=0.05, batch=batch)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+        results[batch], solves[batch] = [p.detach() for p in params], opt.solves
+    assert solves == {1: 4, 64: 2}  # group 1: three parameters (4 blocks) in one solve; group 2: one
+    for a, b in zip(results[1], results[64]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

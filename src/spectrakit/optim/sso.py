@@ -59,6 +59,29 @@ class _Segment:
         return X.narrow(-2, self.start, self.count * self.rows).unflatten(-2, (self.count, self.rows))
 
 
+@dataclass
+class _Piece:
+    """One parameter's run of equal blocks, as the optimizer stacks it with others of the same shape."""
+
+    p: Tensor
+    state: dict[str, Any]
+    seg: _Segment
+    index: slice  # the run's block indices in the parameter's solver state
+    direction: Tensor  # the momentum direction of the whole parameter
+
+    @property
+    def blocks(self) -> int:
+        """Blocks in the stack: the run's count times the parameter's leading (stacked-matrix) dims."""
+        return self.seg.count * math.prod(self.p.shape[:-2])
+
+    def gather(self, view: Tensor, trailing: int) -> Tensor:
+        """A (..., count, *trailing dims) view of this piece flattened to (blocks, *trailing dims)."""
+        return view.reshape(self.blocks, *view.shape[view.dim() - trailing:])
+
+    def scatter(self, view: Tensor, values: Tensor) -> None:
+        view.copy_(values.reshape(view.shape))
+
+
 def atomic_segments(d_out: int, split_sizes: Sequence[int] | None = None, heads: int | None = None,
                     name: str = "parameter") -> list[_Segment]:
     """Split the rows of a d_out x d_in matrix into atomic blocks, grouped into runs of equal size.
@@ -267,6 +290,9 @@ class SSO(SpectralOptimizer):
             False runs the full budget of rounds with no host sync.
         power_iters: power iterations per step (warm-started from the previous step's vector);
             the first step, which has no vector yet, runs ``cold_power_iters``.
+        batch: the most blocks stacked into one power iteration and one multiplier solve. Blocks of the same
+            shape (across heads, chunks and parameters of a group) are solved together: one batched msign per
+            solver round and one host sync per round for all of them.
         msign_steps, msign_dtype: Polar Express steps (8) and compute dtype of msign. float32 by default:
             in bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the 2e-4 level, and the
             solver then runs to its budget (measured: ~16 msign calls per block and step instead of ~13).
@@ -286,9 +312,10 @@ class SSO(SpectralOptimizer):
                  radius_scale: float = 1.0, weight_decay: float = 0.0, retraction: str = "hard",
                  retraction_rate: float = 0.05, retraction_rate_times_lr: bool = False,
                  solver: str | None = "bisection", solver_tol: float = 2e-4, solver_max_iter: int = 20,
-                 solver_bracket_steps: int = 10, solver_sync: bool = True, power_iters: int = 10, power_rank: int = 4,
-                 cold_power_iters: int = 50, msign_steps: int = 8, msign_dtype: torch.dtype = torch.float32,
-                 track_stats: bool = False, split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                 solver_bracket_steps: int = 10, solver_sync: bool = True, batch: int = 64, power_iters: int = 10,
+                 power_rank: int = 4, cold_power_iters: int = 50, msign_steps: int = 8,
+                 msign_dtype: torch.dtype = torch.float32, track_stats: bool = False,
+                 split_sizes: Sequence[int] | None = None, heads: int | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
@@ -301,7 +328,7 @@ class SSO(SpectralOptimizer):
         check_choice(solver, "solver", (*SOLVERS, None))
         check_positive(solver_tol, "solver_tol")
         for value, name in ((solver_max_iter, "solver_max_iter"), (solver_bracket_steps, "solver_bracket_steps"),
-                            (power_iters, "power_iters"), (power_rank, "power_rank"),
+                            (batch, "batch"), (power_iters, "power_iters"), (power_rank, "power_rank"),
                             (cold_power_iters, "cold_power_iters"),
                             (msign_steps, "msign_steps")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -314,7 +341,7 @@ class SSO(SpectralOptimizer):
         self.solver, self.solver_tol, self.solver_max_iter = solver, solver_tol, solver_max_iter
         self.solver_bracket_steps, self.solver_sync = solver_bracket_steps, bool(solver_sync)
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
-        self.power_rank = power_rank
+        self.power_rank, self.batch = power_rank, batch
         self.msign_steps, self.msign_dtype = msign_steps, msign_dtype
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
@@ -362,6 +389,8 @@ class SSO(SpectralOptimizer):
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
         lr, wd = group["lr"], group["weight_decay"]
+        buckets: dict[tuple, list[_Piece]] = {}
+        updated = []
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
@@ -372,9 +401,9 @@ class SSO(SpectralOptimizer):
             direction = ema_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            blocks = sum(seg.count for seg in segments)
             cold = "power_v" not in state
             if cold:
+                blocks = sum(seg.count for seg in segments)
                 rank = min(self.power_rank, p.shape[-1], *(seg.rows for seg in segments))
                 state["power_v"] = torch.randn((*p.shape[:-2], blocks, p.shape[-1], rank), device=p.device,
                                                generator=torch.Generator(p.device).manual_seed(0))
@@ -382,49 +411,65 @@ class SSO(SpectralOptimizer):
                 state["sigma"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
             first = 0
             for seg in segments:
-                index = slice(first, first + seg.count)
+                piece = _Piece(p, state, seg, slice(first, first + seg.count), direction)
                 first += seg.count
-                self._block_step(p, seg, direction, state, index, lr, group["radius_scale"], cold)
-            if self.track_stats:
+                key = (seg.rows, p.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
+                buckets.setdefault(key, []).append(piece)
+            updated.append((name, state))
+        for (rows, cols, _, _, _, cold), pieces in buckets.items():
+            chunk: list[_Piece] = []
+            for piece in pieces:
+                if chunk and sum(c.blocks for c in chunk) + piece.blocks > self.batch:
+                    self._solve_chunk(chunk, lr, radius(rows, cols, group["radius_scale"]), cold)
+                    chunk = []
+                chunk.append(piece)
+            self._solve_chunk(chunk, lr, radius(rows, cols, group["radius_scale"]), cold)
+        if self.track_stats:
+            for name, state in updated:
                 self._statistics[f"sso/sigma/{name}"] = state["sigma"].mean()
                 if self.solver is not None:
                     self._statistics[f"sso/lambda/{name}"] = state["lambda"].mean()
 
-    def _block_step(self, p: Tensor, seg: _Segment, direction: Tensor, state: dict[str, Any], index: slice,
-                    lr: float, radius_scale: float, cold: bool) -> None:
-        W = seg.view(p)
-        R = radius(seg.rows, p.shape[-1], radius_scale)
+    def _solve_chunk(self, chunk: list[_Piece], lr: float, R: float, cold: bool) -> None:
+        """Retract and step the stacked blocks of ``chunk`` (same block shape): one power iteration and one
+        multiplier solve for all of them, then the results are written back to each parameter."""
+        W = torch.cat([piece.gather(piece.seg.view(piece.p), 2) for piece in chunk])
+        M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in chunk]).float()
+        V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in chunk])
         iters = self.cold_power_iters if cold else self.power_iters
-        U, S, V = top_singular(W, state["power_v"].shape[-1], iters=iters, v0=state["power_v"][..., index, :, :])
-        state["power_v"][..., index, :, :] = V
+        U, S, V = top_singular(W, V0.shape[-1], iters=iters, v0=V0)
         sigma, u, v = S[..., 0], U[..., 0], V[..., 0]
-        state["sigma"][..., index] = sigma
         if self.retraction == "hard":
-            W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(p.dtype))
+            W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(W.dtype))
         else:
             rate = self.retraction_rate * (lr if self.retraction_rate_times_lr else 1.0)
-            W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(p.dtype))
-        M = seg.view(direction).float()
+            W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(W.dtype))
         M_hat = M / torch.linalg.matrix_norm(M, keepdim=True).clamp_min(_TINY)
         if self.solver is None:
             phi = self._msign(M_hat)
             self.msign_calls += 1
         else:
-            Theta = u[..., :, None] * v[..., None, :]
-            answer = solve_multiplier(M_hat, Theta, state["lambda"][..., index], method=self.solver,
-                                      tol=self.solver_tol,
-                                      max_iter=self.solver_max_iter, bracket_steps=self.solver_bracket_steps,
-                                      msign_fn=self._msign, sync=self.solver_sync)
+            lam0 = torch.cat([piece.gather(piece.state["lambda"][..., piece.index], 0) for piece in chunk])
+            answer = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], lam0, method=self.solver,
+                                      tol=self.solver_tol, max_iter=self.solver_max_iter,
+                                      bracket_steps=self.solver_bracket_steps, msign_fn=self._msign,
+                                      sync=self.solver_sync)
             phi = answer.phi
-            state["lambda"][..., index] = answer.lam
             self.msign_calls += answer.calls
             self.solves += 1
+            for piece, lam in zip(chunk, answer.lam.split([c.blocks for c in chunk])):
+                piece.scatter(piece.state["lambda"][..., piece.index], lam)
             if self.track_stats:
                 stats = self._statistics
                 stats["sso/fallbacks"] = stats.get("sso/fallbacks", 0) + answer.fallback.sum().float()
                 worst = answer.h.abs().amax().float()
                 stats["sso/max_abs_h"] = torch.maximum(stats.get("sso/max_abs_h", worst), worst)
-        W.add_(phi.to(p.dtype), alpha=-lr * R)
+        W.add_(phi.to(W.dtype), alpha=-lr * R)
+        sizes = [c.blocks for c in chunk]
+        for piece, w, vs, sg in zip(chunk, W.split(sizes), V.split(sizes), sigma.split(sizes)):
+            piece.scatter(piece.seg.view(piece.p), w)
+            piece.scatter(piece.state["power_v"][..., piece.index, :, :], vs)
+            piece.scatter(piece.state["sigma"][..., piece.index], sg)
 
 
 class MuonSphere(SSO):
