@@ -1,10 +1,13 @@
-"""The FLOP-balanced partition and the name canonicalization behind DistributedSpectral (no processes)."""
+"""The pieces of spectrakit.distributed that need no second process: partition, names, argument checks."""
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from spectrakit.distributed import balanced_owners, canonical_name, matrix_cost
+from spectrakit.distributed import DistributedSpectral, balanced_owners, canonical_name, init_from_env, matrix_cost
+from spectrakit.distributed.launch import DistContext, parallelize
 from spectrakit.distributed.optimizer import _dim0_sizes
 from spectrakit.distributed.partition import rank_loads
 
@@ -54,3 +57,36 @@ def test_canonical_name_strips_wrapper_prefixes():
     assert canonical_name("module.layers.0.attn.weight") == "layers.0.attn.weight"
     assert canonical_name("_orig_mod.module.w") == "w"
     assert canonical_name("encoder.module_list.0.weight") == "encoder.module_list.0.weight"
+
+
+def test_wrapper_rejects_bad_arguments():
+    model = nn.Linear(4, 4)
+    with pytest.raises(TypeError, match="SpectralOptimizer"):
+        DistributedSpectral(torch.optim.SGD(model.parameters(), lr=0.1))
+    from spectrakit.optim import Muon
+
+    opt = Muon(model)
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        DistributedSpectral(opt, parallel="zero3")
+    with pytest.raises(ValueError, match="rows_path must be one of"):
+        DistributedSpectral(opt, rows_path="sometimes")
+    with pytest.raises(RuntimeError, match="initialized process group"):
+        DistributedSpectral(opt)
+
+
+def test_init_from_env_outside_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_from_env()
+    with pytest.raises(ValueError, match="device must be"):
+        init_from_env(device="tpu")
+
+
+def test_parallelize_rejects_unknown_mode():
+    ctx = DistContext(0, 1, 0, torch.device("cpu"), "gloo")
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        parallelize(nn.Linear(2, 2), "zero", ctx)

@@ -104,6 +104,16 @@ class DistributedSpectral(Optimizer):
     the FSDP2 owner path run the identical computation on the full matrix; the rows path evaluates f(X) as
     Q f(R)). ``ownership_report()`` says which rank computes what and by which path; ``last_step_bytes`` is
     the payload this rank moved in the last step (sent + received; DDP's own gradient all-reduce excluded).
+
+    Example (``torchrun --nproc_per_node=N train.py``)::
+
+        ctx = init_from_env()                                   # spectrakit.distributed
+        model = parallelize(model.to(ctx.device), "fsdp", ctx)  # or "ddp"
+        opt = DistributedSpectral(Spectra(model, lr=1e-3))      # build the optimizer on the wrapped model
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / 100))
+        ...                                                      # loss.backward(); opt.step(); sched.step()
+        save_checkpoint("ckpt/step1000", model, opt)            # on every rank; loads on any world size
+        shutdown()
     """
 
     def __init__(self, optimizer: SpectralOptimizer, *, parallel: str = "auto",
@@ -258,7 +268,8 @@ class DistributedSpectral(Optimizer):
                  if m.param.grad is not None and self._reads_gradient(m)]
         local = [g.to_local() if is_dtensor(g) else g for _, g in grads]
         peaks = [g.detach().abs().amax().float() for g in local if g.numel()]
-        flag = (~torch.isfinite(torch.stack(peaks))).any() if peaks else torch.zeros((), dtype=torch.bool)
+        device = self._device()
+        flag = ((~torch.isfinite(torch.stack(peaks))).any() if peaks else torch.zeros((), dtype=torch.bool)).to(device)
         if not _comm.any_flag(flag, self._group):
             return True
         if self.optimizer.nonfinite == "skip":
@@ -270,6 +281,13 @@ class DistributedSpectral(Optimizer):
         raise NonFiniteGradientError(
             f"non-finite gradient in parameter(s) {', '.join(names)}; no parameter was changed. "
             "Pass nonfinite='skip' to skip such steps instead.")
+
+    def _device(self) -> torch.device:
+        """Where collectives run (NCCL needs CUDA tensors): the device of the parameters' (local) data."""
+        first = self._members[0].param if self._members else None
+        if first is None:
+            return torch.device("cpu")
+        return first.to_local().device if is_dtensor(first) else first.device
 
     @contextlib.contextmanager
     def _restricted(self, view: list[list[tuple[str, Tensor]]]) -> Iterator[None]:
