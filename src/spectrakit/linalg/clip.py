@@ -77,12 +77,22 @@ def _run_polar(fn: Callable[..., tuple[Tensor, Tensor]], Xw: Tensor, c: float | 
     return Y.reshape(Xw.shape).to(Xw.dtype), bound.reshape(batch_shape).float()
 
 
-_COMMON_ARGS = """
+def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
+              dtype: torch.dtype | None = None, return_bound: bool = False,
+              adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """SPECTRA's soft spectral clip H_c(X) = X (I + X^T X / c^2)^{-1/2} of each trailing matrix.
+
+    Singular values map sigma -> sigma / sqrt(1 + sigma^2/c^2) (Jiang, Semenov, Stich 2026, arXiv 2603.14315);
+    H_{tc}(tX) = t H_c(X). "polar" computes H_c(X) = c * top rows of msign([X/c; I]) with Polar-Express
+    quintics fitted to the known lower end of that stack's spectrum, in the min(m, n)-sized Gram space
+    (see spectrakit.linalg.polar_clip); "newton_schulz" is the authors' coupled iteration (10 steps, bfloat16
+    by default; float32 with dtype=torch.float32), accurate only while sigma_max/c <~ 10.
+
     Args:
         X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
         c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch). Tensor
             values are not checked (that would synchronise); c <= 0 there gives undefined results.
-        method: "auto" | "polar" | "svd" (exact, float64){extra_methods}. "auto" is the exact SVD for
+        method: "auto" | "polar" | "svd" (exact, float64) | "newton_schulz". "auto" is the exact SVD for
             min(m, n) <= 16 on CPU (faster there) and "polar" otherwise.
         steps: iteration count (default: chosen per call, see ``adaptive``).
         dtype: compute dtype of the iteration. "polar": float64 (default) or float32. Measured on a CPU
@@ -101,11 +111,6 @@ _COMMON_ARGS = """
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
 """
-
-
-def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
-              dtype: torch.dtype | None = None, return_bound: bool = False,
-              adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
     if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
         from ..distributed.rows import sharded_call
         return sharded_call(soft_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
@@ -131,19 +136,39 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     return (Y, bound) if return_bound else Y
 
 
-soft_clip.__doc__ = """SPECTRA's soft spectral clip H_c(X) = X (I + X^T X / c^2)^{-1/2} of each trailing matrix.
-
-    Singular values map sigma -> sigma / sqrt(1 + sigma^2/c^2) (Jiang, Semenov, Stich 2026, arXiv 2603.14315);
-    H_{tc}(tX) = t H_c(X). "polar" computes H_c(X) = c * top rows of msign([X/c; I]) with Polar-Express
-    quintics fitted to the known lower end of that stack's spectrum, in the min(m, n)-sized Gram space
-    (see spectrakit.linalg.polar_clip); "newton_schulz" is the authors' coupled iteration (10 steps, bfloat16
-    by default; float32 with dtype=torch.float32), accurate only while sigma_max/c <~ 10.
-""" + _COMMON_ARGS.format(extra_methods=' | "newton_schulz"')
-
-
 def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
               dtype: torch.dtype | None = None, return_bound: bool = False,
               adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Hard spectral clip sigma -> min(sigma, c) of each trailing matrix.
+
+    "polar" uses msign-only formulas (Jianlin Su, kexue.fm/archives/11006, 11059):
+    hard_clip_c(X) = c mclip(X/c), mclip(M) = 1/2 [(I + S) msign(M) + (I - S) M], S = sign(M M^T - I),
+    all evaluated in the min(m, n)-sized Gram space (see spectrakit.linalg.polar_clip). Singular values within
+    2e-4 c of c may be clipped only partly (relative error <= 1e-4 there).
+
+    Args:
+        X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
+        c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch). Tensor
+            values are not checked (that would synchronise); c <= 0 there gives undefined results.
+        method: "auto" | "polar" | "svd" (exact, float64). "auto" is the exact SVD for
+            min(m, n) <= 16 on CPU (faster there) and "polar" otherwise.
+        steps: iteration count (default: chosen per call, see ``adaptive``).
+        dtype: compute dtype of the iteration. "polar": float64 (default) or float32. Measured on a CPU
+            (2 AVX2 cores, no bf16 matmul units): bf16 matmuls are ~20-300x slower than float32 there and
+            float32 loses accuracy from sigma_max/c ~ 100 on (forming X X^T squares the condition number:
+            the eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2), while
+            float64 costs 1.2-2x float32 and meets 1e-3 up to sigma_max/c = 1e4.
+        return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
+            computes anyway ("polar": sqrt of min(Gershgorin, Frobenius) bounds of X X^T and (X X^T)^2, within
+            a factor rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
+        adaptive: "polar" only: choose the number of steps from the computed bound (the largest need in
+            the batch; this reads one integer on the host). None (default) = True on CPU, where that read
+            costs nothing, and False on accelerators, where a fixed worst-case count (enough for
+            sigma_max/c up to ~1e5 .. 1e10) keeps the call free of host synchronisation.
+
+    Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
+    gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
+"""
     if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
         from ..distributed.rows import sharded_call
         return sharded_call(hard_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
@@ -166,10 +191,3 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     return (Y, bound) if return_bound else Y
 
 
-hard_clip.__doc__ = """Hard spectral clip sigma -> min(sigma, c) of each trailing matrix.
-
-    "polar" uses msign-only formulas (Jianlin Su, kexue.fm/archives/11006, 11059):
-    hard_clip_c(X) = c mclip(X/c), mclip(M) = 1/2 [(I + S) msign(M) + (I - S) M], S = sign(M M^T - I),
-    all evaluated in the min(m, n)-sized Gram space (see spectrakit.linalg.polar_clip). Singular values within
-    2e-4 c of c may be clipped only partly (relative error <= 1e-4 there).
-""" + _COMMON_ARGS.format(extra_methods="")
