@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.quick:
         body = run(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, seq_len=8), steps=3, batch=2)
     else:
-        body = run(ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, seq_len=64), steps=25, batch=8)
+        body = run(ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, seq_len=64), steps=15, batch=8)
         write_section("sso", "## SSO: multiplier solver statistics\n\n" + body,
                       f"python benchmarks/bench_sso.py --threads {torch.get_num_threads()}")
     print(body)
