@@ -32,9 +32,14 @@ def load(out: Path) -> list[Record]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _plain_extra(r: Record) -> bool:
+    """No optimizer argument beyond experiment 6's adamw_lr (so not the scale ablation)."""
+    return all(key == "adamw_lr" for key, _ in r["spec"]["extra"])
+
+
 def _is_default(r: Record) -> bool:
     s = r["spec"]
-    return s["clip_c"] is None and s["pre_clip"] is None and s["grad_clip"] == 1.0
+    return s["clip_c"] is None and s["pre_clip"] is None and s["grad_clip"] == 1.0 and _plain_extra(r)
 
 
 def runs(records: list[Record], label: str, *, lr: float | None = None, seed: int | None = None,
@@ -255,7 +260,7 @@ def clipping_table(records: list[Record]) -> str:
     for title, label, kw in variants:
         row = [title]
         for at in lrs:
-            rs = [r for r in records if r["spec"]["label"] == label and r["spec"]["clip_c"] is None
+            rs = [r for r in records if r["spec"]["label"] == label and r["spec"]["clip_c"] is None and _plain_extra(r)
                   and math.isclose(r["spec"]["lr"], at, rel_tol=1e-6)
                   and all(r["spec"][k] == v for k, v in kw.items())]
             vals = losses(rs)
@@ -269,7 +274,7 @@ def clipping_table(records: list[Record]) -> str:
 
 def c_table(records: list[Record]) -> str:
     rs = [r for r in records if r["spec"]["label"] == "spectra-adamw" and r["spec"]["pre_clip"] is None
-          and r["spec"]["grad_clip"] == 1.0 and r["spec"]["seed"] == first_seed(records)]
+          and r["spec"]["grad_clip"] == 1.0 and r["spec"]["seed"] == first_seed(records) and _plain_extra(r)]
     lr = best_lr(records, "spectra-adamw")
     rs = [r for r in rs if lr is not None and math.isclose(r["spec"]["lr"], lr, rel_tol=1e-6)]
     by_c = {(r["spec"]["clip_c"] or 10.0): r for r in rs}
@@ -281,6 +286,25 @@ def c_table(records: list[Record]) -> str:
             for c in sorted(by_c)]
     return f"SPECTRA-AdamW at lr {lr:.3g}, seed {first_seed(records)}:\n\n" + table(
         ["c", "final val loss", "vs c = 10"], rows)
+
+
+def scale_table(records: list[Record]) -> str:
+    """SPECTRA-AdamW with and without its rectangular scale, next to AdamW, at the lrs the ablation ran."""
+    ablation = [r for r in records if r["spec"]["label"] == "spectra-adamw" and ("scale", "none") in
+                [tuple(x) for x in r["spec"]["extra"]]]
+    if not ablation:
+        return "(no scale ablation)"
+    rows = []
+    seed = first_seed(records)
+    for lr in sorted({r["spec"]["lr"] for r in ablation}):
+        cells = [_cell(next(iter(runs(records, "adamw", lr=lr, seed=seed)), None)),
+                 _cell(next(iter(runs(records, "spectra-adamw", lr=lr, seed=seed)), None)),
+                 _cell(next((r for r in ablation if math.isclose(r["spec"]["lr"], lr) and r["spec"]["seed"] == seed),
+                            None))]
+        rows.append([f"{lr:.3g}"] + [c.split(": ", 1)[-1] for c in cells])
+    return f"Seed {seed}, final val loss:\n\n" + table(
+        ["lr", "AdamW", "SPECTRA-AdamW (scale sqrt(max(1, rows/cols)), default)", "SPECTRA-AdamW, scale='none'"],
+        rows)
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
@@ -450,6 +474,7 @@ def write_report(out: Path, figures: Path) -> Path:
         sweep_table(records, others) if others else "(not run)",
         seeds_table(records, present(records, ["adamw", "spectra-adamw"]) + others, paired=False) if others else "",
         "## 7. SPECTRA threshold c", c_table(records),
+        "## 7b. Clip or rectangular scale?", scale_table(records),
         "## Figures", "\n".join(f"![{k}]({v})" for k, v in link.items()),
     ]
     summary = out / "summary.md"

@@ -99,6 +99,7 @@ class RunSpec:
             parts.append(f"pre{self.pre_clip:g}")
         if self.grad_clip != 1.0:
             parts.append(f"gc{self.grad_clip:g}")
+        parts += [f"{key}{value:.3g}" if isinstance(value, float) else f"{key}-{value}" for key, value in self.extra]
         return "-".join(parts)
 
     def optimizer(self, budget: Budget) -> tuple[str, dict[str, Any]]:

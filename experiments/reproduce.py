@@ -13,7 +13,8 @@ Experiments (numbers as in the issue):
   5 spectral pre-clipping vs global-norm clipping (AdamW, at its best lr and at sqrt(10) x best)
   6 Muon, SSO, MuonSphere, spike-aware: the same grid width and seeds; their AdamW-routed tensors (embedding,
     head, vectors) use AdamW's best lr from 1
-  7 SPECTRA threshold c around the default 10 (SPECTRA-AdamW at its best lr)
+  7 SPECTRA threshold c around the default 10 (SPECTRA-AdamW at its best lr), and SPECTRA-AdamW without the
+    rectangular scale alpha_shape (scale="none") to separate the clip from the per-shape step size
 Runs are trained in phases (a phase needs the best lrs of the one before); finished runs are skipped, so an
 interrupted study continues where it stopped. Results: DIR/results.jsonl, one record per run.
 """
@@ -72,6 +73,9 @@ def phase2(exps: set[int], bases: list[str], budget: Budget, records) -> list[Ru
     if exps & {1, 3, 4}:
         for label in pairs(bases):
             specs += seeds_at(label, best_lr(records, label, budget), budget)
+    if 7 in exps:  # what helps: the clip or the rectangular scale sqrt(max(1, rows/cols)) it comes with
+        for lr in (best_lr(records, "spectra-adamw", budget), best_lr(records, "adamw", budget)):
+            specs.append(RunSpec("spectra-adamw", lr, budget.seeds[0], extra=(("scale", "none"),)))
     if 5 in exps:
         lr = best_lr(records, "adamw", budget)
         for at in (lr, float(f"{lr * 10 ** 0.5:.4g}")):  # one seed each: exp 1's seeds give the noise level
