@@ -53,6 +53,14 @@ def test_msign_compiles_to_one_graph_for_every_input_of_a_shape():
     assert backend.graphs == 2
 
 
+@pytest.mark.slow
+def test_inductor_compiles_msign_and_matches_eager():
+    """The default backend (inductor: generated C++ on CPU) on msign, the core of Muon and of the polar clips."""
+    compiled = torch.compile(lambda x: msign(x, dtype=torch.float32), fullgraph=True)
+    for x in _inputs(2, (2, 20, 24)):
+        torch.testing.assert_close(compiled(x), msign(x, dtype=torch.float32), rtol=1e-4, atol=1e-5)
+
+
 #: Options that make each method free of host reads: the authors' iteration in float32 (bf16 matmuls are slow
 #: on CPU) and the polar method without its adaptive step count (which reads one integer on the host).
 _STATIC = {"newton_schulz": {"dtype": torch.float32}, "polar": {"adaptive": False}, "auto": {"adaptive": False},
