@@ -50,7 +50,8 @@ def test_strict_build_renders_every_page(site):
 
 @pytest.mark.parametrize("module, page", [("spectrakit.optim", "optim"), ("spectrakit.linalg", "linalg"),
                                           ("spectrakit.integrations", "integrations"),
-                                          ("spectrakit.preclip", "preclip")])
+                                          ("spectrakit.preclip", "preclip"),
+                                          ("spectrakit.distributed", "distributed")])
 def test_api_reference_documents_every_public_class_and_function(site, module, page):
     mod = importlib.import_module(module)
     names = getattr(mod, "__all__", None) or [n for n, v in vars(mod).items()
