@@ -220,11 +220,45 @@ def scenario_suite(args: dict, rank: int, world: int) -> dict:
                 opt.load_state_dict(saved)
                 train(model, opt, range(SAVE_AT, STEPS), rank, world)
                 out[f"state_dict/{parallel}"] = full_params(model)
+    out["sharded_call"] = sharded_call_errors()
     for parallel in ("ddp", "fsdp"):
         out[f"harness/{parallel}"] = harness_run(parallel, rank, world)
         for policy in ("skip", "raise"):
             out[f"nonfinite/{parallel}/{policy}"] = _nonfinite_step(parallel, policy, rank, world)
     return out
+
+
+def sharded_call_errors() -> dict[str, float]:
+    """max |f(DTensor X) - f(X)| for soft_clip / hard_clip / msign over layouts: rows (uneven), columns, a
+    batch dim, replicated, a tensor threshold per matrix; and whether the bound came back right."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from spectrakit.linalg import hard_clip, msign
+
+    mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+    gen = torch.Generator().manual_seed(7)
+    cases = {"rows 13x6": ((13, 6), Shard(0)), "cols 6x13": ((6, 13), Shard(1)), "batch 3x5x4": ((3, 5, 4), Shard(0)),
+             "stacked rows 2x9x4": ((2, 9, 4), Shard(1)), "replicated 9x4": ((9, 4), Replicate())}
+    functions = {"soft": lambda X, **kw: soft_clip(X, 0.7, method="svd", **kw),
+                 "hard": lambda X, **kw: hard_clip(X, 0.7, method="svd", **kw),
+                 "soft_tensor_c": lambda X, **kw: soft_clip(X, torch.full(X.shape[:-2], 0.7), method="svd", **kw),
+                 "msign": lambda X, **kw: msign(X, dtype=torch.float32)}
+    errors = {}
+    for case, (shape, placement) in cases.items():
+        full = torch.randn(shape, generator=gen)
+        X = distribute_tensor(full, mesh, [placement], src_data_rank=None)
+        for name, f in functions.items():
+            if name == "soft_tensor_c" and len(shape) == 2:
+                continue
+            got = f(X)
+            errors[f"{name} {case}"] = (got.full_tensor() - f(full)).abs().max().item()
+            assert tuple(got.placements) == (placement,), (case, name, got.placements)
+            if name != "msign":
+                _, bound = f(X, return_bound=True)
+                _, expected = f(full, return_bound=True)
+                errors[f"{name} bound {case}"] = (bound.full_tensor() - expected).abs().max().item()
+    return errors
 
 
 def harness_run(parallel: str | None, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:

@@ -89,9 +89,11 @@ def sharded_call(fn: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> A
         dim = placement.dim % X.dim() if isinstance(placement, Shard) else None
         if isinstance(placement, Replicate) or (dim is not None and dim < X.dim() - 2 and scalar_threshold):
             out = fn(X.to_local(), *args, **kwargs)  # whole matrices on every rank: nothing to exchange
-            if return_bound and dim is not None:  # the bound is sharded over the batch like X
-                return DTensor.from_local(out[0], mesh, placements, shape=X.shape, stride=X.stride()), \
-                    DTensor.from_local(out[1], mesh, placements)
+            if return_bound and dim is not None:  # the bound is sharded over the batch like X (possibly unevenly)
+                batch = X.shape[:-2]
+                bound = DTensor.from_local(out[1], mesh, placements, shape=batch,
+                                           stride=torch.empty(batch, device="meta").stride())
+                return DTensor.from_local(out[0], mesh, placements, shape=X.shape, stride=X.stride()), bound
             return wrap(*out) if return_bound else wrap(out, None)
         if dim == X.dim() - 2:
             return wrap(*_tsqr_apply(X.to_local(), fn, mesh.get_group(), args, kwargs, return_bound))
