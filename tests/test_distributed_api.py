@@ -90,3 +90,40 @@ def test_parallelize_rejects_unknown_mode():
     ctx = DistContext(0, 1, 0, torch.device("cpu"), "gloo")
     with pytest.raises(ValueError, match="parallel must be one of"):
         parallelize(nn.Linear(2, 2), "zero", ctx)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-process gloo group in this process (no launch), destroyed afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_lr_scheduler_drives_the_wrapped_optimizer(one_rank_group):
+    """LR schedulers accept the wrapper (an Optimizer) and their lr reaches the wrapped rule: one rank
+    through the wrapper takes exactly the steps of the plain optimizer under the same schedule."""
+    from spectrakit.optim import Muon
+
+    def run(wrap):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 3))
+        opt = Muon(model, lr=0.05, ns_dtype=torch.float32)
+        opt = DistributedSpectral(opt) if wrap else opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+        for step in range(4):
+            x = torch.randn(8, 6, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+            sched.step()
+        return [p.detach().clone() for p in model.parameters()], opt.param_groups[0]["lr"]
+
+    (plain, plain_lr), (wrapped, wrapped_lr) = run(False), run(True)
+    assert wrapped_lr == plain_lr == pytest.approx(0.05 / 5)
+    for a, b in zip(plain, wrapped):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

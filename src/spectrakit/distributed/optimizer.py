@@ -16,7 +16,9 @@ FSDP2 (``fully_shard``: parameters and gradients are DTensors sharded on dim 0, 
       all-gather of small n x n R factors (``rows``). State stays sharded like the parameter.
     - "owner" path (everything else: wide matrices, SSO, the spike-aware optimizer): one all-to-all brings the
       gradient and parameter shards of each matrix to its owner, the owner runs the rule on the full matrix
-      (its state lives there, whole), and a second all-to-all returns the new rows to their shards.
+      (its state lives there, whole), and a second all-to-all returns the new rows to their shards. The owner
+      keeps a full-size copy of each matrix it owns between steps (it keys the state), so per rank the memory
+      of the owner path is that of its owned matrices, not of its shards.
     Per matrix, the rows path is taken when the optimizer supports it and it moves fewer bytes.
 
 Global decisions are consistent: the non-finite gradient check looks at the gradients each rank reads and
