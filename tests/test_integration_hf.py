@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from spectrakit.integrations import decay_param_groups, trainer_optimizer  # noqa: E402
-from spectrakit.optim import Muon, Spectra, SpectralOptimizer  # noqa: E402
+from spectrakit.optim import SSO, Muon, Spectra, SpectralOptimizer, SpikeAware  # noqa: E402
 
 VOCAB, SEQ = 64, 16
 
@@ -67,7 +67,9 @@ def _rules(optimizer: SpectralOptimizer) -> dict[str, str]:
 @pytest.mark.parametrize("cls, kwargs", [
     (Spectra, {"lr": 1e-2, "clip_c": 1.0}),
     (Muon, {"lr": 0.02, "adamw_lr": 3e-3}),
-], ids=["spectra", "muon"])
+    (SSO, {"lr": 0.02, "adamw_lr": 3e-3}),
+    (SpikeAware, {"lr": 1e-2, "adamw_lr": 3e-3}),
+], ids=["spectra", "muon", "sso", "spike_aware"])
 def test_trainer_trains_tiny_llama_and_the_loss_falls(cls, kwargs, tmp_path):
     model = _tiny_llama()
     trainer = _trainer(model, trainer_optimizer(cls, model, weight_decay=0.01, **kwargs), tmp_path)
