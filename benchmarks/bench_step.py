@@ -1,9 +1,10 @@
 """Optimizer step time and memory on a LLaMA-shaped parameter set (issue 3 benchmark; BENCHMARKS.md "step").
 
 For each optimizer: the median wall time of ``optimizer.step()`` over a few steps (gradients fixed, one
-warmup step first), the persistent optimizer state, and the peak extra memory of stepping (state plus step
-temporaries; CUDA: peak allocated bytes, CPU: peak resident set size of a fresh worker process above its
-size once parameters and gradients exist).
+warmup step first), the persistent optimizer state, and the peak memory of the temporaries one step allocates
+(CUDA: peak allocated bytes above the allocated bytes before the step; CPU: peak live bytes of the tensor
+storages created by the step's ops, tracked by a TorchDispatchMode in a separate, untimed step). Each
+optimizer runs in a fresh worker process.
 
     python benchmarks/bench_step.py                 # 160M LLaMA shapes on CUDA; reduced on CPU (see below)
     python benchmarks/bench_step.py --layers 12 --vocab 50304 --steps 3   # the full shape set on CPU (slow)
@@ -18,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
@@ -79,9 +83,42 @@ OPTIMIZERS: dict[str, Callable[[list[tuple[str, torch.Tensor]]], object]] = {
 }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+class _PeakTemporaries(TorchDispatchMode):
+    """Peak bytes of the tensor storages that ops allocate while the mode is active and that are still alive.
+
+    Each op output whose storage is new (not shared with an input: views and in-place results are skipped)
+    counts until the last tensor that the mode saw on that storage is freed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._refs: dict[int, int] = {}
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in inputs or key == 0:
+                continue
+            if key not in self._refs:
+                self._refs[key] = 0
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self._refs[key] += 1
+            weakref.finalize(t, self._release, key, storage.nbytes())
+        return out
 
 
 def measure(name: str, shapes: list[tuple[str, tuple[int, ...]]], steps: int, device: str) -> dict[str, float]:
@@ -93,12 +130,6 @@ def measure(name: str, shapes: list[tuple[str, tuple[int, ...]]], steps: int, de
         p.grad = torch.randn(shape, device=device)
         named.append((pname, p))
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
     opt = OPTIMIZERS[name](named)
     times = []
     for i in range(steps + 1):
@@ -109,12 +140,17 @@ def measure(name: str, shapes: list[tuple[str, tuple[int, ...]]], steps: int, de
         if i > 0:
             times.append(time.perf_counter() - start)
     if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        opt.step()
+        temporaries = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        with _PeakTemporaries() as tracker:
+            opt.step()
+        temporaries = tracker.peak
     state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                       if isinstance(t, torch.Tensor))
-    return {"median_s": statistics.median(times), "state_bytes": state_bytes, "peak_extra_bytes": max(peak, 0),
+    return {"median_s": statistics.median(times), "state_bytes": state_bytes, "temporary_bytes": temporaries,
             "param_bytes": sum(p.numel() * p.element_size() for _, p in named)}
 
 
@@ -125,15 +161,15 @@ def _worker(name: str, config: dict) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def table(results: dict[str, dict[str, float]], memory: bool) -> str:
+def table(results: dict[str, dict[str, float]]) -> str:
     base = results[BASELINE]["median_s"]
     mib = 2**20
-    lines = ["| optimizer | step median (ms) | vs torch AdamW (foreach) | state (MiB) | peak extra (MiB) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| optimizer | step median (ms) | vs torch AdamW (foreach) | state (MiB) | peak step temporaries (MiB) "
+             "| peak extra = state + temporaries (MiB) |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        peak = f"{r['peak_extra_bytes'] / mib:.0f}" if memory else "n/a"
         lines.append(f"| {name} | {1e3 * r['median_s']:.1f} | {r['median_s'] / base:.2f}x | "
-                     f"{r['state_bytes'] / mib:.0f} | {peak} |")
+                     f"{r['state_bytes'] / mib:.1f} | {r['temporary_bytes'] / mib:.1f} | "
+                     f"{(r['state_bytes'] + r['temporary_bytes']) / mib:.1f} |")
     return "\n".join(lines)
 
 
@@ -166,6 +202,7 @@ def main(argv: list[str] | None = None) -> str:
     names = args.only or [n for n in OPTIMIZERS if device == "cuda" or args.quick or n != TORCH_MUON]
     if BASELINE not in names:
         names = [BASELINE, *names]
+    load_before = os.getloadavg()[0]
     results = {}
     for name in names:
         if args.quick:
@@ -177,9 +214,11 @@ def main(argv: list[str] | None = None) -> str:
     header = (f"LLaMA shapes: dim {dim}, {layers} layers, SwiGLU {ffn}, vocab {vocab} (untied): {n_params / 1e6:.1f}M "
               f"parameters, float32, {device}; median of {steps} steps after one warmup step; default options "
               "(Spectra: soft clip c=10, method auto, all parameters; Muon: hidden matrices, AdamW for the rest).")
+    header += (f" Load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} on "
+               f"{os.cpu_count()} cores (other jobs shared the machine when above the core count).")
     if TORCH_MUON not in names:
         header += f" {TORCH_MUON} left out on CPU (bfloat16 Newton-Schulz; see the script's docstring)."
-    body = header + "\n\n" + table(results, memory=not args.quick)
+    body = header + "\n\n" + table(results)
     print(body)
     if not args.quick:
         command = "python benchmarks/bench_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
