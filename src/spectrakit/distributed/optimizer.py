@@ -16,9 +16,8 @@ FSDP2 (``fully_shard``: parameters and gradients are DTensors sharded on dim 0, 
       all-gather of small n x n R factors (``rows``). State stays sharded like the parameter.
     - "owner" path (everything else: wide matrices, SSO, the spike-aware optimizer): one all-to-all brings the
       gradient and parameter shards of each matrix to its owner, the owner runs the rule on the full matrix
-      (its state lives there, whole), and a second all-to-all returns the new rows to their shards. The owner
-      keeps a full-size copy of each matrix it owns between steps (it keys the state), so per rank the memory
-      of the owner path is that of its owned matrices, not of its shards.
+      (its state lives there, whole), and a second all-to-all returns the new rows to their shards. During
+      the step the owner holds a full-size copy of each matrix it owns; its storage is freed between steps.
     Per matrix, the rows path is taken when the optimizer supports it and it moves fewer bytes.
 
 Global decisions are consistent: the non-finite gradient check looks at the gradients each rank reads and
@@ -390,6 +389,9 @@ class DistributedSpectral(Optimizer):
                     grads.append(pieces[r][offsets[r] + n:offsets[r] + 2 * n])
                     offsets[r] += 2 * n
                 proxy = self._proxy(m)
+                storage = proxy.untyped_storage()
+                if storage.size() == 0:  # freed after the previous step
+                    storage.resize_(proxy.numel() * proxy.element_size())
                 proxy.copy_(torch.cat(params).view(proxy.shape))
                 proxy.grad = torch.cat(grads).view(proxy.shape) if m.param.grad is not None else None
 
@@ -408,6 +410,9 @@ class DistributedSpectral(Optimizer):
                         send[r].append(part)
                     proxy.grad = None
             pieces = _comm.all_to_all_flat(send, recv, dtype, device, self._group)
+            for m in members:  # the rows are sent: free the full-size copies until the next step
+                if m.owner == self._rank:
+                    self._proxy(m).untyped_storage().resize_(0)
             offsets = [0] * self._world
             for m in members:
                 local = m.param.to_local()
