@@ -85,13 +85,15 @@ def _optional(module: str, name: str):
 
 
 class TinyNet(nn.Module):
-    """Matrices of several aspect ratios: 13 x 6 (13 rows do not split evenly over 2 ranks), 6 x 13 (wide),
+    """Matrices of several aspect ratios: two 13 x 6 (13 rows do not split evenly over 2 ranks; optimizers
+    stack same-shape matrices into one batched call), 6 x 13 (wide),
     5 x 6, 24 x 5 (tall: the row-sharded path is the cheaper one), 1 x 24 (rank 1 holds no row of it), and a
     norm gain (AdamW-routed unless the optimizer clips vectors)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.up = nn.Linear(6, 13, bias=False)
+        self.gate = nn.Linear(6, 13, bias=False)
         self.down = nn.Linear(13, 6, bias=False)
         self.gain = nn.Parameter(torch.ones(6))
         self.mix = nn.Linear(6, 5, bias=False)
@@ -99,7 +101,7 @@ class TinyNet(nn.Module):
         self.score = nn.Linear(24, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.up(x))
+        h = torch.tanh(self.up(x)) * torch.sigmoid(self.gate(x))
         h = torch.tanh(self.down(h) * self.gain)
         out = self.out(torch.tanh(self.mix(h)))
         return torch.cat([out, self.score(out)], dim=-1)
@@ -162,7 +164,7 @@ def _wrap(model: nn.Module, parallel: str):
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
-    for module in (model.up, model.down, model.mix, model.out, model.score):
+    for module in (model.up, model.gate, model.down, model.mix, model.out, model.score):
         fully_shard(module, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 

@@ -150,11 +150,13 @@ class DistributedSpectral(Optimizer):
     # ------------------------------------------------------------------------------------------ set-up
     @staticmethod
     def _mesh_group(optimizer: SpectralOptimizer) -> dist.ProcessGroup:
-        meshes = {id(p.device_mesh): p.device_mesh for g in optimizer.param_groups for p in g["params"]
-                  if is_dtensor(p)}
+        meshes = []
+        for p in (p for g in optimizer.param_groups for p in g["params"] if is_dtensor(p)):
+            if not any(p.device_mesh == mesh for mesh in meshes):
+                meshes.append(p.device_mesh)
         if len(meshes) != 1:
             raise ValueError(f"parallel='fsdp' needs all DTensor parameters on one device mesh, found {len(meshes)}")
-        mesh = next(iter(meshes.values()))
+        mesh = meshes[0]
         if mesh.ndim != 1:
             raise ValueError(f"parallel='fsdp' supports 1-D device meshes (FSDP2), got a {mesh.ndim}-D mesh")
         return mesh.get_group()
