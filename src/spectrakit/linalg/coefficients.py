@@ -23,11 +23,12 @@ import torch
 
 #: Cushion of the Polar Express paper (fit on [max(l, cushion*u), u]).
 CUSHION = 0.02407327424182761
-#: A schedule stops once 1 - l_t <= this (singular values of the iterate within 1e-6 of 1).
+#: A schedule stops once 1 - l_t <= tol (singular values of the iterate within tol of 1); default tol.
 CONVERGED = 1e-6
-#: Grid of lower ends l_j = 10 ** (-j / GRID_PER_DECADE), j = 0 .. GRID_DECADES * GRID_PER_DECADE.
-GRID_PER_DECADE = 8
-GRID_DECADES = 12
+#: Grid of lower ends l_j = 10 ** (-j / GRID_PER_DECADE), j = 0 .. GRID_DECADES * GRID_PER_DECADE. Below
+#: the last point (l < 1e-8) the last row is used: the result is then less accurate, but stays finite.
+GRID_PER_DECADE = 16
+GRID_DECADES = 8
 #: Newton-Schulz quintic (15 x - 10 x^3 + 3 x^5) / 8, the limit of the optimal steps as l -> 1.
 LIMIT_QUINTIC = (1.875, -1.25, 0.375)
 
@@ -79,19 +80,19 @@ def grid_lower_ends() -> list[float]:
 
 
 @torch.compiler.assume_constant_result
-def _table() -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+def _table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
     """The cached tables; torch.compile takes them as constants instead of tracing the solve behind them."""
-    return _compute_table()
+    return _compute_table(tol)
 
 
 @functools.cache
-def _compute_table() -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
-    schedules = [polar_schedule(l) for l in grid_lower_ends()]
+def _compute_table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    schedules = [polar_schedule(l, tol=tol) for l in grid_lower_ends()]
     steps = tuple(len(s) for s in schedules)
     width = max(steps)
     rows = [s + [LIMIT_QUINTIC] * (width - len(s)) for s in schedules]
-    return torch.tensor(rows, dtype=torch.float64), steps, tuple(_steps_below(l, s) for l, s in
-                                                                  zip(grid_lower_ends(), schedules))
+    small = tuple(_steps_below(l, s) for l, s in zip(grid_lower_ends(), schedules))
+    return torch.tensor(rows, dtype=torch.float64), steps, small
 
 
 def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: float = 0.1) -> int:
@@ -105,19 +106,19 @@ def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: fl
     return count
 
 
-def schedule_table() -> torch.Tensor:
+def schedule_table(tol: float = CONVERGED) -> torch.Tensor:
     """(grid size, max steps, 3) float64 tensor: row j is the schedule of l_j padded with the limit quintic."""
-    return _table()[0]
+    return _table(tol)[0]
 
 
-def steps_for_index(j: int) -> int:
-    """Number of steps the schedule for grid point j needs to converge (0 for l_0 = 1)."""
-    return _table()[1][j]
+def steps_for_index(j: int, tol: float = CONVERGED) -> int:
+    """Number of steps the schedule for grid point j needs to converge to ``tol`` (0 for l_0 = 1)."""
+    return _table(tol)[1][j]
 
 
-def small_steps_for_index(j: int) -> int:
+def small_steps_for_index(j: int, tol: float = CONVERGED) -> int:
     """Number of leading steps of grid point j's schedule that start with l_t < 0.1 (the ill-conditioned ones)."""
-    return _table()[2][j]
+    return _table(tol)[2][j]
 
 
 def grid_index(l: torch.Tensor) -> torch.Tensor:

@@ -13,23 +13,23 @@ from torch import Tensor
 from .coefficients import LIMIT_QUINTIC, schedule_table, steps_for_index
 
 
-def gather_schedule(idx: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+def gather_schedule(idx: Tensor, steps: int, dtype: torch.dtype, tol: float) -> Tensor:
     """(steps, B, 3) coefficients: row ``idx[b]`` of the table, cut or padded (limit quintic) to ``steps``."""
-    table = schedule_table()
+    table = schedule_table(tol)
     if steps > table.shape[1]:
         pad = torch.tensor(LIMIT_QUINTIC, dtype=table.dtype).expand(table.shape[0], steps - table.shape[1], 3)
         table = torch.cat([table, pad], dim=1)
     return table[:, :steps].to(device=idx.device, dtype=dtype)[idx].transpose(0, 1)
 
 
-def schedule_steps(idx: Tensor, steps: int | None, adaptive: bool) -> int:
+def schedule_steps(idx: Tensor, steps: int | None, adaptive: bool, tol: float) -> int:
     """Loop length: ``steps`` if given; else the longest need in the batch (adaptive, reads idx.max() on the
     host) or the worst case of the whole table (no host read)."""
     if steps is not None:
         return steps
     if adaptive:
-        return steps_for_index(int(idx.max())) if idx.numel() else 0
-    return schedule_table().shape[1]
+        return steps_for_index(int(idx.max()), tol) if idx.numel() else 0
+    return schedule_table(tol).shape[1]
 
 
 def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:

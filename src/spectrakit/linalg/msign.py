@@ -21,6 +21,7 @@ KELLER: Coefficients = ((3.4445, -4.7750, 2.0315),)
 
 #: Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932, Table/Algorithm for l_0 = 1e-3):
 #: per-step minimax-optimal odd quintics; the last entry repeats once the sequence is exhausted.
+#: ``spectrakit.linalg.polar_schedule(1e-3, tol=0)`` re-derives the first seven at run time (tested).
 POLAR_EXPRESS: Coefficients = (
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
     (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
@@ -76,7 +77,8 @@ def msign(
             float32 for float16 inputs). The output has the input's dtype.
 
     A zero matrix maps to zero; NaN in gives NaN out. The input is scaled by its Frobenius norm, an
-    upper bound on the spectral norm, so no host synchronisation happens.
+    upper bound on the spectral norm, so no host synchronisation happens. On CPUs without bfloat16 matmul
+    units (e.g. AVX2-only), bfloat16 matmuls are ~20-300x slower than float32: pass dtype=torch.float32 there.
     """
     if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
         from ..distributed.rows import sharded_call
@@ -100,9 +102,11 @@ def msign(
     transposed = X.shape[-2] > X.shape[-1]
     Y = X.mT if transposed else X
     batch_shape = Y.shape[:-2]
-    Y = Y.reshape(-1, *Y.shape[-2:]).to(work_dtype)
-    norm = torch.linalg.matrix_norm(Y.float(), keepdim=True).to(work_dtype)
-    Y = Y / (norm * _SAFETY + 1e-30 if work_dtype == torch.float64 else norm * _SAFETY + 1e-7)
+    Y = Y.reshape(-1, *Y.shape[-2:])
+    # Scale by the Frobenius norm (an upper bound on sigma_max), in float64 so that no input scale over- or
+    # underflows; msign is scale invariant, so any nonzero matrix is handled exactly the same.
+    norm = torch.linalg.matrix_norm(Y.double(), keepdim=True) * _SAFETY
+    Y = (Y.double() / norm.clamp_min(1e-300)).to(work_dtype)
     Y = polar_iterate(Y, _step_coefficients(coeffs, steps, safety=named_polar_express))
     Y = Y.reshape(*batch_shape, *Y.shape[-2:])
     return (Y.mT if transposed else Y).to(X.dtype)

@@ -21,6 +21,16 @@ from torch import Tensor
 from .coefficients import GRID_DECADES, GRID_PER_DECADE, grid_index, small_steps_for_index
 from .gram import gather_schedule, inverse_sqrt, schedule_steps, symmetric_sign
 
+#: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
+#: below their 1e-3 target; float64 inputs use TOL_FLOAT64.
+TOL = 1e-4
+TOL_FLOAT64 = 1e-12
+
+#: Upper bounds are inflated by this factor before normalising: the first optimal quintics have slope ~24 at 1,
+#: so an eigenvalue pushed just above 1 by rounding (or by the error of Z in the hard clip) would be amplified
+#: step after step (the same reason Polar Express divides its coefficients by 1.01).
+SAFETY = 1.01
+
 #: Hard clip: singular values within SIGN_TOL * c of c may have their sign only partly resolved; the
 #: resulting error is at most SIGN_TOL / 2 relative to c per such singular value.
 SIGN_TOL = 2e-4
@@ -51,6 +61,7 @@ MIXED_MAX_RATIO = 100.0
 
 def _ratio_estimate(X: Tensor, c: Tensor, iters: int = 3) -> float:
     """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each); reads the host."""
+    X, c = X.double(), c.double()
     v = torch.ones(X.shape[0], X.shape[-1], 1, dtype=X.dtype, device=X.device)
     for _ in range(iters):
         v = X.mT @ (X @ v)
@@ -66,10 +77,10 @@ def _normalize(X: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _policy(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
-    """(early, late) compute dtypes."""
+    """(early, late) compute dtypes (float64 throughout for float64 inputs)."""
     if dtype is not None:
         return dtype, dtype
-    if not adaptive:
+    if not adaptive or X.dtype == torch.float64:
         return torch.float64, torch.float64
     r = _ratio_estimate(X, c)
     if r <= FP32_MAX_RATIO:
@@ -83,19 +94,20 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
 
     dtype float32/float64: everything in that dtype; None: the mixed policy above.
     """
-    X, c, scale = _normalize(X, c)
     early, late = _policy(X, c, adaptive, dtype)
+    tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
+    X, c, scale = _normalize(X, c)
     Xe, c = X.to(early), c.to(early)
     G, G2, bound = _gram_and_bound(Xe)
     c2 = (c * c)[:, None, None]
-    alpha = 1 + bound[:, None, None] / c2
+    alpha = (1 + bound[:, None, None] / c2) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     R = (eye + G / c2) / alpha
     R2 = (eye + 2 * G / c2 + G2 / (c2 * c2)) / (alpha * alpha)
     idx = grid_index(alpha.rsqrt().flatten())
-    n_steps = schedule_steps(idx, steps, adaptive)
+    n_steps = schedule_steps(idx, steps, adaptive, tol)
     worst = int(idx.max()) if adaptive and idx.numel() else GRID_DECADES * GRID_PER_DECADE
-    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early), switch_at=small_steps_for_index(worst),
+    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early, tol), switch_at=small_steps_for_index(worst, tol),
                      late_dtype=late)
     Y = (Q.to(late) @ X.to(late)) * (alpha.rsqrt() * scale[:, None, None]).to(late)
     return Y, bound.sqrt() * scale
@@ -112,21 +124,25 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     (accurate for sigma >= c/2), Gh^{1/2} = Gh Z, S = sign((Gh^{1/2} - I)/gamma) with gamma = max(1, sqrt(beta)),
     and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
     """
-    X, c, scale = _normalize(X, c)
     dtype = _policy(X, c, adaptive, dtype)[0]
+    tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
+    X, c, scale = _normalize(X, c)
     X, c = X.to(dtype), c.to(dtype)
     G, G2, bound = _gram_and_bound(X)
     c2 = (c * c)[:, None, None]
-    beta = torch.clamp(bound[:, None, None] / c2, min=1.0)
+    beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     Gh = G / c2
     idx_z = grid_index(0.5 * beta.rsqrt().flatten())
     Qz = inverse_sqrt(Gh / beta, G2 / (c2 * c2 * beta * beta),
-                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive), X.dtype))
+                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive, tol), X.dtype, tol))
     Z = Qz * beta.rsqrt()
-    gamma = beta.sqrt()
-    E = (Gh @ Z - eye) / gamma
+    gamma = beta.sqrt() * SAFETY
+    E = Gh @ Z
+    E = (0.5 * (E + E.mT) - eye) / gamma  # symmetric in exact arithmetic (Gh and Z commute); keep it so
     idx_s = grid_index(SIGN_TOL / gamma.flatten())
-    S = symmetric_sign(E, gather_schedule(idx_s, schedule_steps(idx_s, steps, adaptive), X.dtype))
+    # S multiplies X itself in (I - S) X: an error e in S costs e * sigma_max/c, so S is converged to TOL_FLOAT64
+    S = symmetric_sign(E, gather_schedule(idx_s, schedule_steps(idx_s, steps, adaptive, TOL_FLOAT64), X.dtype,
+                                          TOL_FLOAT64))
     F = 0.5 * ((eye + S) @ Z + (eye - S))
     return (F @ X) * scale[:, None, None].to(dtype), bound.sqrt() * scale
