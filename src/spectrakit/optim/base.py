@@ -48,7 +48,9 @@ def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, flo
 class SpectralOptimizer(Optimizer):
     """Base class: routes parameters, runs the internal AdamW rule and guards against non-finite gradients.
 
-    Args (shared by every subclass):
+    Every subclass takes these arguments.
+
+    Args:
         params: an ``nn.Module``, an iterable of tensors or of (name, tensor) pairs, or param-group dicts.
             A group may set ``rule="spectral"`` or ``rule="adamw"`` to override the routing.
         fallback: categories sent to the internal AdamW rule, among ("vectors", "embeddings", "head").
