@@ -1,0 +1,20 @@
+"""The linalg benchmark runs end to end in its quick mode (keeps it from rotting); it writes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_linalg.py"
+
+
+def test_quick_benchmark_runs_without_writing(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_linalg", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = []
+    monkeypatch.setattr(module, "write_section", lambda *a, **k: written.append(a))
+    assert module.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| 12x20 | 10 |" in out and "NS-need / polar" in out
+    assert written == []
