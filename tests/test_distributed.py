@@ -53,9 +53,11 @@ def test_every_required_optimizer_is_covered():
 @pytest.mark.parametrize("run", RUNS, ids=["/".join(r) for r in RUNS])
 def test_matches_single_process(suite, run):
     for kind in suite["kinds"]:
+        key = f"train/{run[0]}/{run[1]}/{kind}"
         for rank, result in enumerate(suite["results"]):
-            _assert_params_close(result[f"train/{run[0]}/{run[1]}/{kind}"]["params"], suite["reference"][kind],
-                                 f"{kind} {run} rank {rank}")
+            _assert_params_close(result[key]["params"], suite["reference"][kind], f"{kind} {run} rank {rank}")
+        first, second = (result[key]["params"] for result in suite["results"])
+        assert all(torch.equal(first[name], second[name]) for name in first), f"{key}: ranks differ"
 
 
 def test_paths_and_ownership(suite):
