@@ -8,6 +8,19 @@
 
 ``shutdown`` ends the process with ``os._exit`` after the barrier: interpreter teardown with live process
 groups and backend threads can abort and turn a finished run into a failed job.
+
+What a training loop changes under torchrun (the recipe ``spectrakit train --parallel`` needs):
+- build the model on ``ctx.device``; forward and backward through ``parallelize(...)``'s module;
+- build the optimizer over that module, then ``DistributedSpectral`` around it (torch.optim optimizers need
+  nothing: DDP and FSDP2 handle them);
+- give each rank its own micro-batches (e.g. micro-batch index ``rank * grad_accum + j``); the gradients are
+  averaged, so the global batch is world_size times the per-rank one;
+- ``clip_grad_norm_`` works unchanged (FSDP2: on DTensors); average logged losses over ranks;
+- write logs and run files on ``ctx.is_main`` only; run evaluation on every rank (FSDP2 forwards are
+  collective);
+- checkpoint with ``save_checkpoint`` / ``load_checkpoint`` on every rank (the optimizer state is spread over
+  ranks; a rank-0 ``torch.save`` would miss it); the result resumes on any world size;
+- end every rank with ``shutdown(exit_code)``.
 """
 
 from __future__ import annotations
