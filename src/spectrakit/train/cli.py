@@ -114,7 +114,9 @@ def run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("spectrakit train: interrupted", file=sys.stderr)
         return 130
-    if result.final_val_loss is not None and not result.diverged:
+    if result.signal is not None:
+        print(f"stopped at step {result.steps_done}; continue with: spectrakit train --resume {result.run_dir}")
+    elif result.final_val_loss is not None and not result.diverged:
         print(f"done: {result.steps_done} steps, final validation loss {result.final_val_loss:.4f}; "
               f"outputs in {result.run_dir}")
     return result.exit_code
