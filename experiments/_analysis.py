@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from _runner import RESULTS, SPIKE_JUMP
-from _study import BASE_VARIANTS, BUDGETS, SPECTRAL_OPTIMIZERS, lr_grid
+from _study import BASE_VARIANTS, BUDGETS, SPECTRAL_OPTIMIZERS, lr_grid, stability_lrs
 
 Record = dict[str, Any]
 _SPIKE_FACTOR = 10.0
@@ -135,10 +135,19 @@ def seeds_table(records: list[Record], labels: list[str], paired: bool) -> str:
     return table(header + (["SPECTRA − base (mean)"] if paired else []), rows)
 
 
+def stability_runs(records: list[Record], label: str) -> list[Record]:
+    """The seed-0 grid runs plus experiment 2's runs above the grid."""
+    budget = BUDGETS[records[0]["budget"]] if records else None
+    extra = stability_lrs(label, budget) if budget and label not in SPECTRAL_OPTIMIZERS else []
+    above = [r for r in runs(records, label, seed=first_seed(records))
+             if any(math.isclose(r["spec"]["lr"], lr, rel_tol=1e-6) for lr in extra)]
+    return sweep(records, label) + above
+
+
 def stability_table(records: list[Record], labels: list[str]) -> str:
     rows = []
     for label in labels:
-        rs = sweep(records, label)
+        rs = stability_runs(records, label)
         if not rs:
             continue
         stable = [r["spec"]["lr"] for r in rs if not r["diverged"]]
@@ -149,7 +158,7 @@ def stability_table(records: list[Record], labels: list[str]) -> str:
                      f"{sum(r['spikes'] for r in rs if not r['diverged'])}",
                      _cell(top)])
     return table(["optimizer", "largest lr not diverged", "largest lr without spikes", "diverged at",
-                  "spikes (all grid runs)", "largest grid lr: final val loss"], rows)
+                  "spikes (all runs)", "largest lr: final val loss"], rows)
 
 
 # ---- experiment 3: weight norms ----------------------------------------------------------------------------------
@@ -327,7 +336,7 @@ def fig_sweeps(records: list[Record], path: Path) -> None:
     top = max(finite) if finite else 1.0
     for ax, labels in zip(axes[0], groups):
         for label in labels:
-            rs = sweep(records, label)
+            rs = stability_runs(records, label)
             line, = ax.plot([r["spec"]["lr"] for r in rs if not r["diverged"]], losses(rs), "o-", label=label, ms=4)
             bad = [r["spec"]["lr"] for r in rs if r["diverged"]]
             ax.plot(bad, [top] * len(bad), "x", color=line.get_color(), ms=8)
@@ -348,7 +357,7 @@ def fig_curves(records: list[Record], path: Path) -> None:
         return
     fig, axes = plt.subplots(len(bases), 2, figsize=(8, 2.8 * len(bases)), squeeze=False)
     for row, base in zip(axes, bases):
-        grid = [r["spec"]["lr"] for r in sweep(records, base)]
+        grid = [r["spec"]["lr"] for r in stability_runs(records, base)]
         blr = best_lr(records, base)
         for ax, lr, title in ((row[0], blr, "base's best lr"), (row[1], max(grid) if grid else None, "largest lr")):
             if lr is None:

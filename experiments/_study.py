@@ -47,6 +47,7 @@ class Budget:
     corpus_fraction: float = 1.0
     c_values: tuple[float, ...] = (1.0, 3.0, 10.0, 100.0)
     other_grid_points: int = 5  # grid of experiment 6 (same width as grid_points, fewer points when short of time)
+    stability_points: int = 2  # experiment 2: extra lrs above the grid, sqrt(10) apart
     workers: int = 2
 
     @property
@@ -74,7 +75,7 @@ BUDGETS: dict[str, Budget] = {
     # Test-suite smoke run: every experiment, seconds in total.
     "quick": Budget("quick", vocab_size=320, d_model=16, n_layers=1, n_heads=2, seq_len=16, batch_size=4, steps=6,
                     grid_points=2, seeds=(0, 1), eval_every=3, eval_batches=2, diag_every=3, corpus_fraction=0.02,
-                    c_values=(1.0, 10.0), other_grid_points=2, workers=1),
+                    c_values=(1.0, 10.0), other_grid_points=2, stability_points=1, workers=1),
 }
 
 
@@ -130,6 +131,13 @@ def lr_grid(label: str, budget: Budget) -> list[float]:
     span = (budget.grid_points - 1) / 2
     exponents = [span * (k / max(1, points - 1) - 0.5) for k in range(points)]
     return [float(f"{centre * 10 ** e:.4g}") for e in exponents]
+
+
+def stability_lrs(label: str, budget: Budget) -> list[float]:
+    """Experiment 2: ``stability_points`` learning rates above the top of the grid, continuing its sqrt(10) steps."""
+    centre = LR_CENTRES[label.removeprefix("spectra-")]
+    top = (budget.grid_points - 1) / 4
+    return [float(f"{centre * 10 ** (top + k / 2):.4g}") for k in range(1, budget.stability_points + 1)]
 
 
 def pairs(bases: list[str]) -> list[str]:

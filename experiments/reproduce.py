@@ -7,7 +7,8 @@
 
 Experiments (numbers as in the issue):
   1 base vs SPECTRA per base optimizer: an lr grid (same width for all), extra seeds at each best lr
-  2 stability at large lr            (from the grids of 1: divergence and loss spikes per lr)
+  2 stability at large lr: the grids of 1 continued upwards (``stability_points`` more sqrt(10) steps);
+    divergence and loss spikes per lr
   3 weight norms                     (exact ||W||_2, ||W||_F of the trained weights of 1)
   4 gradient spectra                 (the harness's diagnostics of raw gradients in the runs of 1)
   5 spectral pre-clipping vs global-norm clipping (AdamW, at its best lr and at sqrt(10) x best)
@@ -31,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runner import run_all  # noqa: E402
-from _study import BUDGETS, SPECTRAL_OPTIMIZERS, Budget, RunSpec, lr_grid, pairs  # noqa: E402
+from _study import BUDGETS, SPECTRAL_OPTIMIZERS, Budget, RunSpec, lr_grid, pairs, stability_lrs  # noqa: E402
 
 EXPERIMENTS = (1, 2, 3, 4, 5, 6, 7)
 BASES = ("adamw", "signum", "mars", "ademamix")
@@ -65,6 +66,9 @@ def phase1(exps: set[int], bases: list[str], budget: Budget, records) -> list[Ru
     if exps & {1, 2, 3, 4, 5, 6, 7}:  # 5, 6 and 7 need AdamW's (and SPECTRA-AdamW's) best lr
         for label in pairs(bases if exps & {1, 2, 3, 4} else ["adamw"]):
             specs += sweep(label, budget)
+    if 2 in exps:
+        for label in pairs(bases):
+            specs += [RunSpec(label, lr, budget.seeds[0]) for lr in stability_lrs(label, budget)]
     return specs
 
 

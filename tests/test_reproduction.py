@@ -45,8 +45,11 @@ def test_quick_runs_every_experiment(quick):
     assert any(s["pre_clip"] == 0.1 for s in specs)  # experiment 5: pre-clipping
     assert any(s["grad_clip"] == 0.0 for s in specs) and any(s["grad_clip"] == 0.1 for s in specs)  # its controls
     assert any(s["clip_c"] == 1.0 for s in specs)  # experiment 7
-    assert len({r["name"] for r in records}) == len(records)  # every run trained once
+    assert any(("scale", "none") in [tuple(x) for x in s["extra"]] for s in specs)  # its scale ablation
     budget = study.BUDGETS["quick"]
+    for label in ("adamw", "spectra-signum"):  # experiment 2 continues the grid upwards
+        assert {s["lr"] for s in specs if s["label"] == label} >= set(study.stability_lrs(label, budget))
+    assert len({r["name"] for r in records}) == len(records)  # every run trained once
     for label in ("adamw", "spectra-signum", "muon"):  # the best lr got the extra seeds
         best = reproduce.best_lr({r["name"]: r for r in records}, label, budget)
         assert {s["seed"] for s in specs if s["label"] == label and s["lr"] == best} == set(budget.seeds)
@@ -76,11 +79,13 @@ def test_quick_report(quick):
     out, _ = quick
     summary = (out / "summary.md").read_text()
     for section in ("## 1. Base vs SPECTRA", "## 2. Stability", "## 3. Weight norms", "## 4. Gradient spectra",
-                    "## 5. Spectral pre-clipping", "## 6. All optimizers", "## 7. SPECTRA threshold c"):
+                    "## 5. Spectral pre-clipping", "## 6. All optimizers", "## 7. SPECTRA threshold c",
+                    "## 7b. Clip or rectangular scale?"):
         assert section in summary
     for label in ALL_LABELS:
         assert f"| {label} |" in summary
-    assert "(no threshold sweep)" not in summary and "(not run)" not in summary
+    for missing in ("(no threshold sweep)", "(not run)", "(no scale ablation)"):
+        assert missing not in summary
     for name in ("lr_sweeps", "loss_curves", "weight_norms", "grad_spectra"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
