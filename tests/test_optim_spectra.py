@@ -399,3 +399,13 @@ def test_update_spectral_norm_never_exceeds_alpha_lr_c(rows, cols, c, seed, clip
     step = W.detach() - (1 - lr * wd) * W0
     alpha = math.sqrt(max(1.0, rows / cols))
     assert torch.linalg.matrix_norm(step, 2).item() <= alpha * lr * c * (1 + 1e-9)
+
+
+def test_stacking_groups_small_same_shape_matrices_only():
+    from spectrakit.optim._chunks import STACK_LIMIT, chunks_by_key, stack_key
+
+    small = [torch.zeros(4, 4) for _ in range(5)] + [torch.zeros(3, 4)]
+    big = [torch.zeros(STACK_LIMIT + 1, 1, dtype=torch.bool) for _ in range(2)]
+    chunks = chunks_by_key(small + big, stack_key, 2)
+    assert [len(c) for c in chunks] == [2, 2, 1, 1, 1, 1]
+    assert chunks[-1][0] is big[1] and chunks[-2][0] is big[0]

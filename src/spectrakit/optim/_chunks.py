@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+from torch import Tensor
+
 T = TypeVar("T")
+
+#: Matrices with more elements than this are never stacked: batching them saves no kernel launches worth
+#: having and multiplies the step's temporary memory (e.g. an embedding and an output head of equal shape).
+STACK_LIMIT = 2**22
+
+
+def stack_key(p: Tensor) -> Hashable:
+    """Same shape, dtype and device share a key; tensors above STACK_LIMIT elements get a key of their own."""
+    return (p.shape, p.dtype, p.device) if p.numel() <= STACK_LIMIT else ("alone", id(p))
 
 
 def chunks_by_key(items: list[T], key: Callable[[T], Hashable], size: int) -> list[list[T]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._chunks import chunks_by_key
+from ._chunks import chunks_by_key, stack_key
 from ._validate import check_choice, check_unit_interval
 from .base import SpectralOptimizer
 from .directions import momentum_direction
@@ -41,7 +41,7 @@ class Muon(SpectralOptimizer):
         ns_steps: number of polar steps (None: the coefficient set's default).
         ns_dtype: compute dtype of the iteration (None: bfloat16 on CUDA, float32 elsewhere).
         ns_method: "polar" (the iteration above) | "svd" (exact polar factor, slow; for tests).
-        batch: how many same-shape matrices one msign call stacks.
+        batch: how many same-shape matrices one msign call stacks (matrices above 2^22 elements: never).
         adamw_lr: learning rate of the AdamW groups (default 3e-4; None = the group's lr).
         fallback, fallback_patterns, adamw_betas, adamw_eps, adamw_weight_decay, nonfinite: see SpectralOptimizer.
         track_stats: record ``statistics()``: "sigma_max/<name>" = ||direction||_F (an upper bound on its
@@ -78,7 +78,7 @@ class Muon(SpectralOptimizer):
         named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
         vectors = [[item] for item in named if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in named if item[1].dim() >= 2],
-                                 lambda item: (item[1].shape, item[1].dtype, item[1].device), self.batch)
+                                 lambda item: stack_key(item[1]), self.batch)
         method = "svd" if self.ns_method == "svd" else "polar"
         for chunk in vectors + matrices:
             directions = [momentum_direction(p.grad, self.state[p], group["momentum"], group["nesterov"])

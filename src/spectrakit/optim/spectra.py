@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._chunks import chunks_by_key
+from ._chunks import chunks_by_key, stack_key
 from ._selection import ClipSelection
 from ._validate import check_choice, check_positive
 from .base import SpectralOptimizer
@@ -59,7 +59,7 @@ class Spectra(SpectralOptimizer):
         vector_rule: "smooth" (u / sqrt(1 + ||u||^2/c^2)) | "authors" (u unchanged below c; parity option).
         scale: rectangular scale after clipping: "keller" (default, authors) | "moonlight" | "spectral" | "none".
         clip_batch: how many same-shape matrices one matrix-function call stacks (more = fewer, larger kernels;
-            costs that many directions of temporary memory).
+            costs that many directions of temporary memory); matrices above 2^22 elements are never stacked.
         clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape, clip_final_scale:
             the threshold schedule (``schedule.ClipSchedule``); also ``set_clip_schedule``.
         peak_lr: default peak lr of the warmup rule for every group (None: see ``lr``).
@@ -172,7 +172,7 @@ class Spectra(SpectralOptimizer):
                 clipped.append((name, p))
         vectors = [[item] for item in clipped if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in clipped if item[1].dim() >= 2],
-                                 lambda item: (item[1].shape, item[1].dtype, item[1].device), self.clip_batch)
+                                 lambda item: stack_key(item[1]), self.clip_batch)
         for chunk in vectors + matrices:
             self._clipped_step(group, chunk, c)
 
