@@ -220,7 +220,7 @@ def test_a_zero_gradient_gives_a_zero_step() -> None:
     ({"rank_fraction": 0.0}, "rank_fraction"), ({"rank_fraction": 1.0}, "rank_fraction"),
     ({"rank_fraction": 0.9}, "k must be < min"), ({"momentum": 1.0}, "momentum"), ({"lr": float("nan")}, "lr"),
     ({"power_iters": 0}, "power_iters"), ({"cold_power_iters": 2.0}, "cold_power_iters"),
-    ({"update_scale": 0.0}, "update_scale"), ({"eps": -1.0}, "eps"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"update_scale": 0.0}, "update_scale"), ({"eps": 0.0}, "eps"), ({"weight_decay": -0.1}, "weight_decay"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     p = nn.Parameter(torch.randn(8, 4))

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import check_nonnegative, check_positive, check_unit_interval
+from ._validate import check_positive, check_unit_interval
 from .base import SpectralOptimizer
 from .routing import SPECTRAL
 
@@ -112,7 +112,7 @@ class SpikeAware(SpectralOptimizer):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         check_positive(update_scale, "update_scale")
-        check_nonnegative(eps, "eps")
+        check_positive(eps, "eps")  # > 0: a zero momentum must give a zero step, not 0 / 0
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
         self.exact_svd, self.track_stats = bool(exact_svd), bool(track_stats)
         self.rayleigh_ritz = bool(rayleigh_ritz)

@@ -306,6 +306,16 @@ class SSO(SpectralOptimizer):
         adamw_lr: learning rate of the AdamW groups (3e-4 by default, as for Muon: ``lr`` is a spectral step
             length, far too large for AdamW; None = the group's lr).
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
+
+    Example (each attention head of separate q/k/v projections its own sphere, as in the paper)::
+
+        heads = [(n, p) for n, p in model.named_parameters() if n.endswith(("q_proj.weight", "k_proj.weight",
+                                                                            "v_proj.weight"))]
+        rest = [(n, p) for n, p in model.named_parameters() if not n.endswith(("q_proj.weight",
+                                                                               "k_proj.weight", "v_proj.weight"))]
+        opt = SSO([{"params": heads, "heads": n_heads}, {"params": rest}], lr=0.02)
+        spectral_init_(model)  # hidden matrices on their spheres before the first forward pass,
+        spectral_init_([p for _, p in heads], heads=n_heads)  # then each head on its own
     """
 
     def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.9, nesterov: bool = True, *,
