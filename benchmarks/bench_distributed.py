@@ -7,6 +7,7 @@ Gradients are fixed random tensors (the same on every rank), so only the optimiz
 uses one thread; with two processes on two cores they share the machine's memory bandwidth.
 
     python benchmarks/bench_distributed.py [--layers 2] [--steps 3] [--write]
+    python benchmarks/bench_distributed.py --quick        # shapes divided by 16, one step: a smoke run
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ VECTORS = {"ln1.weight": (768,), "ln1.bias": (768,), "ln2.weight": (768,), "ln2.
 
 
 class Block(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, divide: int) -> None:
         super().__init__()
         for name, shape in {**SHAPES, **VECTORS}.items():
+            shape = tuple(d // divide for d in shape)
             self.register_parameter(name.replace(".", "_"), nn.Parameter(torch.randn(shape) * 0.02))
 
 
-def make_model(layers: int) -> nn.Sequential:
+def make_model(layers: int, divide: int = 1) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(*[Block() for _ in range(layers)])
+    return nn.Sequential(*[Block(divide) for _ in range(layers)])
 
 
 def make_optimizer(kind: str, model: nn.Module):
@@ -65,7 +67,7 @@ def set_gradients(model: nn.Module) -> None:
 def run(args: dict) -> dict:
     """Time ``args["steps"]`` optimizer steps (after one warm-up step) in this process."""
     parallel = args["parallel"]
-    model = make_model(args["layers"])
+    model = make_model(args["layers"], args.get("divide", 1))
     optimizer = None
     if parallel != "single":
         from spectrakit.distributed import DistributedSpectral
@@ -134,16 +136,19 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="write the table to BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="smoke run: shapes / 16, one layer, one step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
         worker(json.loads(opts.worker))
         return
+    if opts.quick:
+        opts.layers, opts.steps, opts.write = 1, 1, False
     torch.set_num_threads(1)
     rows = []
     reports = []
     for kind in ("muon", "spectra_soft"):
-        base = {"kind": kind, "layers": opts.layers, "steps": opts.steps}
+        base = {"kind": kind, "layers": opts.layers, "steps": opts.steps, "divide": 16 if opts.quick else 1}
         single = run({**base, "parallel": "single"})
         rows.append(f"| {kind} | 1 process | {single['time'] * 1e3:.0f} | {single['cpu'] * 1e3:.0f} | - | 0 |")
         for parallel, rows_path in (("ddp", "auto"), ("fsdp", "auto"), ("fsdp", "never")):
