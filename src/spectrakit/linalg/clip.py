@@ -20,9 +20,10 @@ from .polar_clip import hard_clip_polar, soft_clip_polar
 SOFT_METHODS = ("auto", "polar", "newton_schulz", "svd")
 HARD_METHODS = ("auto", "polar", "svd")
 _POLAR_DTYPES = (torch.float32, torch.float64)
-#: "auto" uses the exact SVD (float64) up to this min(m, n) on CPU, where it is measured faster
-#: (benchmarks/bench_linalg.py); the polar iteration above it and on accelerators.
-_AUTO_SVD_MAX_SIDE_CPU = 16
+#: "auto" uses the exact SVD (float64) up to this min(m, n) on CPU, where it was measured as fast or faster
+#: (2 shared AVX2 cores; soft clip: svd ~ polar from 64 to 384; hard clip: svd 4-8x faster up to 384, polar
+#: ~2x faster at 768, see BENCHMARKS.md); the polar iteration above it and always on accelerators.
+_AUTO_SVD_MAX_SIDE_CPU = {"soft": 64, "hard": 512}
 
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> None:
@@ -47,10 +48,10 @@ def _svd_clip(X: Tensor, c: float | Tensor, hard: bool) -> tuple[Tensor, Tensor]
     return Y, smax.float()
 
 
-def _resolve_method(method: str, X: Tensor) -> str:
+def _resolve_method(method: str, X: Tensor, kind: str) -> str:
     if method != "auto":
         return method
-    small = min(X.shape[-2:]) <= _AUTO_SVD_MAX_SIDE_CPU and X.device.type == "cpu"
+    small = min(X.shape[-2:]) <= _AUTO_SVD_MAX_SIDE_CPU[kind] and X.device.type == "cpu"
     return "svd" if small else "polar"
 
 
@@ -122,7 +123,7 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     if X.dim() == 1:
         Y, norm = _vector_rule(X, c, hard=False)
         return (Y, norm) if return_bound else Y
-    method = _resolve_method(method, X)
+    method = _resolve_method(method, X, "soft")
     transposed = X.shape[-2] > X.shape[-1]
     Xw = X.mT if transposed else X
     if method == "svd":
@@ -180,7 +181,7 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     if X.dim() == 1:
         Y, norm = _vector_rule(X, c, hard=True)
         return (Y, norm) if return_bound else Y
-    method = _resolve_method(method, X)
+    method = _resolve_method(method, X, "hard")
     transposed = X.shape[-2] > X.shape[-1]
     Xw = X.mT if transposed else X
     if method == "svd":

@@ -49,20 +49,22 @@ def inverse_sqrt(R: Tensor, R2: Tensor, coeffs: Tensor, *, switch_at: int = 0,
     recomputed), so the steps with small r_t need a precise dtype; from step ``switch_at`` on (if > 0) the
     loop continues in ``late_dtype``.
     """
-    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
     Q: Tensor | None = None
     steps = coeffs.shape[0]
     for t in range(steps):
         if late_dtype is not None and t == switch_at and t > 0 and R.dtype != late_dtype:
-            R, Q, eye, coeffs = R.to(late_dtype), Q.to(late_dtype), eye.to(late_dtype), coeffs.to(late_dtype)
+            R, Q, coeffs = R.to(late_dtype), Q.to(late_dtype), coeffs.to(late_dtype)
         a, b, c = _abc(coeffs, t)
         if t > 0:
             R2 = R @ R
-        P = a * eye + b * R + c * R2
+        P = torch.addcmul(R2 * c, R, b)
+        P.diagonal(dim1=-2, dim2=-1).add_(a[:, :, 0])
         Q = P if Q is None else Q @ P
         if t < steps - 1:
             R = P @ (R @ P)
-    return eye.expand_as(R).clone() if Q is None else Q
+    if Q is None:
+        return torch.eye(R.shape[-1], dtype=R.dtype, device=R.device).expand_as(R).clone()
+    return Q
 
 
 def symmetric_sign(E: Tensor, coeffs: Tensor) -> Tensor:

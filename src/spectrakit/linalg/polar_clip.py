@@ -39,13 +39,13 @@ SIGN_TOL = 2e-4
 def _gram_and_bound(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """G = X X^T, G^2 and an upper bound on lambda_max(G) (shape (B,)) from both, without host sync.
 
-    bound = min(Gershgorin(G), ||G||_F, sqrt(Gershgorin(G^2)), sqrt(||G^2||_F)); the last is within a factor
-    rank^{1/4} of lambda_max and costs nothing extra because G^2 is needed by the first polar step anyway.
+    bound = min(Gershgorin(G), sqrt(||G^2||_F)): the second is within a factor rank^{1/4} of lambda_max (and
+    below ||G||_F) and costs nothing extra because G^2 is needed by the first polar step anyway; the first
+    is tighter for nearly flat spectra.
     """
     G = X @ X.mT
     G2 = G @ G
-    bound = torch.stack([G.abs().sum(-1).amax(-1), torch.linalg.matrix_norm(G),
-                         G2.abs().sum(-1).amax(-1).sqrt(), torch.linalg.matrix_norm(G2).sqrt()]).amin(0)
+    bound = torch.minimum(G.abs().sum(-1).amax(-1), torch.linalg.matrix_norm(G2).sqrt())
     return G, G2, bound
 
 
@@ -59,33 +59,42 @@ FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
 
-def _ratio_estimate(X: Tensor, c: Tensor, iters: int = 3) -> float:
-    """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each); reads the host."""
-    X, c = X.double(), c.double()
-    v = torch.ones(X.shape[0], X.shape[-1], 1, dtype=X.dtype, device=X.device)
+def _ratio_estimate(Xn: Tensor, cn: Tensor, iters: int = 3) -> float:
+    """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each) on the normalised X;
+    reads the host."""
+    v = torch.ones(Xn.shape[0], Xn.shape[-1], 1, dtype=Xn.dtype, device=Xn.device)
     for _ in range(iters):
-        v = X.mT @ (X @ v)
-        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-300)
-    return float(((X @ v).norm(dim=(-2, -1)) / c).nan_to_num(float("inf")).max())
+        v = Xn.mT @ (Xn @ v)
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
+    return float(((Xn @ v).norm(dim=(-2, -1)).double() / cn).nan_to_num(float("inf")).max())
 
 
-def _normalize(X: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(X/s, c/s, s) in float64 with s = ||X||_F per matrix (float64): spectral maps obey f_{c/s}(X/s) = f_c(X)/s, and
-    this keeps X X^T and its square in range (no overflow or underflow in float32) at any scale of X."""
-    s = torch.linalg.matrix_norm(X.double()).clamp_min(1e-300)
-    return X.double() / s[:, None, None], c.double() / s, s
+def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None
+               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype]:
+    """(X/s, c/s, s, early dtype, late dtype) with s = ||X||_F per matrix (computed in float64).
+
+    Spectral maps obey f_{c/s}(X/s) = f_c(X)/s; the scaling keeps X X^T and its square in range at any scale
+    of X. X/s is formed in the early dtype (float64 unless float32 throughout is chosen: rounding X itself to
+    float32 would cost eps * sigma_max/c).
+    """
+    s = torch.linalg.matrix_norm(X.double()).clamp(1e-300, 1e300)
+    c = c.double() / s
+    early = late = dtype or torch.float64
+    if early == torch.float32 or (dtype is None and adaptive and X.dtype != torch.float64):
+        Xn = X.float() / s.clamp(max=3e38)[:, None, None].float()
+        if dtype is None and adaptive and X.dtype != torch.float64:  # choose by the estimated sigma_max/c
+            r = _ratio_estimate(Xn, c)
+            early, late = ((torch.float32, torch.float32) if r <= FP32_MAX_RATIO else
+                           (torch.float64, torch.float32) if r <= MIXED_MAX_RATIO else (torch.float64, torch.float64))
+        if early == torch.float32:
+            return Xn, c, s, early, late
+    return X.double() / s[:, None, None], c, s, early, late
 
 
-def _policy(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
-    """(early, late) compute dtypes (float64 throughout for float64 inputs)."""
-    if dtype is not None:
-        return dtype, dtype
-    if not adaptive or X.dtype == torch.float64:
-        return torch.float64, torch.float64
-    r = _ratio_estimate(X, c)
-    if r <= FP32_MAX_RATIO:
-        return torch.float32, torch.float32
-    return (torch.float64, torch.float32) if r <= MIXED_MAX_RATIO else (torch.float64, torch.float64)
+def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
+    """A + diag * I for a batch (diag of shape (B, 1, 1)), without materialising I (in place on A)."""
+    A.diagonal(dim1=-2, dim2=-1).add_(diag[:, :, 0])
+    return A
 
 
 def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
@@ -94,22 +103,22 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
 
     dtype float32/float64: everything in that dtype; None: the mixed policy above.
     """
-    early, late = _policy(X, c, adaptive, dtype)
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    X, c, scale = _normalize(X, c)
-    Xe, c = X.to(early), c.to(early)
-    G, G2, bound = _gram_and_bound(Xe)
+    X, c, scale, early, late = _normalize(X, c, adaptive, dtype)
+    c = c.to(early)
+    G, G2, bound = _gram_and_bound(X)
     c2 = (c * c)[:, None, None]
     alpha = (1 + bound[:, None, None] / c2) * SAFETY
-    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-    R = (eye + G / c2) / alpha
-    R2 = (eye + 2 * G / c2 + G2 / (c2 * c2)) / (alpha * alpha)
-    idx = grid_index(alpha.rsqrt().flatten())
+    inv = 1 / alpha
+    # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal
+    R = _with_unit_diagonal_added(G * (inv / c2), inv)
+    R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (inv * inv / (c2 * c2)), G, 2 * inv * inv / c2), inv * inv)
+    idx = grid_index(inv.sqrt().flatten())
     n_steps = schedule_steps(idx, steps, adaptive, tol)
     worst = int(idx.max()) if adaptive and idx.numel() else GRID_DECADES * GRID_PER_DECADE
     Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early, tol), switch_at=small_steps_for_index(worst, tol),
                      late_dtype=late)
-    Y = (Q.to(late) @ X.to(late)) * (alpha.rsqrt() * scale[:, None, None]).to(late)
+    Y = (Q.to(late) * (inv.sqrt() * scale[:, None, None]).to(late)) @ X.to(late)
     return Y, bound.sqrt() * scale
 
 
@@ -124,10 +133,9 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     (accurate for sigma >= c/2), Gh^{1/2} = Gh Z, S = sign((Gh^{1/2} - I)/gamma) with gamma = max(1, sqrt(beta)),
     and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
     """
-    dtype = _policy(X, c, adaptive, dtype)[0]
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    X, c, scale = _normalize(X, c)
-    X, c = X.to(dtype), c.to(dtype)
+    X, c, scale, dtype, _ = _normalize(X, c, adaptive, dtype)
+    c = c.to(dtype)
     G, G2, bound = _gram_and_bound(X)
     c2 = (c * c)[:, None, None]
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
