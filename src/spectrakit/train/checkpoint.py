@@ -3,6 +3,10 @@ loading a checkpoint cannot run code).
 
 A checkpoint holds: format tag, completed steps, the resolved run config and model config (JSON strings), model and
 optimizer state dicts, the torch RNG state, and the wall-clock seconds and tokens consumed so far.
+
+Runs under ``--parallel`` write distributed checkpoints instead: a folder ``checkpoints/last.dcp`` (see
+``dist_checkpoint``). ``load_checkpoint`` reads either kind; for a folder it returns the run state from its JSON
+file with ``"dcp": True`` and no tensors (the tensors load into a built model and optimizer).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 FORMAT = "spectrakit-checkpoint-v1"
 LAST = "last.pt"
+LAST_DCP = "last.dcp"
 
 
 class CheckpointError(RuntimeError):
@@ -40,13 +45,19 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its checkpoints/last.pt)."""
+    """A checkpoint file, a distributed checkpoint folder, or a run folder (its checkpoints/last.pt or
+    checkpoints/last.dcp)."""
+    from .dist_checkpoint import is_dcp_checkpoint
+
     path = Path(path).expanduser()
     if path.is_dir():
-        candidate = path / "checkpoints" / LAST
-        if not candidate.is_file():
-            raise CheckpointError(f"no checkpoint in run folder {path}: looked for {candidate}")
-        return candidate
+        if is_dcp_checkpoint(path):
+            return path
+        candidates = [path / "checkpoints" / LAST, path / "checkpoints" / LAST_DCP]
+        for candidate in candidates:
+            if candidate.is_file() or is_dcp_checkpoint(candidate):
+                return candidate
+        raise CheckpointError(f"no checkpoint in run folder {path}: looked for {' and '.join(map(str, candidates))}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (pass a .pt file or a run folder)")
     return path
@@ -54,7 +65,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint (file or run folder) on the CPU."""
+    from .dist_checkpoint import is_dcp_checkpoint, load_meta
+
     path = resolve_checkpoint(path)
+    if is_dcp_checkpoint(path):
+
+        return load_meta(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files

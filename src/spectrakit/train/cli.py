@@ -17,9 +17,11 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig, field_help, field_types, load_config_file, parse_opt_items
 from .corpus import DataError
 
-# Settings a resumed run may change without leaving the checkpoint's trajectory (steps extends or shortens it).
+# Settings a resumed run may change without leaving the checkpoint's trajectory (steps extends or shortens it;
+# parallel and grad_accum may change together with the number of ranks when ranks x grad_accum stays the same,
+# which the Trainer checks).
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "eval_batches", "diag_every", "ckpt_every",
-                               "progress", "plots", "device", "threads", "cache_dir"})
+                               "progress", "plots", "device", "threads", "cache_dir", "parallel", "grad_accum"})
 _COMPARE_DEFAULTS = {"steps": 200, "progress": False, "plots": False, "eval_every": 50, "diag_every": 50}
 _FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 
@@ -84,7 +86,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="pre-train a LLaMA-style model (default: tiny model, embedded corpus, ~5 min)",
                        description="Pre-train a LLaMA-style language model with any spectrakit optimizer. With no "
                                    "arguments: the tiny preset on the embedded Shakespeare + King James Bible corpus "
-                                   "with SPECTRA-AdamW, about 5 minutes on 2 CPU cores.")
+                                   "with SPECTRA-AdamW, about 5 minutes on 2 CPU cores. On several devices: "
+                                   "torchrun --nproc_per_node=N -m spectrakit train --parallel ddp|fsdp ... "
+                                   "(--batch-size and --grad-accum are per rank).")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder")
     p.add_argument("--list-optimizers", action="store_true", help="list optimizer names and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
@@ -101,6 +105,9 @@ def run_train(args: argparse.Namespace) -> int:
             extra = f" {fixed}" if fixed else ""
             print(f"{name:<18} {cls}{extra}{'' if name in ready else '  (not available in this installation)'}")
         return 0
+    from .parallel import fail_on_exception, finish, start
+
+    ctx = None
     try:
         cfg = _resume_config(args) if args.resume else config_from_args(args)
         if args.print_config:
@@ -108,18 +115,24 @@ def run_train(args: argparse.Namespace) -> int:
             return 0
         from .trainer import Trainer
 
-        result = Trainer(cfg, resume=args.resume).run()
+        ctx = start(cfg)
+        result = Trainer(cfg, resume=args.resume, ctx=ctx).run()
     except (ValueError, DataError, CheckpointError, OSError) as exc:
-        return _fail("train", exc)
+        return finish(ctx, _fail("train", exc), failed=True)
     except KeyboardInterrupt:
         print("spectrakit train: interrupted", file=sys.stderr)
-        return 130
-    if result.signal is not None:
-        print(f"stopped at step {result.steps_done}; continue with: spectrakit train --resume {result.run_dir}")
-    elif result.final_val_loss is not None and not result.diverged:
-        print(f"done: {result.steps_done} steps, final validation loss {result.final_val_loss:.4f}; "
-              f"outputs in {result.run_dir}")
-    return result.exit_code
+        return finish(ctx, 130, failed=True)
+    except BaseException:
+        fail_on_exception(ctx)
+        raise
+    if ctx is None or ctx.is_main:
+        launcher = "spectrakit train" if ctx is None else f"torchrun ... -m spectrakit train --parallel {cfg.parallel}"
+        if result.signal is not None:
+            print(f"stopped at step {result.steps_done}; continue with: {launcher} --resume {result.run_dir}")
+        elif result.final_val_loss is not None and not result.diverged:
+            print(f"done: {result.steps_done} steps, final validation loss {result.final_val_loss:.4f}; "
+                  f"outputs in {result.run_dir}")
+    return finish(ctx, result.exit_code)
 
 
 # ---- compare --------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from .model import PRESETS, ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
+PARALLEL = ("none", "ddp", "fsdp")
 DTYPES = ("auto", "float32", "bfloat16")
 _MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "seq_len",
                  "tie_embeddings", "qk_norm")
@@ -59,8 +60,8 @@ class TrainConfig:
     pre_clip: float | None = _f(None, "spectral pre-clipping of gradients with threshold C (SPEC 1.5); off when unset")
     grad_clip: float = _f(1.0, "global L2 gradient-norm clipping (0: off)")
     steps: int = _f(500, "optimizer steps")
-    batch_size: int = _f(16, "sequences per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    batch_size: int = _f(16, "sequences per micro-batch (per rank under --parallel)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (per rank under --parallel)")
     schedule: str = _f("cosine", f"learning-rate schedule, one of {', '.join(SCHEDULES)}")
     warmup_steps: int | None = _f(None, "linear warmup steps (default: 5%% of steps)")
     min_lr_ratio: float = _f(0.1, "final learning rate / peak (cosine and wsd)")
@@ -70,6 +71,8 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA and on CPUs with AMX), float32 or bfloat16")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    parallel: str = _f("none", "data parallelism under torchrun: none, ddp or fsdp (FSDP2). --batch-size and "
+                               "--grad-accum are per rank: a step sees batch_size x grad_accum x ranks sequences")
     # outputs
     out_dir: str = _f("runs", "folder that holds run folders")
     run_name: str | None = _f(None, "run folder name (default: OPTIMIZER-PRESET-sSEED-TIME)")
@@ -99,6 +102,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
+        need(self.parallel in PARALLEL, "parallel", f"one of {PARALLEL}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "'auto', 'cpu', 'cuda' or 'cuda:N'")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -115,6 +119,8 @@ class TrainConfig:
         need(self.lr is None or (is_num(self.lr) and self.lr > 0), "lr", "a positive number")
         need(self.clip_c is None or (is_num(self.clip_c) and self.clip_c > 0), "clip_c", "a positive number")
         need(self.pre_clip is None or (is_num(self.pre_clip) and self.pre_clip > 0), "pre_clip", "a positive number")
+        need(self.pre_clip is None or self.parallel != "fsdp", "pre_clip",
+             "unset under --parallel fsdp (FSDP2 shards the gradients it would clip; use ddp)")
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: off)")
         need(is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")

@@ -16,7 +16,12 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Transformer
     ckpt = load_checkpoint(checkpoint)
     try:
         model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
+        if ckpt.get("dcp"):  # a distributed checkpoint (--parallel run)
+            from .dist_checkpoint import load_model_weights
+
+            load_model_weights(ckpt["path"], model)
+        else:
+            model.load_state_dict(ckpt["model"])
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {ckpt['path']} holds an unusable model: {exc}") from exc
     return model.to(device).eval(), ckpt["path"]

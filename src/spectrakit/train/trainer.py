@@ -9,10 +9,17 @@
 
 Validation loss every eval_every steps on fixed held-out batches; checkpoints every ckpt_every steps, at the end,
 and on SIGINT/SIGTERM (then the run exits with 128 + signal number).
+
+Under torchrun (``ctx`` given, ``--parallel ddp|fsdp``; see ``parallel``): the model is wrapped by
+``spectrakit.distributed.parallelize`` and spectral optimizers by ``DistributedSpectral``; rank r trains on the
+data micro-batches r * grad_accum + j; logged losses are means over ranks; rank 0 alone writes logs and run
+files; every rank evaluates all validation batches and takes part in the distributed checkpoint
+(``checkpoints/last.dcp``). Spectral diagnostics are off, and --pre-clip is allowed under DDP only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -25,14 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from .checkpoint import LAST, CheckpointError, load_checkpoint, save_checkpoint
+from spectrakit.distributed import DistContext, DistributedSpectral, parallelize
+from spectrakit.optim.base import SpectralOptimizer
+
+from . import dist_checkpoint
+from .checkpoint import LAST, LAST_DCP, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import TokenData, prepare_data, train_batch, val_batches
 from .diagnostics import SpectralDiagnostics, summarize
 from .metrics import MetricsWriter
 from .model import Transformer
 from .optimizers import build_optimizer
+from .parallel import agreed_signal, mean_over_ranks
 from .schedule import lr_factor
 
 
@@ -77,40 +90,65 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 class Trainer:
-    """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training in a run folder."""
+    """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training in a run folder.
+
+    ``ctx``: this process's place in a torchrun job (``parallel.start``), required when ``cfg.parallel`` is
+    "ddp" or "fsdp"."""
 
     def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, data: TokenData | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, ctx: DistContext | None = None) -> None:
         self.cfg = cfg.validate()
-        self.log = log
+        if (ctx is None) != (cfg.parallel == "none"):
+            raise ValueError(f"parallel={cfg.parallel!r} " + ("needs a process group (run under torchrun)"
+                                                              if ctx is None else "but a process group was given"))
+        self.ctx = ctx
+        self.is_main = ctx is None or ctx.is_main
+        self.world = 1 if ctx is None else ctx.world_size
+        self.log = log if self.is_main else _quiet
         self.checkpoint = load_checkpoint(resume) if resume is not None else None
         if self.checkpoint is not None:
             self.run_dir = self.checkpoint["path"].parent.parent
+            if ctx is not None and not self.checkpoint.get("dcp"):
+                raise CheckpointError(f"checkpoint {self.checkpoint['path']} was written by a single-process run; "
+                                      "resume it without --parallel")
         else:
             self.run_dir = Path(cfg.out_dir).expanduser() / (cfg.run_name or default_run_name(cfg))
-            if (self.run_dir / "checkpoints" / LAST).exists():
+            if any((self.run_dir / "checkpoints" / name).exists() for name in (LAST, LAST_DCP)):
                 raise ValueError(f"run folder {self.run_dir} already holds a checkpoint; continue it with "
                                  f"--resume {self.run_dir} or pick another --run-name")
+        # a run under torchrun, and every continuation of it, writes distributed checkpoints
+        self.dcp = ctx is not None or bool(self.checkpoint and self.checkpoint.get("dcp"))
         self.model_config = cfg.model_config()
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device) if ctx is None else ctx.device
         self.amp = autocast_dtype(self.device, cfg.dtype)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if ctx is not None and not ctx.is_main:
+            dist.barrier()  # rank 0 builds the token cache first
         self.data = data if data is not None else prepare_data(
             cfg.data, vocab_size=self.model_config.vocab_size, cache_dir=cfg.cache_dir,
             corpus_fraction=cfg.corpus_fraction, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
-            tokenizer_file=cfg.tokenizer, log=log)
+            tokenizer_file=cfg.tokenizer, log=self.log)
+        if ctx is not None and ctx.is_main:
+            dist.barrier()
         if self.data.vocab_size > self.model_config.vocab_size:
             raise ValueError(f"the tokenizer has {self.data.vocab_size} tokens but the model's vocab_size is "
                              f"{self.model_config.vocab_size}; pass --vocab-size {self.data.vocab_size} or more")
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initialization on every rank
         self.model = Transformer(self.model_config).to(self.device)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        # self.module runs the training forward/backward: DDP(model), or the model itself (FSDP2 shards in place)
+        self.module = self.model if ctx is None else parallelize(self.model, cfg.parallel, ctx)
+        self.optimizer = build_optimizer(cfg.optimizer, self.module, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                          clip_c=cfg.clip_c, extra=cfg.opt)
+        if ctx is not None and isinstance(self.optimizer, SpectralOptimizer):
+            self.optimizer = DistributedSpectral(self.optimizer, parallel=cfg.parallel)
         self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-        self.diagnostics = SpectralDiagnostics(self.model, cfg.diag_every)
+        if ctx is not None and cfg.diag_every:
+            self.log(f"spectral diagnostics are off under --parallel {cfg.parallel} (diag_every {cfg.diag_every} "
+                     "ignored); run a single process to record them")
+        self.diagnostics = SpectralDiagnostics(self.model, 0 if ctx is not None else cfg.diag_every)
         self.step = 0
         self.tokens = 0
         self.elapsed = 0.0
@@ -125,11 +163,21 @@ class Trainer:
             diff = {k: (v, self.model_config.to_dict().get(k)) for k, v in ckpt["model_config"].items()
                     if self.model_config.to_dict().get(k) != v}
             raise CheckpointError(f"checkpoint {path} was made for another model; (checkpoint, now): {diff}")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: {exc}") from exc
+        saved_world = int(ckpt.get("world_size", 1))
+        saved_micro = saved_world * int(ckpt["config"].get("grad_accum", 1))
+        if saved_micro != self.world * self.cfg.grad_accum:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {saved_micro} micro-batches per step ({saved_world} rank(s) x "
+                f"grad_accum {saved_micro // saved_world}); now {self.world} x {self.cfg.grad_accum}: pass "
+                f"--grad-accum {saved_micro / self.world:g} to continue the same trajectory on {self.world} rank(s)")
+        if ckpt.get("dcp"):
+            dist_checkpoint.load(path, self.module, self.optimizer)
+        else:
+            try:
+                self.model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: {exc}") from exc
         for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
             group["initial_lr"] = peak
         self.diagnostics.load_state_dict(ckpt.get("diagnostics", {}))
@@ -142,6 +190,11 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} is at step {self.step}, beyond --steps {self.cfg.steps}")
 
     def save(self) -> Path:
+        if self.dcp:
+            meta = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "world_size": self.world,
+                    "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict()}
+            return dist_checkpoint.save(self.run_dir / "checkpoints" / LAST_DCP, self.module, self.optimizer, meta,
+                                        self.is_main)
         return save_checkpoint(self.run_dir / "checkpoints" / LAST, {
             "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
             "config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
@@ -178,12 +231,14 @@ class Trainer:
         for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
             group["lr"] = peak * factor
         loss_sum = torch.zeros((), device=self.device)
+        first_micro = 0 if self.ctx is None else self.ctx.rank * cfg.grad_accum
         for micro in range(cfg.grad_accum):
             x, y = train_batch(self.data.train, cfg.batch_size, self.model_config.seq_len, seed=cfg.seed,
-                               step=step, micro=micro)
-            with self._autocast(), self.diagnostics.watch_activations(diag and micro == 0):
-                loss = self.model(x.to(self.device), y.to(self.device)) / cfg.grad_accum
-            loss.backward()
+                               step=step, micro=first_micro + micro)
+            with self._no_sync(micro):
+                with self._autocast(), self.diagnostics.watch_activations(diag and micro == 0):
+                    loss = self.module(x.to(self.device), y.to(self.device)) / cfg.grad_accum
+                loss.backward()
             loss_sum += loss.detach().float()
         if diag:
             self.diagnostics.before_step(step + 1)
@@ -191,6 +246,8 @@ class Trainer:
             self._pre_clip(factor)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         # spectrakit optimizers record statistics() (e.g. the clip threshold c_t) only when asked: at diag steps
         tracking = getattr(self.optimizer, "track_stats", None)
         if diag and tracking is not None:
@@ -200,6 +257,12 @@ class Trainer:
             self.optimizer.track_stats = tracking
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, grad_norm
+
+    def _no_sync(self, micro: int):
+        """DDP: skip the gradient all-reduce on all but the last micro-batch of a step."""
+        if isinstance(self.module, torch.nn.parallel.DistributedDataParallel) and micro < self.cfg.grad_accum - 1:
+            return self.module.no_sync()
+        return contextlib.nullcontext()
 
     # ---- the run -----------------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -226,17 +289,21 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum * self.model_config.seq_len
+        """Tokens per optimizer step over all ranks."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.world * self.model_config.seq_len
 
     def run(self) -> RunResult:
         cfg = self.cfg
         resumed = self.checkpoint is not None
-        self._write_run_files()
-        metrics = MetricsWriter(self.run_dir, resume_step=self.step if resumed else None)
+        if self.is_main:
+            self._write_run_files()
+        metrics = (MetricsWriter(self.run_dir, resume_step=self.step if resumed else None) if self.is_main
+                   else _NoMetrics())
         self.log(f"run folder {self.run_dir}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
                  f"{cfg.optimizer} (peak lr {self.peak_lrs[0]:g}), {self.tokens_per_step} tokens/step, "
                  f"{len(self.data.train) / 1e6:.2f}M train tokens, device {self.device}"
                  + (f", autocast {self.amp}" if self.amp else "")
+                 + (f", {cfg.parallel} over {self.world} ranks" if self.ctx is not None else "")
                  + (f"; resuming at step {self.step}" if resumed else ""))
         val = val_batches(self.data.val, cfg.batch_size, self.model_config.seq_len, cfg.eval_batches)
         final_val: float | None = None
@@ -248,7 +315,7 @@ class Trainer:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = _progress(cfg, self.step)
+        bar = _progress(cfg, self.step) if self.is_main else None
         window_loss = torch.zeros((), device=self.device)
         window_norm = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -257,6 +324,8 @@ class Trainer:
             while self.step < cfg.steps:
                 diag = self.diagnostics.active(self.step, cfg.steps)
                 loss, grad_norm = self._train_step(self.step, diag)
+                if self.ctx is not None:
+                    self._stop = agreed_signal(self._stop, self.device)  # every rank stops after the same step
                 self.step += 1
                 self.tokens += self.tokens_per_step
                 run_tokens += self.tokens_per_step
@@ -271,7 +340,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or last or self._stop is not None:
                     now = time.perf_counter()
                     self.elapsed += now - window_start
-                    train_loss = float(window_loss / window_steps)
+                    train_loss = float(mean_over_ranks(window_loss) / window_steps)
                     tps = window_steps * self.tokens_per_step / max(now - window_start, 1e-9)
                     metrics.log({"step": self.step, "kind": "train", "tokens": self.tokens,
                                  "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -299,7 +368,8 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or self._stop is not None:
                     self.save()
                 if self._stop is not None:
-                    self._print(bar, f"checkpoint saved at step {self.step}: {self.run_dir / 'checkpoints' / LAST}")
+                    self._print(bar, f"checkpoint saved at step {self.step}: "
+                                     f"{self.run_dir / 'checkpoints' / (LAST_DCP if self.dcp else LAST)}")
                     break
         finally:
             if bar is not None:
@@ -311,8 +381,9 @@ class Trainer:
         summary = {"steps_done": self.step, "final_val_loss": final_val, "tokens_per_s": tokens_per_s,
                    "elapsed_s": self.elapsed, "tokens": self.tokens, "interrupted_by": self._stop,
                    "diverged": diverged}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if cfg.plots:
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.plots and self.is_main:
             from .plots import plot_run
 
             plot_run(self.run_dir)
@@ -323,6 +394,23 @@ class Trainer:
             bar.write(text)
         else:
             self.log(text)
+
+
+def _quiet(_text: str) -> None:
+    """The log of ranks other than 0."""
+
+
+class _NoMetrics:
+    """The metric sink of ranks other than 0: records are dropped (rank 0 writes them)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def log_diagnostics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _progress(cfg: TrainConfig, start: int):
