@@ -29,7 +29,12 @@ def load(out: Path) -> list[Record]:
     path = out / RESULTS
     if not path.is_file():
         raise ValueError(f"{path} does not exist: run `reproduce.py run --out {out}` first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_name = {}  # a run recorded twice (two study processes) counts once: the last record
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_name[record["name"]] = record
+    return list(by_name.values())
 
 
 def _plain_extra(r: Record) -> bool:
@@ -403,31 +408,42 @@ def fig_norms(records: list[Record], path: Path) -> None:
     plt.close(fig)
 
 
-def fig_spectra(records: list[Record], path: Path) -> None:
+def fig_spectra(records: list[Record], out: Path, path: Path) -> None:
+    """Left: sigma_i / median of every matrix's raw gradient mid-run (full spectra from the run folder's
+    diagnostics, when kept). Right: histogram of sigma_1 / median over all matrices and diagnostics steps."""
     plt = _plt()
+    import numpy as np
+
     labels = present(records, ["adamw", "spectra-adamw"]) or _pairs_present(records)[:2]
     if not labels:
         return
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    r0 = next((r for r in runs(records, labels[0], lr=best_lr(records, labels[0]), seed=first_seed(records))
-               if r["grad_spectra"]), None)
-    if r0 is not None:
-        steps = sorted({e["step"] for e in r0["grad_spectra"]})
-        step = steps[len(steps) // 2]
-        for e in r0["grad_spectra"]:
-            if e["step"] == step:
-                ax = axes[0]
-                ax.plot(range(1, len(e["top"]) + 1), e["top"], "o-", ms=3, label=e["name"].removesuffix(".weight"))
-        axes[0].set_title(f"{labels[0]}: top σᵢ / median σ of raw gradients, step {step}", fontsize=8)
+    lr = best_lr(records, labels[0])
+    r0 = next(iter(runs(records, labels[0], lr=lr, seed=first_seed(records))), None) if lr is not None else None
+    diag_path = out / "runs" / r0["name"] / "diagnostics.jsonl" if r0 is not None else None
+    if diag_path is not None and diag_path.is_file():
+        diags = [json.loads(line) for line in diag_path.read_text().splitlines() if line.strip()]
+        record = diags[len(diags) // 2]
+        for name, s in record["grad_spectra"].items():
+            ratio = record["layers"][name].get("grad_spike_ratio")
+            if ratio:
+                median = s[0] / ratio
+                axes[0].plot(range(1, len(s) + 1), [x / median for x in s], lw=1,
+                             label=name.removesuffix(".weight").replace("layers.", "L"))
+        axes[0].set_title(f"{labels[0]} (lr {lr:.3g}): raw-gradient σᵢ / median σ, step {record['step']}", fontsize=8)
         axes[0].axhline(_SPIKE_FACTOR, color="gray", ls="--", lw=0.8)
         axes[0].set_xlabel("i")
         axes[0].set_yscale("log")
-        axes[0].legend(fontsize=5, ncol=2)
-    for label in labels:
-        top1 = [e["top"][0] for e in spectra_rows(runs(records, label, lr=best_lr(records, label)))]
-        if top1:
-            axes[1].hist(top1, bins=30, alpha=0.5, label=label)
-    axes[1].axvline(_SPIKE_FACTOR, color="gray", ls="--", lw=0.8)
+        axes[0].legend(fontsize=4.5, ncol=2)
+    top1 = {label: [e["top"][0] for e in spectra_rows(runs(records, label, lr=best_lr(records, label)))]
+            for label in labels}
+    values = [v for vs in top1.values() for v in vs]
+    if values:
+        bins = np.logspace(0, math.log10(max(values)) + 0.1, 30)
+        for label, vs in top1.items():
+            axes[1].hist(vs, bins=bins, alpha=0.5, label=f"{label} (its best lr)")
+        axes[1].set_xscale("log")
+    axes[1].axvline(_SPIKE_FACTOR, color="gray", ls="--", lw=0.8, label="10× median")
     axes[1].set_xlabel("σ₁ / median σ (all matrices and diagnostics steps)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
@@ -461,7 +477,7 @@ def write_report(out: Path, figures: Path) -> Path:
     fig_sweeps(records, paths["sweeps"])
     fig_curves(records, paths["curves"])
     fig_norms(records, paths["norms"])
-    fig_spectra(records, paths["spectra"])
+    fig_spectra(records, out, paths["spectra"])
     r0 = records[0]
     budget = BUDGETS.get(r0["budget"])
     pairs = _pairs_present(records)

@@ -15,7 +15,8 @@ Experiments (numbers as in the issue):
   6 Muon, SSO, MuonSphere, spike-aware: the same grid width and seeds; their AdamW-routed tensors (embedding,
     head, vectors) use AdamW's best lr from 1
   7 SPECTRA threshold c around the default 10 (SPECTRA-AdamW at its best lr), and SPECTRA-AdamW without the
-    rectangular scale alpha_shape (scale="none") to separate the clip from the per-shape step size
+    rectangular scale alpha_shape (scale="none", over the same lr grid) to separate the clip from the per-shape
+    step size
 Runs are trained in phases (a phase needs the best lrs of the one before); finished runs are skipped, so an
 interrupted study continues where it stopped. Results: DIR/results.jsonl, one record per run.
 """
@@ -78,7 +79,8 @@ def phase2(exps: set[int], bases: list[str], budget: Budget, records) -> list[Ru
         for label in pairs(bases):
             specs += seeds_at(label, best_lr(records, label, budget), budget)
     if 7 in exps:  # what helps: the clip or the rectangular scale sqrt(max(1, rows/cols)) it comes with
-        for lr in (best_lr(records, "spectra-adamw", budget), best_lr(records, "adamw", budget)):
+        best = (best_lr(records, "spectra-adamw", budget), best_lr(records, "adamw", budget))
+        for lr in sorted(lr_grid("spectra-adamw", budget), key=lambda x: x not in best):  # the best lrs first
             specs.append(RunSpec("spectra-adamw", lr, budget.seeds[0], extra=(("scale", "none"),)))
     if 5 in exps:
         lr = best_lr(records, "adamw", budget)
