@@ -105,3 +105,11 @@ def test_hypothesis_shapes(m, n, log_ratio, seed):
     Y = hard_clip(X, 1.0, method="polar")
     assert Y.shape == X.shape
     assert rel_err(Y, oracle(X, 1.0)) <= 1e-3
+
+
+def test_precision_backstop_when_the_ratio_estimate_is_wrong(monkeypatch):
+    import spectrakit.linalg.polar_clip as polar_clip
+
+    monkeypatch.setattr(polar_clip, "_ratio_estimate", lambda Xn, cn, iters=3: 1.0)  # claims float32 is safe
+    X = make_matrix(20, 30, "logspace", 1e4).float()
+    assert rel_err(hard_clip(X, 1.0, method="polar"), oracle(X, 1.0)) <= 1e-3

@@ -62,7 +62,8 @@ MIXED_MAX_RATIO = 100.0
 def _ratio_estimate(Xn: Tensor, cn: Tensor, iters: int = 3) -> float:
     """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each) on the normalised X;
     reads the host."""
-    v = torch.ones(Xn.shape[0], Xn.shape[-1], 1, dtype=Xn.dtype, device=Xn.device)
+    gen = torch.Generator(device=Xn.device).manual_seed(0)
+    v = torch.randn(Xn.shape[0], Xn.shape[-1], 1, generator=gen, dtype=Xn.dtype, device=Xn.device)
     for _ in range(iters):
         v = Xn.mT @ (Xn @ v)
         v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
@@ -91,6 +92,13 @@ def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None
     return X.double() / s[:, None, None], c, s, early, late
 
 
+def _missed_large_ratio(bound: Tensor, c2: Tensor) -> bool:
+    """Backstop for the float32 choice (reads the host, adaptive mode only): the power-iteration estimate
+    missed a large sigma_max/c (unlucky start). The bound is at most rank^(1/4) loose, so this never fires
+    when sigma_max/c <= FP32_MAX_RATIO for matrices with rank up to ~10^5."""
+    return float((bound[:, None, None] / c2).max()) > (4 * FP32_MAX_RATIO) ** 2
+
+
 def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
     """A + diag * I for a batch (diag of shape (B, 1, 1)), without materialising I (in place on A)."""
     A.diagonal(dim1=-2, dim2=-1).add_(diag[:, :, 0])
@@ -104,10 +112,13 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     dtype float32/float64: everything in that dtype; None: the mixed policy above.
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
+    X_in, c_in = X, c
     X, c, scale, early, late = _normalize(X, c, adaptive, dtype)
     c = c.to(early)
     G, G2, bound = _gram_and_bound(X)
     c2 = (c * c)[:, None, None]
+    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2):
+        return soft_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
     alpha = (1 + bound[:, None, None] / c2) * SAFETY
     inv = 1 / alpha
     # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal
@@ -134,10 +145,13 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
+    X_in, c_in, requested = X, c, dtype
     X, c, scale, dtype, _ = _normalize(X, c, adaptive, dtype)
     c = c.to(dtype)
     G, G2, bound = _gram_and_bound(X)
     c2 = (c * c)[:, None, None]
+    if dtype == torch.float32 and requested is None and _missed_large_ratio(bound, c2):
+        return hard_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     Gh = G / c2
