@@ -46,14 +46,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], timeout: float = 150.0) -> str:
-    """``spectrakit train ARGS`` on 2 processes; returns the combined output (fails the test with it on error)."""
+def torchrun(args: list[str], timeout: float = 150.0, ok: bool = True) -> str:
+    """``spectrakit train ARGS`` on 2 processes; returns the combined output (fails the test with it when the
+    exit status is not what ``ok`` says)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
            f"--master-port={_free_port()}", "-m", "spectrakit", "train", *args]
     proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"torchrun exited with {proc.returncode}:\n{output[-4000:]}"
+    assert (proc.returncode == 0) == ok, f"torchrun exited with {proc.returncode}:\n{output[-4000:]}"
     return output
 
 
@@ -126,6 +127,15 @@ def test_fsdp_muon_resumes_on_two_ranks_and_on_one(tmp_path, cache):
         assert_same_run(tmp_path / run, tmp_path / "single")
     assert load_checkpoint(tmp_path / "fsdp")["world_size"] == 2
     assert load_checkpoint(tmp_path / "to-one")["world_size"] == 1  # a 2 -> 1 continuation keeps the DCP format
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path, cache):
+    """Rank 0 fails while rank 1 waits for it in a collective: the job ends (no hang) and says why."""
+    out = torchrun([*TINY, "--cache-dir", cache, "--out-dir", str(tmp_path), "--parallel", "ddp",
+                    "--data", str(tmp_path / "missing.txt")], timeout=120, ok=False)
+    assert f"spectrakit train: error: data path {tmp_path / 'missing.txt'} does not exist" in out
 
 
 @pytest.mark.parametrize("argv,env,message", [
