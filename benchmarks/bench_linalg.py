@@ -12,7 +12,6 @@ and msign (Keller's quintic, 5 steps). Ratios of times are taken within the same
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -40,14 +39,15 @@ def test_matrix(m: int, n: int, ratio: float, seed: int = 0) -> torch.Tensor:
 
 
 def timed(fn: Callable[[], torch.Tensor], reps: int) -> tuple[float, torch.Tensor]:
-    """(median seconds over ``reps`` calls after one warm-up call, last output)."""
+    """(best seconds over ``reps`` calls after one warm-up call, last output). The best, not the median: on a
+    shared machine the other jobs only ever add time, so the minimum is the least noisy estimate."""
     out = fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    return min(times), out
 
 
 def rel_err(Y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -121,7 +121,7 @@ polar = soft_clip(method="polar") with its CPU defaults (step count and precisio
 bound); polar fixed = adaptive=False (the accelerator default: worst-case schedule, float64, no host read).
 hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed"
 is skipped to keep the run short. Times are medians; the machine was shared with other jobs, so
-absolute times are noisy; ratios are from the same run."""
+absolute times are noisy (best of 3 calls, 1 for 2048x2048); ratios are from the same run."""
 
 
 def main(argv: list[str] | None = None) -> int:
