@@ -120,8 +120,8 @@ shape and reused), "> 40" if none does (then NS-need is run with 40 steps and mi
 polar = soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from the
 bound); polar fixed = adaptive=False (the accelerator default: worst-case schedule, float64, no host read).
 hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed"
-is skipped to keep the run short. Times are medians; the machine was shared with other jobs, so
-absolute times are noisy (best of 3 calls, 1 for 2048x2048); ratios are from the same run."""
+is skipped to keep the run short. Times are the best of 3 calls (1 for 2048x2048) after a warm-up; the machine
+was shared with other jobs, so absolute times are noisy; ratios are from the same run."""
 
 
 def main(argv: list[str] | None = None) -> int:
