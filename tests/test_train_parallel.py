@@ -9,6 +9,7 @@ step; we allow 1e-4 after a few steps, while a wrong data split or a lost update
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,9 +17,12 @@ import sys
 import pytest
 import torch
 
+import spectrakit.train.trainer as trainer_mod
 from spectrakit.cli import main
-from spectrakit.train import dist_checkpoint
+from spectrakit.distributed import DistContext
+from spectrakit.train import TrainConfig, Trainer, dist_checkpoint
 from spectrakit.train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from spectrakit.train.data import prepare_data
 from spectrakit.train.model import ModelConfig, Transformer
 from spectrakit.train.optimizers import build_optimizer
 
@@ -212,3 +216,50 @@ def test_a_foreign_or_incomplete_distributed_checkpoint_is_a_clear_error(tmp_pat
     (folder / "trainer.json").write_text("{oops")
     with pytest.raises(CheckpointError, match="unreadable trainer.json"):
         load_checkpoint(tmp_path / "run")
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-process gloo group in this process (no launch), destroyed afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield DistContext(0, 1, 0, torch.device("cpu"), "gloo")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("parallel,optimizer", [("ddp", "spectra-adamw"), ("fsdp", "adamw")])
+def test_signal_saves_and_resume_continues_in_a_one_rank_group(tmp_path, cache, one_rank_group, monkeypatch,
+                                                                parallel, optimizer):
+    """The whole --parallel code path in this process: a SIGTERM during step index 3 stops every rank after
+    step 4 with a distributed checkpoint; resuming it ends where an uninterrupted single-process run ends."""
+    data = prepare_data(None, vocab_size=512, cache_dir=cache, corpus_fraction=0.02, log=lambda _m: None)
+
+    def config(run_name, parallel):
+        return TrainConfig(optimizer=optimizer, lr=3e-3, vocab_size=512, d_model=32, n_layers=1, n_heads=2,
+                           seq_len=32, batch_size=4, steps=6, corpus_fraction=0.02, cache_dir=cache,
+                           out_dir=str(tmp_path), run_name=run_name, progress=False, plots=False, eval_batches=2,
+                           log_every=1, eval_every=0, diag_every=0, ckpt_every=0, threads=1, parallel=parallel)
+
+    quiet = {"log": lambda _m: None, "data": data}
+    Trainer(config("single", "none"), **quiet).run()
+    real = trainer_mod.train_batch
+
+    def batch(*args, **kwargs):
+        if kwargs["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_batch", batch)
+    result = Trainer(config("par", parallel), ctx=one_rank_group, **quiet).run()
+    monkeypatch.undo()
+    assert result.signal == signal.SIGTERM and result.steps_done == 4
+    assert load_checkpoint(tmp_path / "par")["step"] == 4
+    with pytest.raises(CheckpointError, match="written by a single-process run"):
+        Trainer(config("single", parallel), resume=tmp_path / "single", ctx=one_rank_group, **quiet)
+    resumed = Trainer(config("par", parallel), resume=tmp_path / "par", ctx=one_rank_group, **quiet)
+    assert resumed.step == 4
+    resumed.run()
+    assert_same_run(tmp_path / "par", tmp_path / "single")
