@@ -102,7 +102,8 @@ def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, cache, caps
             "checkpoints"} <= names
     assert (ddp / "checkpoints" / "last.dcp" / "trainer.json").is_file()
     config = json.loads((ddp / "config.json").read_text())
-    assert config["config"]["parallel"] == "ddp" and config["tokens_per_step"] == 4 * 32 * 2
+    assert config["config"]["parallel"] == "ddp" and config["world_size"] == 2
+    assert config["tokens_per_step"] == 4 * 32 * 2 and rows(ddp, "train")[-1]["tokens"] == 6 * 4 * 32 * 2
     assert "ddp over 2 ranks" in (ddp / "routing.txt").read_text()
     val = [r["val_loss"] for r in rows(ddp, "val")]
     assert all(map(torch.isfinite, torch.tensor(val))) and val[-1] < val[0]

@@ -278,7 +278,7 @@ class Trainer:
                     "parameters": self.model.num_parameters(), "device": str(self.device),
                     "autocast": str(self.amp) if self.amp else "float32", "data": self.data.name,
                     "train_tokens": len(self.data.train), "val_tokens": len(self.data.val),
-                    "tokens_per_step": self.tokens_per_step, "peak_lrs": lrs,
+                    "tokens_per_step": self.tokens_per_step, "world_size": self.world, "peak_lrs": lrs,
                     "optimizer_class": type(self.optimizer).__name__, "torch": torch.__version__}
         (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         if self.data.tokenizer_path is not None and self.data.tokenizer_path.is_file():
