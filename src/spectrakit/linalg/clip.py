@@ -93,21 +93,26 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
         X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
         c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch). Tensor
             values are not checked (that would synchronise); c <= 0 there gives undefined results.
-        method: "auto" | "polar" | "svd" (exact, float64) | "newton_schulz". "auto" is the exact SVD for
-            min(m, n) <= 16 on CPU (faster there) and "polar" otherwise.
+        method: "auto" | "polar" | "svd" (exact, float64) | "newton_schulz". "auto" is the exact SVD on CPU
+            for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
-        dtype: compute dtype of the iteration. "polar": float64 (default) or float32. Measured on a CPU
-            (2 AVX2 cores, no bf16 matmul units): bf16 matmuls are ~20-300x slower than float32 there and
-            float32 loses accuracy from sigma_max/c ~ 100 on (forming X X^T squares the condition number:
-            the eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2), while
-            float64 costs 1.2-2x float32 and meets 1e-3 up to sigma_max/c = 1e4.
+        dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
+            for X X^T and the ill-conditioned first steps (forming X X^T squares the condition number: the
+            eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2) and, with
+            ``adaptive``, float32 where a power-iteration estimate of sigma_max/c allows it (<= 16: all
+            float32; <= 100: float32 after the first steps), with a float64 redo if the computed bound shows
+            the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
+            no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
+            Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
+            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
-            computes anyway ("polar": sqrt of min(Gershgorin, Frobenius) bounds of X X^T and (X X^T)^2, within
-            a factor rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
-        adaptive: "polar" only: choose the number of steps from the computed bound (the largest need in
-            the batch; this reads one integer on the host). None (default) = True on CPU, where that read
-            costs nothing, and False on accelerators, where a fixed worst-case count (enough for
-            sigma_max/c up to ~1e5 .. 1e10) keeps the call free of host synchronisation.
+            computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
+            rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
+        adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
+            computed bound and a power-iteration estimate; this reads a few scalars on the host. None
+            (default) = True on CPU, where such reads cost nothing, and False on accelerators, where a fixed
+            worst-case schedule in float64 (enough for sigma_max/c up to ~1e7, hard clip ~2e4) keeps the
+            call free of host synchronisation (and torch.compile fullgraph-friendly).
 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
@@ -151,21 +156,26 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
         X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
         c: threshold > 0, a float or a tensor of shape X.shape[:-2] (broadcast over the batch). Tensor
             values are not checked (that would synchronise); c <= 0 there gives undefined results.
-        method: "auto" | "polar" | "svd" (exact, float64). "auto" is the exact SVD for
-            min(m, n) <= 16 on CPU (faster there) and "polar" otherwise.
+        method: "auto" | "polar" | "svd" (exact, float64). "auto" is the exact SVD on CPU
+            for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
-        dtype: compute dtype of the iteration. "polar": float64 (default) or float32. Measured on a CPU
-            (2 AVX2 cores, no bf16 matmul units): bf16 matmuls are ~20-300x slower than float32 there and
-            float32 loses accuracy from sigma_max/c ~ 100 on (forming X X^T squares the condition number:
-            the eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2), while
-            float64 costs 1.2-2x float32 and meets 1e-3 up to sigma_max/c = 1e4.
+        dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
+            for X X^T and the ill-conditioned first steps (forming X X^T squares the condition number: the
+            eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2) and, with
+            ``adaptive``, float32 where a power-iteration estimate of sigma_max/c allows it (<= 16: all
+            float32; <= 100: float32 after the first steps), with a float64 redo if the computed bound shows
+            the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
+            no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
+            Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
+            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
-            computes anyway ("polar": sqrt of min(Gershgorin, Frobenius) bounds of X X^T and (X X^T)^2, within
-            a factor rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
-        adaptive: "polar" only: choose the number of steps from the computed bound (the largest need in
-            the batch; this reads one integer on the host). None (default) = True on CPU, where that read
-            costs nothing, and False on accelerators, where a fixed worst-case count (enough for
-            sigma_max/c up to ~1e5 .. 1e10) keeps the call free of host synchronisation.
+            computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
+            rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
+        adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
+            computed bound and a power-iteration estimate; this reads a few scalars on the host. None
+            (default) = True on CPU, where such reads cost nothing, and False on accelerators, where a fixed
+            worst-case schedule in float64 (enough for sigma_max/c up to ~1e7, hard clip ~2e4) keeps the
+            call free of host synchronisation (and torch.compile fullgraph-friendly).
 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
