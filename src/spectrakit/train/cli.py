@@ -159,7 +159,7 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated peak learning rates; 'default' = each optimizer's own (default)")
     p.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--report-dir", default=None, help="report folder (default reports/compare-TIME)")
-    _add_config_arguments(p, skip=("optimizer", "lr", "seed", "run_name", "out_dir"))
+    _add_config_arguments(p, skip=("optimizer", "lr", "seed", "run_name", "out_dir", "parallel"))
     p.set_defaults(func=run_compare)
 
 
