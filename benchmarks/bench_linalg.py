@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repetition (seconds)")
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 3; 1 for 2048+)")
+    p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
     args = p.parse_args(argv)
     if args.quick:
         shapes, ratios = [(12, 20)], [10.0]
@@ -136,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         shapes, ratios = [(768, 768), (768, 3072), (2048, 2048)], [1.0, 10.0, 100.0, 1000.0]
         if torch.cuda.is_available():
             shapes += [(4096, 4096), (4096, 14336)]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]  # type: ignore[misc]
     torch.manual_seed(0)
     rows: list[dict[str, object]] = []
     ns_hint: dict[float, int | None] = {}
-    command = "python benchmarks/bench_linalg.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/bench_linalg.py" + (" --quick" if args.quick else "") + \
+        (f" --shapes {args.shapes}" if args.shapes else "")
     for m, n in shapes:
         for ratio in ratios:
             reps = args.reps or (1 if args.quick or max(m, n) >= 2048 and m * n >= 2048 * 2048 else 3)
