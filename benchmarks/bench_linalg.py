@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 3; 1 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
+    p.add_argument("--ns-steps", default=None,
+                   help="known NS steps for 1e-3 per ratio, e.g. '1:5,10:10,100:20,1000:none' (skips the ladder)")
     args = p.parse_args(argv)
     if args.quick:
         shapes, ratios = [(12, 20)], [10.0]
@@ -142,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rows: list[dict[str, object]] = []
     ns_hint: dict[float, int | None] = {}
+    for item in (args.ns_steps.split(",") if args.ns_steps else []):
+        ratio_text, steps_text = item.split(":")
+        ns_hint[float(ratio_text)] = None if steps_text == "none" else int(steps_text)
     command = "python benchmarks/bench_linalg.py" + (" --quick" if args.quick else "") + \
-        (f" --shapes {args.shapes}" if args.shapes else "")
+        (f" --shapes {args.shapes}" if args.shapes else "") + (f" --ns-steps {args.ns_steps}" if args.ns_steps else "")
     for m, n in shapes:
         for ratio in ratios:
             reps = args.reps or (1 if args.quick or max(m, n) >= 2048 and m * n >= 2048 * 2048 else 3)
