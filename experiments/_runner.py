@@ -91,6 +91,8 @@ def run_one(spec: RunSpec, budget: Budget, out_dir: Path, cache_dir: str | None,
     error = None
     try:
         result = trainer.run()
+        if result.signal is not None:  # stopped by SIGINT/SIGTERM: an unfinished run is not recorded
+            raise KeyboardInterrupt(f"{spec.name} stopped by signal {result.signal} at step {result.steps_done}")
         final, tokens_per_s = result.final_val_loss, result.tokens_per_s
     except (FloatingPointError, RuntimeError) as exc:  # non-finite gradients (the optimizers raise) or a failed SVD
         error, final, tokens_per_s = f"{type(exc).__name__}: {exc}"[:300], math.nan, math.nan
