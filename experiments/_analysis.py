@@ -263,7 +263,7 @@ def clipping_table(records: list[Record]) -> str:
     lr = best_lr(records, "adamw")
     if lr is None:
         return "(no AdamW runs)"
-    lrs = sorted({r["spec"]["lr"] for r in records if r["spec"]["label"] == "adamw"
+    lrs = sorted({float(f'{r["spec"]["lr"]:.3g}') for r in records if r["spec"]["label"] == "adamw"
                   and (r["spec"]["pre_clip"] is not None or r["spec"]["grad_clip"] != 1.0)})
     variants = [("AdamW, global clip 1.0 (default control)", "adamw", dict(grad_clip=1.0, pre_clip=None)),
                 ("AdamW, no clipping", "adamw", dict(grad_clip=0.0, pre_clip=None)),
@@ -275,15 +275,16 @@ def clipping_table(records: list[Record]) -> str:
         row = [title]
         for at in lrs:
             rs = [r for r in records if r["spec"]["label"] == label and r["spec"]["clip_c"] is None and _plain_extra(r)
-                  and math.isclose(r["spec"]["lr"], at, rel_tol=1e-6)
+                  and r["spec"]["seed"] == first_seed(records)  # one seed for every variant (exp 1: noise level)
+                  and math.isclose(r["spec"]["lr"], at, rel_tol=1e-3)  # the name's precision (3 digits)
                   and all(r["spec"][k] == v for k, v in kw.items())]
             vals = losses(rs)
             div = sum(r["diverged"] for r in rs)
             spikes = sum(r["spikes"] for r in rs if not r["diverged"])
             row.append(mean_std(vals) + (f", {div} diverged" if div else "") + (f", {spikes} spikes" if spikes else ""))
         rows.append(row)
-    return table(["variant"] + [f"lr {at:.3g}" + (" (AdamW best)" if math.isclose(at, lr) else "") for at in lrs],
-                 rows)
+    header = [f"lr {at:.3g}" + (" (AdamW best)" if math.isclose(at, lr, rel_tol=1e-3) else "") for at in lrs]
+    return table(["variant"] + header, rows)
 
 
 def c_table(records: list[Record]) -> str:

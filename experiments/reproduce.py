@@ -84,7 +84,8 @@ def phase2(exps: set[int], bases: list[str], budget: Budget, records) -> list[Ru
             specs.append(RunSpec("spectra-adamw", lr, budget.seeds[0], extra=(("scale", "none"),)))
     if 5 in exps:
         lr = best_lr(records, "adamw", budget)
-        for at in (lr, float(f"{lr * 10 ** 0.5:.4g}")):  # one seed each: exp 1's seeds give the noise level
+        grid = lr_grid("adamw", budget)
+        for at in (lr, grid[min(grid.index(lr) + 1, len(grid) - 1)]):  # one seed each: exp 1 gives the noise level
             for seed in budget.seeds[:1]:
                 specs += [RunSpec("adamw", at, seed), RunSpec("adamw", at, seed, grad_clip=0.0),
                           RunSpec("adamw", at, seed, grad_clip=0.1), RunSpec("adamw", at, seed, pre_clip=0.1),
