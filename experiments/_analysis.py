@@ -136,7 +136,7 @@ def seeds_table(records: list[Record], labels: list[str], paired: bool) -> str:
             row.append(f"{statistics.mean(vals) - statistics.mean(bvals):+.3f}"
                        if label != base and vals and bvals else "")
         rows.append(row)
-    header = ["optimizer", "best lr", "final val loss at best lr", "min … max", "tokens/s"]
+    header = ["optimizer", "best lr", "final val loss at best lr", "min … max", "tokens/s (busy shared CPU)"]
     return table(header + (["SPECTRA − base (mean)"] if paired else []), rows)
 
 

@@ -39,12 +39,13 @@ EXPERIMENTS = (1, 2, 3, 4, 5, 6, 7)
 BASES = ("adamw", "signum", "mars", "ademamix")
 
 
-def best_lr(records: dict[str, dict[str, Any]], label: str, budget: Budget) -> float:
+def best_lr(records: dict[str, dict[str, Any]], label: str, budget: Budget,
+            extra: tuple[tuple[str, Any], ...] = ()) -> float:
     """The grid lr with the lowest seed-0 final validation loss among non-diverged runs (the centre if none)."""
     grid = lr_grid(label, budget)
     scored = []
     for lr in grid:
-        r = records.get(RunSpec(label, lr, budget.seeds[0]).name)
+        r = records.get(RunSpec(label, lr, budget.seeds[0], extra=extra).name)
         if r is not None and not r["diverged"]:
             scored.append((r["final_val_loss"], lr))
     return min(scored)[1] if scored else grid[len(grid) // 2]
@@ -105,7 +106,7 @@ def phase3(exps: set[int], bases: list[str], budget: Budget, records) -> list[Ru
     if 6 in exps:
         extra = adamw_extra(records, budget)
         for label in SPECTRAL_OPTIMIZERS:
-            specs += seeds_at(label, best_lr(records, label, budget), budget, extra=extra)
+            specs += seeds_at(label, best_lr(records, label, budget, extra), budget, extra=extra)
     return specs
 
 

@@ -50,8 +50,13 @@ def test_quick_runs_every_experiment(quick):
     for label in ("adamw", "spectra-signum"):  # experiment 2 continues the grid upwards
         assert {s["lr"] for s in specs if s["label"] == label} >= set(study.stability_lrs(label, budget))
     assert len({r["name"] for r in records}) == len(records)  # every run trained once
+    by_name = {r["name"]: r for r in records}
     for label in ("adamw", "spectra-signum", "muon"):  # the best lr got the extra seeds
-        best = reproduce.best_lr({r["name"]: r for r in records}, label, budget)
+        extra = reproduce.adamw_extra(by_name, budget) if label == "muon" else ()
+        best = reproduce.best_lr(by_name, label, budget, extra)
+        grid = study.lr_grid(label, budget)
+        sweep = [by_name[study.RunSpec(label, lr, budget.seeds[0], extra=extra).name] for lr in grid]
+        assert best == grid[min(range(len(grid)), key=lambda i: sweep[i]["final_val_loss"])]
         assert {s["seed"] for s in specs if s["label"] == label and s["lr"] == best} == set(budget.seeds)
 
 
