@@ -161,9 +161,19 @@ def stability_table(records: list[Record], labels: list[str]) -> str:
         rows.append([label, f"{max(stable):.3g}" if stable else "none", f"{max(quiet):.3g}" if quiet else "none",
                      ", ".join(f"{r['spec']['lr']:.3g}" for r in rs if r["diverged"]) or "none",
                      f"{sum(r['spikes'] for r in rs if not r['diverged'])}",
-                     _cell(top)])
+                     _cell(top), _peak(rs[-2]) if len(rs) > 1 else "—", _peak(top)])
     return table(["optimizer", "largest lr not diverged", "largest lr without spikes", "diverged at",
-                  "spikes (all runs)", "largest lr: final val loss"], rows)
+                  "spikes (all runs)", "largest lr: final val loss", "peak train loss, 2nd largest lr",
+                  "peak train loss, largest lr"], rows)
+
+
+def _peak(r: Record) -> str:
+    """Highest logged (10-step mean) training loss of a run and the step it was logged at."""
+    finite = [(loss, step) for step, loss in r["train_curve"] if math.isfinite(loss)]
+    if not finite:
+        return "—"
+    loss, step = max(finite)
+    return f"{loss:.1f} (step {step})"
 
 
 # ---- experiment 3: weight norms ----------------------------------------------------------------------------------
