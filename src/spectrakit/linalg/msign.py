@@ -64,7 +64,7 @@ def msign(
     *,
     coefficients: str | Coefficients = "polar_express",
     steps: int | None = None,
-    dtype: torch.dtype | None = torch.bfloat16,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Polar factor msign(X) = U V^T of each trailing matrix of ``X`` (shape (..., m, n)).
 
@@ -73,12 +73,12 @@ def msign(
         coefficients: ``"polar_express"`` (default, 8 steps), ``"keller"`` (5 steps) or an explicit
             sequence of (a, b, c) triples (the last one repeats).
         steps: number of quintic steps (default: the set's own).
-        dtype: compute dtype of the iteration (default bfloat16, as in Muon; None = the input dtype,
-            float32 for float16 inputs). The output has the input's dtype.
+        dtype: compute dtype of the iteration. None (default): bfloat16 on CUDA (as in Muon), float32
+            elsewhere (float64 inputs stay float64). The output has the input's dtype.
 
     A zero matrix maps to zero; NaN in gives NaN out. The input is scaled by its Frobenius norm, an
-    upper bound on the spectral norm, so no host synchronisation happens. On CPUs without bfloat16 matmul
-    units (e.g. AVX2-only), bfloat16 matmuls are ~20-300x slower than float32: pass dtype=torch.float32 there.
+    upper bound on the spectral norm, so no host synchronisation happens. The CPU default is float32 because on
+    CPUs without bfloat16 matmul units (e.g. AVX2-only) bfloat16 matmuls are ~20-300x slower than float32.
     """
     if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
         from ..distributed.rows import sharded_call
@@ -97,7 +97,7 @@ def msign(
             raise ValueError("coefficients must be a non-empty sequence of (a, b, c) triples")
         default_steps, named_polar_express = len(coeffs), False
     steps = default_steps if steps is None else steps
-    work_dtype = _work_dtype(X.dtype, dtype)
+    work_dtype = _work_dtype(X, dtype)
 
     transposed = X.shape[-2] > X.shape[-1]
     Y = X.mT if transposed else X
@@ -112,9 +112,11 @@ def msign(
     return (Y.mT if transposed else Y).to(X.dtype)
 
 
-def _work_dtype(input_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+def _work_dtype(X: Tensor, requested: torch.dtype | None) -> torch.dtype:
     if requested is None:
-        return torch.float32 if input_dtype == torch.float16 else input_dtype
+        if X.dtype == torch.float64:
+            return torch.float64
+        return torch.bfloat16 if X.is_cuda else torch.float32
     if requested not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         raise TypeError(f"dtype must be a floating torch dtype or None, got {requested}")
     return requested

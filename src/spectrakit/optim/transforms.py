@@ -12,8 +12,8 @@ sigma_max(U) that the method computes anyway (per trailing matrix; ||u|| for vec
 
 Methods: "auto" / "polar" / "newton_schulz" / "svd" as in spectrakit.linalg. For normalize, "svd" is the
 exact polar factor, "newton_schulz" the Keller quintic and "auto"/"polar" Polar Express (``coefficients``
-overrides the set). ``dtype`` None means each linalg function's own default, except msign: bfloat16 on CUDA,
-float32 elsewhere (bfloat16 matmuls are ~20x slower than float32 on CPUs without bf16 units).
+overrides the set). ``dtype`` None means each linalg function's own default (msign: bfloat16 on CUDA,
+float32 elsewhere).
 """
 
 from __future__ import annotations
@@ -76,6 +76,4 @@ def spectral_transform(U: Tensor, kind: str, c: float, *, method: str = "auto", 
         return msign_svd(U), bound
     if coefficients is None:
         coefficients = "keller" if method == "newton_schulz" else "polar_express"
-    if dtype is None:  # bfloat16 where it is fast (GPUs); CPUs without bf16 matmul units are far slower in it
-        dtype = torch.bfloat16 if U.is_cuda else torch.float32
     return msign(U, coefficients=coefficients, steps=steps, dtype=dtype), bound
