@@ -66,7 +66,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # What ran for REPRODUCTION.md (2 shared CPU cores, ~1.5 h): 0.37M parameters, 300 x 1024 tokens.
     "reduced": Budget("reduced", vocab_size=2048, d_model=64, n_layers=2, n_heads=2, seq_len=64, batch_size=16,
-                      steps=300, grid_points=5, seeds=(0, 1), eval_every=100, eval_batches=32, diag_every=50,
+                      steps=300, grid_points=5, seeds=(0, 1, 2), eval_every=100, eval_batches=32, diag_every=50,
                       other_grid_points=3),
     # The designed full study, ~2 h on 2 free cores (estimate, see REPRODUCTION.md): 1.1M parameters,
     # 500 x 1024 tokens of context 128.
