@@ -8,7 +8,7 @@ closures and checkpoints see a single optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -121,6 +121,18 @@ class SpectralOptimizer(Optimizer):
                 sub.update({k: v for k, v in self._adamw_overrides.items() if v is not None})
             check_lr(sub.get("lr", self.defaults.get("lr", 0.0)))
             super().add_param_group(sub)
+
+    def _spectral_matrices(self) -> Iterator[tuple[dict[str, Any], str, Tensor]]:
+        """(group, name, param) for every spectral-rule parameter; raise ValueError for one with fewer than 2 dims
+        (for optimizers whose spectral rule needs matrices)."""
+        for group in self.param_groups:
+            if group["rule"] != SPECTRAL:
+                continue
+            for name, p in zip(group["param_names"], group["params"]):
+                if p.dim() < 2:
+                    raise ValueError(f"{type(self).__name__} needs matrices for its spectral rule; parameter {name} "
+                                     f"has shape {tuple(p.shape)} (route it to AdamW with fallback=('vectors', ...))")
+                yield group, name, p
 
     @property
     def routing(self) -> list[Route]:

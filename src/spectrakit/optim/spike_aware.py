@@ -33,7 +33,6 @@ from torch import Tensor
 
 from ._validate import check_positive, check_unit_interval
 from .base import SpectralOptimizer
-from .routing import SPECTRAL
 
 _TINY = 1e-30
 
@@ -125,18 +124,12 @@ class SpikeAware(SpectralOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         check_unit_interval(param_group.get("momentum", self.defaults["momentum"]), "momentum")
         super().add_param_group(param_group)
-        for group in self.param_groups:
-            if group["rule"] != SPECTRAL:
-                continue
-            for name, p in zip(group["param_names"], group["params"]):
-                if p.dim() < 2:
-                    raise ValueError(f"SpikeAware needs matrices for its spectral rule; parameter {name} has shape "
-                                     f"{tuple(p.shape)} (route it to AdamW with fallback=('vectors', ...))")
-                k, q = spike_rank(p.shape, group["rank_fraction"]), min(p.shape[-2:])
-                if k >= q:
-                    raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
-                                     f"parameter {name} of shape {tuple(p.shape)}, but k must be < min(m, n) = {q}; "
-                                     "lower rank_fraction or route the parameter to AdamW")
+        for group, name, p in self._spectral_matrices():
+            k, q = spike_rank(p.shape, group["rank_fraction"]), min(p.shape[-2:])
+            if k >= q:
+                raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
+                                 f"parameter {name} of shape {tuple(p.shape)}, but k must be < min(m, n) = {q}; "
+                                 "lower rank_fraction or route the parameter to AdamW")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]

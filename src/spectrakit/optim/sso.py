@@ -367,14 +367,8 @@ class SSO(SpectralOptimizer):
         check_positive(param_group.get("radius_scale", self.defaults["radius_scale"]), "radius_scale")
         _check_split_options(param_group.get("split_sizes"), param_group.get("heads"))
         super().add_param_group(param_group)
-        for group in self.param_groups:
-            if group["rule"] != SPECTRAL:
-                continue
-            for name, p in zip(group["param_names"], group["params"]):
-                if p.dim() < 2:
-                    raise ValueError(f"{type(self).__name__} needs matrices for its spectral rule; parameter {name} "
-                                     f"has shape {tuple(p.shape)} (route it to AdamW with fallback=('vectors', ...))")
-                atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
+        for group, name, p in self._spectral_matrices():
+            atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

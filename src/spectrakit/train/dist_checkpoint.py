@@ -13,12 +13,9 @@ DCP's own metadata file is a pickle (torch's format): load distributed checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from ..distributed.checkpoint import _distributed, _single_process_quiet
 from .checkpoint import CheckpointError
 
 FORMAT = "spectrakit-dcp-checkpoint-v1"
@@ -71,18 +69,6 @@ def _spectral(optimizer: torch.optim.Optimizer) -> bool:
     from spectrakit.optim.base import SpectralOptimizer
 
     return isinstance(optimizer, (SpectralOptimizer, DistributedSpectral))
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-@contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
-    """DCP warns that it assumes one process when no process group exists: that is the intent here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield
 
 
 def _barrier() -> None:
