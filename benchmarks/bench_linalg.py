@@ -38,16 +38,19 @@ def test_matrix(m: int, n: int, ratio: float, seed: int = 0) -> torch.Tensor:
     return ((U * s) @ V.T).float()
 
 
-def timed(fn: Callable[[], torch.Tensor], reps: int) -> tuple[float, torch.Tensor]:
-    """(best seconds over ``reps`` calls after one warm-up call, last output). The best, not the median: on a
-    shared machine the other jobs only ever add time, so the minimum is the least noisy estimate."""
-    out = fn()
-    times = []
+def timed_round_robin(fns: dict[str, Callable[[], torch.Tensor]], reps: int
+                      ) -> dict[str, tuple[float, torch.Tensor]]:
+    """{name: (best seconds over ``reps`` calls after one warm-up call, last output)}, calling the functions in
+    turn (round robin) so that a drift in machine speed hits them all alike. The best, not the median: other
+    jobs on a shared machine only ever add time, so the minimum is the least noisy estimate."""
+    outs = {name: fn() for name, fn in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: (best[name], outs[name]) for name in fns}
 
 
 def rel_err(Y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -65,7 +68,12 @@ def ns_steps_needed(X: torch.Tensor, ref: torch.Tensor) -> int | None:
     return None
 
 
-def bench_case(m: int, n: int, ratio: float, reps: int, ns_hint: dict[float, int | None]) -> dict[str, object]:
+#: The pair behind the speed target, timed round robin with more repetitions than the other columns.
+SPEED_PAIR = ("ns_need", "polar")
+
+
+def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint: dict[float, int | None]
+               ) -> dict[str, object]:
     X = test_matrix(m, n, ratio)
     ref_soft, ref_hard = soft_clip_svd(X.double(), 1.0), hard_clip_svd(X.double(), 1.0)
     row: dict[str, object] = {"shape": f"{m}x{n}", "ratio": ratio}
@@ -86,8 +94,10 @@ def bench_case(m: int, n: int, ratio: float, reps: int, ns_hint: dict[float, int
         runs.pop("polar_fixed")
         if ratio != 1.0:
             runs.pop("svd")
-    for name, (fn, ref) in runs.items():
-        t, Y = timed(fn, reps)
+    timings = timed_round_robin({name: runs[name][0] for name in SPEED_PAIR}, pair_reps)
+    timings.update(timed_round_robin({name: fn for name, (fn, _) in runs.items() if name not in SPEED_PAIR}, reps))
+    for name, (_, ref) in runs.items():
+        t, Y = timings[name]
         row[name] = (t, rel_err(Y, ref) if ref is not None else float("nan"))
     row["ns_steps"] = k
     return row
@@ -129,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repetition (seconds)")
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 3; 1 for 2048+)")
+    p.add_argument("--pair-reps", type=int, default=None,
+                   help="repetitions for NS-need and polar, timed in turn (default 7; 3 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
     p.add_argument("--ns-steps", default=None,
                    help="known NS steps for 1e-3 per ratio, e.g. '1:5,10:10,100:20,1000:none' (skips the ladder)")
@@ -151,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         (f" --shapes {args.shapes}" if args.shapes else "") + (f" --ns-steps {args.ns_steps}" if args.ns_steps else "")
     for m, n in shapes:
         for ratio in ratios:
-            reps = args.reps or (1 if args.quick or max(m, n) >= 2048 and m * n >= 2048 * 2048 else 3)
-            rows.append(bench_case(m, n, ratio, reps, ns_hint))
+            big = m * n >= 2048 * 2048
+            reps = args.reps or (1 if args.quick or big else 3)
+            pair_reps = args.pair_reps or (1 if args.quick else 3 if big else 7)
+            rows.append(bench_case(m, n, ratio, reps, pair_reps, ns_hint))
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_write:
             write_section("linalg", "## linalg: soft/hard clip and msign vs exact SVD\n\n" + format_table(rows)

@@ -9,6 +9,10 @@ p(l) = 1 - E, p(x1) = 1 + E, p(x2) = 1 - E, p(u) = 1 + E, with x1, x2 the critic
 ``cushion * u`` (then p is rescaled so the new interval is centred on 1), which keeps the
 coefficients moderate for tiny l; the paper's cushion reproduces its published table for l = 1e-3.
 
+When the Newton-Schulz cubic p(x) = (3x - x^3)/2 (error 1.5 e^2 + 0.5 e^3 on [1 - e, 1 + e]) already meets the
+tolerance, it is the last step instead of a quintic: in the Gram-space iterations it needs no squared iterate,
+one matmul fewer. Schedules are padded with that cubic (it keeps converged values converged).
+
 The coefficients are derived once per grid point and cached (``schedule_table``); callers gather
 each matrix's row by index, so no host synchronisation is needed to use per-matrix schedules.
 """
@@ -31,6 +35,8 @@ GRID_PER_DECADE = 16
 GRID_DECADES = 8
 #: Newton-Schulz quintic (15 x - 10 x^3 + 3 x^5) / 8, the limit of the optimal steps as l -> 1.
 LIMIT_QUINTIC = (1.875, -1.25, 0.375)
+#: Newton-Schulz cubic (3 x - x^3) / 2: the finishing step when it meets the tolerance, and the padding.
+NEWTON_SCHULZ_CUBIC = (1.5, -0.5, 0.0)
 
 
 def optimal_quintic(l: float, u: float = 1.0, iters: int = 60) -> tuple[float, float, float, float]:
@@ -59,12 +65,16 @@ def polar_schedule(l: float, *, tol: float = CONVERGED, cushion: float = CUSHION
     """Coefficients (a, b, c) of the quintic steps that take singular values in [l, 1] to within ``tol`` of 1.
 
     Step t fits the minimax quintic on [max(l_t, cushion*u_t), u_t], rescales it so that
-    p(l_t) + p(u_t) = 2, and sets l_{t+1} = p(l_t), u_{t+1} = 2 - l_{t+1}.
+    p(l_t) + p(u_t) = 2, and sets l_{t+1} = p(l_t), u_{t+1} = 2 - l_{t+1}. If the Newton-Schulz cubic takes
+    [l_t, u_t] to within ``tol`` of 1, it is the last step.
     """
     if not 0 < l <= 1:
         raise ValueError(f"l must be in (0, 1], got {l!r}")
     u, out = 1.0, []
     while 1 - l > tol and len(out) < max_steps:
+        if _cubic_error(l, u) <= tol:
+            out.append(NEWTON_SCHULZ_CUBIC)
+            break
         a, b, c, _ = optimal_quintic(max(l, cushion * u), u)
         pl, pu = a * l + b * l**3 + c * l**5, a * u + b * u**3 + c * u**5
         s = 2 / (pl + pu)
@@ -74,25 +84,32 @@ def polar_schedule(l: float, *, tol: float = CONVERGED, cushion: float = CUSHION
     return out
 
 
+def _cubic_error(l: float, u: float) -> float:
+    """max |1 - p(x)| over [l, u] for the Newton-Schulz cubic p (increasing up to 1, where p = 1; l <= 1 <= u)."""
+    a, b, _ = NEWTON_SCHULZ_CUBIC
+    return 1 - min(a * l + b * l**3, a * u + b * u**3)
+
+
 def grid_lower_ends() -> list[float]:
     """The grid of lower ends l_j on which schedules are tabulated (l_0 = 1, decreasing)."""
     return [10 ** (-j / GRID_PER_DECADE) for j in range(GRID_DECADES * GRID_PER_DECADE + 1)]
 
 
 @torch.compiler.assume_constant_result
-def _table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+def _table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[tuple[bool, ...], ...]]:
     """The cached tables; torch.compile takes them as constants instead of tracing the solve behind them."""
     return _compute_table(tol)
 
 
 @functools.cache
-def _compute_table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+def _compute_table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[tuple[bool, ...], ...]]:
     schedules = [polar_schedule(l, tol=tol) for l in grid_lower_ends()]
     steps = tuple(len(s) for s in schedules)
     width = max(steps)
-    rows = [s + [LIMIT_QUINTIC] * (width - len(s)) for s in schedules]
+    rows = [s + [NEWTON_SCHULZ_CUBIC] * (width - len(s)) for s in schedules]
     small = tuple(_steps_below(l, s) for l, s in zip(grid_lower_ends(), schedules))
-    return torch.tensor(rows, dtype=torch.float64), steps, small
+    quintic = tuple(tuple(c != 0 for _, _, c in row) for row in rows)
+    return torch.tensor(rows, dtype=torch.float64), steps, small, quintic
 
 
 def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: float = 0.1) -> int:
@@ -107,8 +124,16 @@ def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: fl
 
 
 def schedule_table(tol: float = CONVERGED) -> torch.Tensor:
-    """(grid size, max steps, 3) float64 tensor: row j is the schedule of l_j padded with the limit quintic."""
+    """(grid size, max steps, 3) float64 tensor: row j is the schedule of l_j padded with the cubic."""
     return _table(tol)[0]
+
+
+def quintic_steps(rows: list[int] | None, steps: int, tol: float = CONVERGED) -> tuple[bool, ...]:
+    """Per step t < ``steps``: whether any of the table ``rows`` (all rows if None) has a quintic term there
+    (pure Python: no tensor is read, so it is free under torch.compile and on accelerators)."""
+    quintic = _table(tol)[3]
+    selected = quintic if rows is None else [quintic[j] for j in set(rows)]
+    return tuple(t < len(quintic[0]) and any(row[t] for row in selected) for t in range(steps))
 
 
 def steps_for_index(j: int, tol: float = CONVERGED) -> int:

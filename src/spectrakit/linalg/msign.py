@@ -2,6 +2,7 @@
 
 Each step is the odd quintic p(X) = a X + b (X X^T) X + c (X X^T)^2 X applied in the wide orientation
 (rows <= cols, so the Gram matrix X X^T is the smaller one), after scaling X so that ||X||_2 <= 1.
+X X^T and its square are symmetric: ``symmetric_matmul`` computes only their lower block triangles.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._validate import check_positive_int, check_tensor
+from .symmetric import gram, symmetric_matmul
 
 Coefficients = Sequence[tuple[float, float, float]]
 
@@ -53,8 +55,8 @@ def _step_coefficients(coefficients: Coefficients, steps: int, safety: bool) -> 
 def polar_iterate(X: Tensor, coefficients: list[tuple[float, float, float]]) -> Tensor:
     """Apply the quintic steps to a wide (..., m <= n) matrix already scaled to ||X||_2 <= 1."""
     for a, b, c in coefficients:
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if A.dim() == 3 else b * A + c * (A @ A)
+        A = gram(X)
+        B = torch.add(A * b, symmetric_matmul(A, A), alpha=c)
         X = torch.baddbmm(X, B, X, beta=a) if X.dim() == 3 else a * X + B @ X
     return X
 

@@ -20,10 +20,11 @@ from torch import Tensor
 
 from .coefficients import GRID_DECADES, GRID_PER_DECADE, grid_index, small_steps_for_index
 from .gram import gather_schedule, inverse_sqrt, schedule_steps, symmetric_sign
+from .symmetric import gram, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
 #: below their 1e-3 target; float64 inputs use TOL_FLOAT64.
-TOL = 1e-4
+TOL = 3e-4
 TOL_FLOAT64 = 1e-12
 
 #: Upper bounds are inflated by this factor before normalising: the first optimal quintics have slope ~24 at 1,
@@ -36,61 +37,81 @@ SAFETY = 1.01
 SIGN_TOL = 2e-4
 
 
-def _gram_and_bound(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """G = X X^T, G^2 and an upper bound on lambda_max(G) (shape (B,)) from both, without host sync.
+def _gram_and_bound(X: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """G = X X^T (unless given), G^2 and an upper bound on lambda_max(G) (shape (B,)), without host sync.
 
     bound = min(Gershgorin(G), sqrt(||G^2||_F)): the second is within a factor rank^{1/4} of lambda_max (and
     below ||G||_F) and costs nothing extra because G^2 is needed by the first polar step anyway; the first
     is tighter for nearly flat spectra.
     """
-    G = X @ X.mT
-    G2 = G @ G
+    if G is None:
+        G = gram(X)
+    G2 = symmetric_matmul(G, G)
     gershgorin = torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1)  # max absolute row sum, one pass
     bound = torch.minimum(gershgorin, torch.linalg.matrix_norm(G2).sqrt())
     return G, G2, bound
 
 
-#: Precision policy for dtype=None, from a quick power-iteration estimate r of max sigma_max/c in the batch
-#: (only with ``adaptive``; otherwise float64 throughout). Measured relative errors vs float64 SVD:
-#: r <= FP32_MAX_RATIO: float32 throughout (~5e-6 at r = 10);
-#: r <= MIXED_MAX_RATIO: float64 for X X^T, its square and the steps starting at l_t < 0.1, float32 after
-#: (~3e-5 at r = 100, up to ~1e-3 at r = 1000 on rank-deficient inputs); larger r: float64 throughout
-#: (float32 rounding of X and Q X alone costs ~eps * r).
+#: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c
+#: (largest in the batch). Measured relative errors vs float64 SVD at 768 x 768 for flat, spiky, logspace and
+#: rank-deficient spectra: r <= FP32_MAX_RATIO: float32 throughout (<= 1.1e-5 at r = 16; up to 9.7e-4 at
+#: r = 100 on rank-deficient inputs); r <= MIXED_MAX_RATIO: float64 for X X^T, its square and the steps
+#: starting at l_t < 0.1, float32 after (<= 8.6e-5 at r = 100, up to 8e-4 at r = 1000); larger r: float64
+#: throughout (float32 rounding in Q X alone costs ~eps * r).
 FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
 
-def _ratio_estimate(Xn: Tensor, cn: Tensor, iters: int = 3) -> float:
-    """Largest sigma_max/c in the batch by a few power-iteration steps (O(mn) each) on the normalised X;
-    reads the host."""
-    gen = torch.Generator(device=Xn.device).manual_seed(0)
-    v = torch.randn(Xn.shape[0], Xn.shape[-1], 1, generator=gen, dtype=Xn.dtype, device=Xn.device)
+def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 4) -> float:
+    """Largest sigma_max/c in the batch from a few power-iteration steps on G = X X^T (O(m^2) each; a lower
+    estimate, which ``_missed_large_ratio`` backs up); reads the host. NaN gives inf."""
+    gen = torch.Generator(device=G.device).manual_seed(0)
+    v = torch.randn(G.shape[0], G.shape[-1], 1, generator=gen, dtype=G.dtype, device=G.device)
+    lam = torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
     for _ in range(iters):
-        v = Xn.mT @ (Xn @ v)
-        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
-    return float(((Xn @ v).norm(dim=(-2, -1)).double() / cn).nan_to_num(float("inf")).max())
+        v = G @ v
+        lam = v.norm(dim=(-2, -1))
+        v = v / lam.clamp_min(1e-30)[:, None, None]
+    return float((lam.double().sqrt() / cn).nan_to_num(float("inf")).max())
+
+
+def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
+    """||X||_F per matrix in float64, clamped to [1e-300, 1e300]. Computed in X's dtype where a host check
+    (``adaptive`` only) shows no overflow or underflow (one pass, no float64 copy), else in float64."""
+    if adaptive and X.dtype != torch.float64:
+        s = torch.linalg.vector_norm(X, dim=(-2, -1))
+        lo, hi = s.aminmax()
+        if float(lo) > 1e-18 and float(hi) < 1e18:
+            return s.double()
+    return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300)
 
 
 def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None
-               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype]:
-    """(X/s, c/s, s, early dtype, late dtype) with s = ||X||_F per matrix (computed in float64).
+               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, Tensor | None]:
+    """(X/s, c/s, s, early dtype, late dtype, X/s (X/s)^T or None) with s = ||X||_F per matrix.
 
     Spectral maps obey f_{c/s}(X/s) = f_c(X)/s; the scaling keeps X X^T and its square in range at any scale
     of X. X/s is formed in the early dtype (float64 unless float32 throughout is chosen: rounding X itself to
-    float32 would cost eps * sigma_max/c).
+    float32 would cost eps * sigma_max/c). With ``adaptive`` and dtype None, float32 throughout is chosen
+    without any extra work when ||X||_F/c <= FP32_MAX_RATIO (sigma_max <= ||X||_F); otherwise from a power
+    estimate on the float32 Gram matrix, which is returned for reuse when float32 is chosen.
     """
-    s = torch.linalg.matrix_norm(X.double()).clamp(1e-300, 1e300)
-    c = c.double() / s
-    early = late = dtype or torch.float64
-    if early == torch.float32 or (dtype is None and adaptive and X.dtype != torch.float64):
-        Xn = X.float() / s.clamp(max=3e38)[:, None, None].float()
-        if dtype is None and adaptive and X.dtype != torch.float64:  # choose by the estimated sigma_max/c
-            r = _ratio_estimate(Xn, c)
-            early, late = ((torch.float32, torch.float32) if r <= FP32_MAX_RATIO else
-                           (torch.float64, torch.float32) if r <= MIXED_MAX_RATIO else (torch.float64, torch.float64))
-        if early == torch.float32:
-            return Xn, c, s, early, late
-    return X.double() / s[:, None, None], c, s, early, late
+    s = _frobenius(X, adaptive)
+    if dtype is not None or not adaptive or X.dtype == torch.float64:
+        work = dtype or torch.float64
+        if work != torch.float64:
+            s = s.clamp(1.2e-38, 3e38)  # float32 normal range
+        return X.to(work) / s.to(work)[:, None, None], c.double() / s, s, work, work, None
+    s32 = s.clamp(1.2e-38, 3e38)
+    Xn, c32 = X.float() / s32.float()[:, None, None], c.double() / s32
+    if float((1 / c32).max()) <= FP32_MAX_RATIO:
+        return Xn, c32, s32, torch.float32, torch.float32, None
+    G = gram(Xn)
+    r = _ratio_estimate(G, c32)
+    if r <= FP32_MAX_RATIO:
+        return Xn, c32, s32, torch.float32, torch.float32, G
+    late = torch.float32 if r <= MIXED_MAX_RATIO else torch.float64
+    return X.double() / s[:, None, None], c.double() / s, s, torch.float64, late, None
 
 
 def _missed_large_ratio(bound: Tensor, c2: Tensor) -> bool:
@@ -114,9 +135,9 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
     X_in, c_in = X, c
-    X, c, scale, early, late = _normalize(X, c, adaptive, dtype)
+    X, c, scale, early, late, G = _normalize(X, c, adaptive, dtype)
     c = c.to(early)
-    G, G2, bound = _gram_and_bound(X)
+    G, G2, bound = _gram_and_bound(X, G)
     c2 = (c * c)[:, None, None]
     if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2):
         return soft_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
@@ -128,9 +149,11 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     idx = grid_index(inv.sqrt().flatten())
     n_steps = schedule_steps(idx, steps, adaptive, tol)
     worst = int(idx.max()) if adaptive and idx.numel() else GRID_DECADES * GRID_PER_DECADE
-    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early, tol), switch_at=small_steps_for_index(worst, tol),
-                     late_dtype=late)
-    Y = (Q.to(late) * (inv.sqrt() * scale[:, None, None]).to(late)) @ X.to(late)
+    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early, tol, adaptive),
+                     switch_at=small_steps_for_index(worst, tol), late_dtype=late)
+    # Q inv^{1/2} ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1]: applying it to the unscaled input is safe
+    M = Q.to(late) * inv.sqrt().to(late)
+    Y = M @ X_in if X_in.dtype == late else (M * scale[:, None, None].to(late)) @ X.to(late)
     return Y, bound.sqrt() * scale
 
 
@@ -147,9 +170,9 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
     X_in, c_in, requested = X, c, dtype
-    X, c, scale, dtype, _ = _normalize(X, c, adaptive, dtype)
+    X, c, scale, dtype, _, G = _normalize(X, c, adaptive, dtype)
     c = c.to(dtype)
-    G, G2, bound = _gram_and_bound(X)
+    G, G2, bound = _gram_and_bound(X, G)
     c2 = (c * c)[:, None, None]
     if dtype == torch.float32 and requested is None and _missed_large_ratio(bound, c2):
         return hard_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
@@ -158,7 +181,8 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     Gh = G / c2
     idx_z = grid_index(0.5 * beta.rsqrt().flatten())
     Qz = inverse_sqrt(Gh / beta, G2 / (c2 * c2 * beta * beta),
-                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive, tol), X.dtype, tol))
+                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive, tol), X.dtype, tol, adaptive),
+                      symmetric=False)
     Z = Qz * beta.rsqrt()
     gamma = beta.sqrt() * SAFETY
     E = Gh @ Z
@@ -166,6 +190,6 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     idx_s = grid_index(SIGN_TOL / gamma.flatten())
     # S multiplies X itself in (I - S) X: an error e in S costs e * sigma_max/c, so S is converged to TOL_FLOAT64
     S = symmetric_sign(E, gather_schedule(idx_s, schedule_steps(idx_s, steps, adaptive, TOL_FLOAT64), X.dtype,
-                                          TOL_FLOAT64))
-    F = 0.5 * ((eye + S) @ Z + (eye - S))
+                                          TOL_FLOAT64, adaptive))
+    F = 0.5 * ((eye + S) @ Z + (eye - S))  # S and Z commute only approximately: a full product
     return (F @ X) * scale[:, None, None].to(dtype), bound.sqrt() * scale

@@ -1,0 +1,53 @@
+"""symmetric_matmul: the lower-block-triangle product equals A @ B for products that are symmetric."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spectrakit.linalg.symmetric import MIN_SIDE, block_count, gram, symmetric_matmul
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), n=st.integers(1, 30), blocks=st.integers(1, 9), batch=st.integers(0, 2))
+def test_gram_equals_x_xt_for_any_block_count(m, n, blocks, batch):
+    X = torch.randn(*([batch] if batch else []), m, n, dtype=torch.float64)
+    G = symmetric_matmul(X, X.mT, blocks=blocks)
+    assert G.shape == (*X.shape[:-2], m, m)
+    torch.testing.assert_close(G, X @ X.mT, rtol=1e-12, atol=1e-12)
+    k = min(blocks, m)  # off-diagonal blocks are exact mirrors
+    step = -(-m // k)
+    lower_off_diagonal = torch.ones(m, m, dtype=torch.bool).tril(-1)
+    for start in range(0, m, step):
+        lower_off_diagonal[start:start + step, start:start + step] = False
+    assert torch.equal(G[..., lower_off_diagonal], G.mT[..., lower_off_diagonal])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_commuting_symmetric_product_at_the_blocked_size(dtype):
+    m = MIN_SIDE + 37  # uneven blocks
+    A = torch.randn(m, m, dtype=torch.float64)
+    S = (A + A.T) / m
+    P = 0.5 * torch.eye(m, dtype=torch.float64) + 0.3 * S + 0.2 * S @ S  # a polynomial in S: commutes with S
+    got = symmetric_matmul(S.to(dtype), P.to(dtype))
+    assert block_count(m, S.device) > 1
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), S @ P, rtol=tol, atol=tol)
+
+
+def test_batched_and_broadcast_operands():
+    X = torch.randn(3, MIN_SIDE, 20)
+    torch.testing.assert_close(gram(X), X @ X.mT)
+    E = torch.randn(MIN_SIDE, MIN_SIDE)
+    E = E + E.T
+    torch.testing.assert_close(symmetric_matmul(E.expand(2, -1, -1), E), (E @ E).expand(2, -1, -1))
+
+
+def test_block_count_rule():
+    cpu = torch.device("cpu")
+    assert block_count(MIN_SIDE - 1, cpu) == 1
+    assert block_count(MIN_SIDE, cpu) == 4
+    assert block_count(8192, cpu) == 8
+    assert block_count(8192, torch.device("meta")) == 1  # off the CPU: plain matmul (not measured there)
