@@ -160,3 +160,31 @@ def test_precision_backstop_when_the_ratio_estimate_is_wrong(monkeypatch):
     monkeypatch.setattr(polar_clip, "_ratio_estimate", lambda Xn, cn, iters=3: 1.0)  # claims float32 is safe
     X = make_matrix(20, 30, "logspace", 1e4).float()
     assert rel_err(soft_clip(X, 1.0, method="polar"), oracle(X, 1.0)) <= 1e-3
+
+
+@pytest.mark.parametrize("ratio, expected", [(8.0, "float32"), (50.0, "mixed"), (1e3, "float64")])
+def test_precision_policy_by_ratio(monkeypatch, ratio, expected):
+    """float32 throughout up to sigma_max/c = 16, float64 X X^T with a float32 iteration on its Cholesky
+    factor up to 100, float64 beyond; each path meets the target on a spiky and a rank-deficient matrix."""
+    import spectrakit.linalg.polar_clip as polar_clip
+
+    seen = []
+    factor_path = polar_clip._inverse_sqrt_by_factor
+    monkeypatch.setattr(polar_clip, "_inverse_sqrt_by_factor", lambda *a: seen.append(a[-1]) or factor_path(*a))
+    for kind in ("spiky", "rank_deficient"):
+        X = make_matrix(40, 60, kind, ratio, seed=2).float()
+        assert rel_err(soft_clip(X, 1.0, method="polar"), oracle(X, 1.0)) <= 3e-4
+    assert seen == ([torch.float32] * 2 if expected == "mixed" else [])
+
+
+def test_polar_factor_iteration_matches_svd():
+    from spectrakit.linalg.coefficients import grid_index
+    from spectrakit.linalg.gram import gather_schedule, polar_factor, schedule_steps
+
+    A = make_matrix(30, 30, "logspace", 1.0, seed=4)  # singular values from 1 down to 1e-6: l = 1e-6
+    U, _, Vh = torch.linalg.svd(A)
+    idx = grid_index(torch.tensor([1e-6]))
+    schedule = gather_schedule(idx, schedule_steps(idx, None, True, 1e-12), torch.float64, 1e-12, True)
+    R = A.mT @ A
+    got = polar_factor(A[None], R[None], (R @ R)[None], schedule)[0]
+    assert rel_err(got, U @ Vh) <= 1e-9

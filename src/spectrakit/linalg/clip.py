@@ -97,11 +97,11 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
         dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
-            for X X^T and the ill-conditioned first steps (forming X X^T squares the condition number: the
-            eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2) and, with
-            ``adaptive``, float32 where a power-iteration estimate of sigma_max/c allows it (<= 16: all
-            float32; <= 100: float32 after the first steps), with a float64 redo if the computed bound shows
-            the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
+            (forming X X^T squares the condition number: the eigenvalues near 1 of I + X X^T/c^2 carry
+            absolute errors ~ eps * sigma_max^2/c^2) and, with ``adaptive``, float32 where a power-iteration
+            estimate of sigma_max/c allows it (<= 16: all float32; <= 100: float64 X X^T and Cholesky factor,
+            float32 iteration on the factor), with a float64 redo if the computed bound shows the estimate
+            was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
             no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
             Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
             [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs.
@@ -160,10 +160,8 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
         dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
-            for X X^T and the ill-conditioned first steps (forming X X^T squares the condition number: the
-            eigenvalues near 1 of I + X X^T/c^2 carry absolute errors ~ eps * sigma_max^2/c^2) and, with
-            ``adaptive``, float32 where a power-iteration estimate of sigma_max/c allows it (<= 16: all
-            float32; <= 100: float32 after the first steps), with a float64 redo if the computed bound shows
+            (forming X X^T squares the condition number) or, with ``adaptive``, float32 where a
+            power-iteration estimate of sigma_max/c is <= 16, with a float64 redo if the computed bound shows
             the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
             no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
             Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in

@@ -96,31 +96,19 @@ def grid_lower_ends() -> list[float]:
 
 
 @torch.compiler.assume_constant_result
-def _table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[tuple[bool, ...], ...]]:
+def _table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[tuple[bool, ...], ...]]:
     """The cached tables; torch.compile takes them as constants instead of tracing the solve behind them."""
     return _compute_table(tol)
 
 
 @functools.cache
-def _compute_table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[tuple[bool, ...], ...]]:
+def _compute_table(tol: float) -> tuple[torch.Tensor, tuple[int, ...], tuple[tuple[bool, ...], ...]]:
     schedules = [polar_schedule(l, tol=tol) for l in grid_lower_ends()]
     steps = tuple(len(s) for s in schedules)
     width = max(steps)
     rows = [s + [NEWTON_SCHULZ_CUBIC] * (width - len(s)) for s in schedules]
-    small = tuple(_steps_below(l, s) for l, s in zip(grid_lower_ends(), schedules))
     quintic = tuple(tuple(c != 0 for _, _, c in row) for row in rows)
-    return torch.tensor(rows, dtype=torch.float64), steps, small, quintic
-
-
-def _steps_below(l: float, schedule: list[tuple[float, float, float]], level: float = 0.1) -> int:
-    """How many steps of ``schedule`` start from a lower end l_t < level."""
-    count = 0
-    for a, b, c in schedule:
-        if l >= level:
-            break
-        count += 1
-        l = a * l + b * l**3 + c * l**5
-    return count
+    return torch.tensor(rows, dtype=torch.float64), steps, quintic
 
 
 def schedule_table(tol: float = CONVERGED) -> torch.Tensor:
@@ -131,7 +119,7 @@ def schedule_table(tol: float = CONVERGED) -> torch.Tensor:
 def quintic_steps(rows: list[int] | None, steps: int, tol: float = CONVERGED) -> tuple[bool, ...]:
     """Per step t < ``steps``: whether any of the table ``rows`` (all rows if None) has a quintic term there
     (pure Python: no tensor is read, so it is free under torch.compile and on accelerators)."""
-    quintic = _table(tol)[3]
+    quintic = _table(tol)[2]
     selected = quintic if rows is None else [quintic[j] for j in set(rows)]
     return tuple(t < len(quintic[0]) and any(row[t] for row in selected) for t in range(steps))
 
@@ -139,11 +127,6 @@ def quintic_steps(rows: list[int] | None, steps: int, tol: float = CONVERGED) ->
 def steps_for_index(j: int, tol: float = CONVERGED) -> int:
     """Number of steps the schedule for grid point j needs to converge to ``tol`` (0 for l_0 = 1)."""
     return _table(tol)[1][j]
-
-
-def small_steps_for_index(j: int, tol: float = CONVERGED) -> int:
-    """Number of leading steps of grid point j's schedule that start with l_t < 0.1 (the ill-conditioned ones)."""
-    return _table(tol)[2][j]
 
 
 def grid_index(l: torch.Tensor) -> torch.Tensor:

@@ -52,39 +52,55 @@ def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
     return a[:, None, None], b[:, None, None], c[:, None, None]
 
 
-def inverse_sqrt(R: Tensor, R2: Tensor, schedule: Schedule, *, switch_at: int = 0,
-                 late_dtype: torch.dtype | None = None, symmetric: bool = True) -> Tensor:
+def _polynomial(R: Tensor, R2: Tensor | None, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """P = a I + b R + c R^2 (c R^2 left out when R2 is None: a cubic step)."""
+    P = R * b if R2 is None else torch.addcmul(R2 * c, R, b)
+    P.diagonal(dim1=-2, dim2=-1).add_(a[:, :, 0])
+    return P
+
+
+def polar_factor(A: Tensor, R: Tensor, R2: Tensor, schedule: Schedule) -> Tensor:
+    """msign(A) = A (A^T A)^{-1/2} for a batch (B, m, m) of A with singular values in [l, 1] (the schedule's
+    lower end), given R = A^T A and R2 = R^2 for the first step.
+
+    A_{t+1} = A_t P_t with P_t = a_t I + b_t R_t + c_t R_t^2 and R_t = A_t^T A_t recomputed from the iterate
+    (after the first step): rounding errors in R_t only perturb the next polynomial, they are not carried
+    along, so a matrix with condition number kappa needs no precision beyond what its factor A needs
+    (eps * kappa), not what R needs (eps * kappa^2). Cost: 3 small matmuls per quintic step (R_t, R_t^2,
+    A_t P_t), 2 per cubic step, 1 for the first; R_t and R_t^2 are symmetric (``symmetric_matmul``).
+    """
+    for t in range(schedule.coeffs.shape[0]):
+        a, b, c = _abc(schedule.coeffs, t)
+        if t > 0:
+            R = symmetric_matmul(A.mT, A)
+            R2 = symmetric_matmul(R, R) if schedule.quintic[t] else None
+        A = A @ _polynomial(R, R2 if schedule.quintic[t] else None, a, b, c)
+    return A
+
+
+def inverse_sqrt(R: Tensor, R2: Tensor, schedule: Schedule, *, symmetric: bool = True) -> Tensor:
     """Q ~ R^{-1/2} for a batch (B, m, m) of symmetric R with eigenvalues in [l^2, 1], given R2 = R @ R.
 
     This is the polar iteration sigma <- sigma p_t(sigma^2) on sigma = sqrt(lambda(R)) written on Gram
     matrices: Q_{t+1} = Q_t P_t, R_{t+1} = P_t R_t P_t with P_t = a_t I + b_t R_t + c_t R_t^2, so that
     R_t = R Q_t^2 -> I and Q_t -> R^{-1/2}. Cost: 4 small matmuls per step (3 on the first, 2 on the last, one
-    fewer on cubic steps), each of a symmetric result (R, P and Q commute), so ``symmetric_matmul`` computes
-    only its lower block triangle.
+    fewer on cubic steps), all of symmetric results (R, P and Q commute): ``symmetric_matmul`` computes only
+    their lower block triangles. A relative error e in a small eigenvalue r_t of R_t stays in the result as
+    e/2 (R_{t+1} is propagated, not recomputed), so R needs a precise dtype (``polar_factor`` does not).
 
-    A relative error e in a small eigenvalue r_t of R_t stays in the result as e/2 (R_{t+1} is propagated, not
-    recomputed), so the steps with small r_t need a precise dtype; from step ``switch_at`` on (if > 0) the
-    loop continues in ``late_dtype``.
-
-    ``symmetric=False`` uses full products instead of ``symmetric_matmul``: when eigenvalues of R lie below
-    the schedule's l^2, Q grows large there, and mirroring the lower triangles (which takes the commutators of
-    the rounded factors as zero) was measured to cost 4x more error in the hard clip (1e-4 vs 2.3e-5).
+    ``symmetric=False`` uses full products: where eigenvalues of R lie below l^2 (the hard clip's Z, which
+    need not converge there) Q grows large in their directions, and mirroring the lower triangles takes the
+    commutators of the rounded factors as zero, measured to cost 4x more error (1e-4 vs 2.3e-5 at
+    sigma_max/c = 10 in float32).
     """
     mul = symmetric_matmul if symmetric else torch.matmul
     Q: Tensor | None = None
-    coeffs = schedule.coeffs
-    steps = coeffs.shape[0]
+    steps = schedule.coeffs.shape[0]
     for t in range(steps):
-        if late_dtype is not None and t == switch_at and t > 0 and R.dtype != late_dtype:
-            R, Q, coeffs = R.to(late_dtype), Q.to(late_dtype), coeffs.to(late_dtype)
-        a, b, c = _abc(coeffs, t)
-        if schedule.quintic[t]:
-            if t > 0:
-                R2 = mul(R, R)
-            P = torch.addcmul(R2 * c, R, b)
-        else:
-            P = R * b
-        P.diagonal(dim1=-2, dim2=-1).add_(a[:, :, 0])
+        a, b, c = _abc(schedule.coeffs, t)
+        if t > 0 and schedule.quintic[t]:
+            R2 = mul(R, R)
+        P = _polynomial(R, R2 if schedule.quintic[t] else None, a, b, c)
         Q = P if Q is None else mul(Q, P)
         if t < steps - 1:
             R = mul(P, mul(R, P))

@@ -5,6 +5,9 @@ msign(A) = A (I + X^T X/c^2)^{-1/2}, so H_c(X) = c * top rows of msign(A) = (I +
 G = X X^T. The singular values of A lie in [1, sqrt(1 + smax^2/c^2)]; dividing B = I + G/c^2 by an upper
 bound alpha of its largest eigenvalue puts sqrt(eig(B/alpha)) in [l, 1] with l = alpha^{-1/2} known, and
 the polar iteration uses minimax quintics optimised for [l, 1] (Polar Express, arXiv 2505.16932).
+It runs on B itself (``gram.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
+Cholesky factor of B (``gram.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
+factor, with the square root of B's condition number, can be iterated in float32.
 
 Hard clip (Jianlin Su, kexue.fm/archives/11006 and 11059): with M = X/c, O = msign(M),
 mclip(M) = 1/2 [(I + S) O + (I - S) M], S = sign(M M^T - I) = sign((M M^T)^{1/2} - I). Where S = -1
@@ -18,12 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .coefficients import GRID_DECADES, GRID_PER_DECADE, grid_index, small_steps_for_index
-from .gram import gather_schedule, inverse_sqrt, schedule_steps, symmetric_sign
+from .coefficients import grid_index
+from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor, schedule_steps, symmetric_sign
 from .symmetric import gram, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
-#: below their 1e-3 target; float64 inputs use TOL_FLOAT64.
+#: below their 1e-3 target with room for rounding; float64 inputs use TOL_FLOAT64.
 TOL = 3e-4
 TOL_FLOAT64 = 1e-12
 
@@ -54,10 +57,11 @@ def _gram_and_bound(X: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor,
 
 #: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c
 #: (largest in the batch). Measured relative errors vs float64 SVD at 768 x 768 for flat, spiky, logspace and
-#: rank-deficient spectra: r <= FP32_MAX_RATIO: float32 throughout (<= 1.1e-5 at r = 16; up to 9.7e-4 at
-#: r = 100 on rank-deficient inputs); r <= MIXED_MAX_RATIO: float64 for X X^T, its square and the steps
-#: starting at l_t < 0.1, float32 after (<= 8.6e-5 at r = 100, up to 8e-4 at r = 1000); larger r: float64
-#: throughout (float32 rounding in Q X alone costs ~eps * r).
+#: rank-deficient spectra (with the float32 tolerance TOL): r <= FP32_MAX_RATIO: float32 throughout
+#: (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient inputs: X X^T in float32 carries errors
+#: ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and its Cholesky factor in float64, the iteration
+#: on the factor and the product with X in float32 (<= 1.7e-4 at r = 100, up to 2e-3 at r = 1000: the
+#: float32 steps cost ~eps * r); larger r: float64 throughout.
 FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
@@ -147,14 +151,28 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     R = _with_unit_diagonal_added(G * (inv / c2), inv)
     R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (inv * inv / (c2 * c2)), G, 2 * inv * inv / c2), inv * inv)
     idx = grid_index(inv.sqrt().flatten())
-    n_steps = schedule_steps(idx, steps, adaptive, tol)
-    worst = int(idx.max()) if adaptive and idx.numel() else GRID_DECADES * GRID_PER_DECADE
-    Q = inverse_sqrt(R, R2, gather_schedule(idx, n_steps, early, tol, adaptive),
-                     switch_at=small_steps_for_index(worst, tol), late_dtype=late)
-    # Q inv^{1/2} ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1]: applying it to the unscaled input is safe
-    M = Q.to(late) * inv.sqrt().to(late)
+    schedule = gather_schedule(idx, schedule_steps(idx, steps, adaptive, tol), late, tol, adaptive)
+    if early == late:
+        M = inverse_sqrt(R, R2, schedule) * inv.sqrt()
+    else:
+        M = _inverse_sqrt_by_factor(R, R2, inv, schedule, late)
+    # M ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1]: applying it to the unscaled input is safe
     Y = M @ X_in if X_in.dtype == late else (M * scale[:, None, None].to(late)) @ X.to(late)
     return Y, bound.sqrt() * scale
+
+
+def _inverse_sqrt_by_factor(R: Tensor, R2: Tensor, inv: Tensor, schedule: Schedule, dtype: torch.dtype
+                            ) -> Tensor:
+    """(alpha R)^{-1/2} = (I + G/c^2)^{-1/2} for R and R2 = R^2 given in a precise dtype, iterating in ``dtype``.
+
+    With alpha R = L L^T (Cholesky, in R's dtype): msign(L^T) = L^T (alpha R)^{-1/2}, so
+    (alpha R)^{-1/2} = L^{-T} msign(L^T). The factor L has condition number sqrt(kappa(R)), so it can be
+    rounded to float32 where R cannot, and ``polar_factor`` recomputes its Gram matrix from the iterate.
+    """
+    L = torch.linalg.cholesky_ex(R / inv).L  # no error check, so no host sync (R >= I/alpha is positive definite)
+    Lt = L.mT.to(dtype)
+    U = polar_factor(Lt * inv.sqrt().to(dtype), R.to(dtype), R2.to(dtype), schedule)
+    return torch.linalg.solve_triangular(Lt, U, upper=True)
 
 
 def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
