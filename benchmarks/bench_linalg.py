@@ -7,6 +7,7 @@ and msign (Keller's quintic, 5 steps). Ratios of times are taken within the same
 
     python benchmarks/bench_linalg.py            # full table, writes BENCHMARKS.md
     python benchmarks/bench_linalg.py --quick --no-write   # tiny shapes, prints only (used by a test)
+    python benchmarks/bench_linalg.py --symmetric          # symmetric_matmul vs A @ B ("symmetric" section)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from spectrakit.linalg import hard_clip, hard_clip_svd, msign, soft_clip, soft_clip_svd  # noqa: E402
+from spectrakit.linalg import hard_clip, hard_clip_svd, msign, soft_clip, soft_clip_svd, symmetric  # noqa: E402
+from spectrakit.linalg.symmetric import block_count, symmetric_matmul  # noqa: E402
 
 NS_LADDER = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 TARGET = 1e-3
@@ -69,7 +71,16 @@ def ns_steps_needed(X: torch.Tensor, ref: torch.Tensor) -> int | None:
 
 
 #: The pair behind the speed target, timed round robin with more repetitions than the other columns.
-SPEED_PAIR = ("ns_need", "polar")
+SPEED_PAIR = ("ns_need", "polar", "polar_full")
+
+
+def polar_with_full_products(X: torch.Tensor) -> torch.Tensor:
+    """soft_clip "polar" with symmetric_matmul turned off (plain A @ B everywhere), to show what it adds."""
+    saved, symmetric.MIN_SIDE = symmetric.MIN_SIDE, sys.maxsize
+    try:
+        return soft_clip(X, 1.0, method="polar")
+    finally:
+        symmetric.MIN_SIDE = saved
 
 
 def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint: dict[float, int | None]
@@ -86,6 +97,7 @@ def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint:
         "ns10": (lambda: ns(X, 10), ref_soft),
         "ns_need": (lambda: ns(X, k or NS_LADDER[-1]), ref_soft),
         "polar": (lambda: soft_clip(X, 1.0, method="polar"), ref_soft),
+        "polar_full": (lambda: polar_with_full_products(X), ref_soft),
         "polar_fixed": (lambda: soft_clip(X, 1.0, method="polar", adaptive=False), ref_soft),
         "hard": (lambda: hard_clip(X, 1.0, method="polar"), ref_hard),
         "msign": (lambda: msign(X, coefficients="keller", steps=5, dtype=torch.float32), None),
@@ -105,8 +117,9 @@ def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint:
 
 def format_table(rows: list[dict[str, object]]) -> str:
     head = ("| shape | smax/c | svd ms | NS-10 ms (err) | NS steps for 1e-3 | NS-need ms (err) | polar ms (err) "
-            "| polar fixed ms (err) | NS-need / polar | hard_clip ms (err) | msign Keller-5 ms |")
-    lines = [head, "|" + "---|" * 11]
+            "| polar fixed ms (err) | NS-need / polar | polar, full products ms | NS-need / polar, full products "
+            "| hard_clip ms (err) | msign Keller-5 ms |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         def cell(key: str, r: dict[str, object] = r) -> str:
             if key not in r:
@@ -115,23 +128,56 @@ def format_table(rows: list[dict[str, object]]) -> str:
             return f"{t * 1e3:.0f} ({e:.1e})"
         k = r["ns_steps"]
         speedup = r["ns_need"][0] / r["polar"][0]  # type: ignore[index]
+        full = r["polar_full"][0]  # type: ignore[index]
         svd = f"{r['svd'][0] * 1e3:.0f}" if "svd" in r else "-"  # type: ignore[index]
         lines.append(f"| {r['shape']} | {r['ratio']:g} | {svd} | {cell('ns10')} | "
                      f"{k if k else '> ' + str(NS_LADDER[-1])} | {cell('ns_need')} | {cell('polar')} | "
-                     f"{cell('polar_fixed')} | {speedup:.2f}x | {cell('hard')} | {r['msign'][0] * 1e3:.0f} |")  # type: ignore[index]
+                     f"{cell('polar_fixed')} | {speedup:.2f}x | {full * 1e3:.0f} | "
+                     f"{r['ns_need'][0] / full:.2f}x | {cell('hard')} | {r['msign'][0] * 1e3:.0f} |")  # type: ignore[index]
     return "\n".join(lines)
+
+
+SYMMETRIC_SIDES = (256, 384, 512, 768, 1024, 2048)
+
+
+def symmetric_table(sides: tuple[int, ...], reps: int) -> str:
+    """Time of symmetric_matmul(S, P) over S @ P for a symmetric S and a polynomial P in S, per side and dtype."""
+    lines = ["| side | dtype | A @ B ms | blocks | symmetric_matmul ms | ratio |", "|---|---|---|---|---|---|"]
+    for dtype in (torch.float32, torch.float64):
+        for m in sides:
+            A = torch.randn(m, m, dtype=dtype)
+            S = (A + A.T) / m
+            P = S @ S + S
+            k = max(4, block_count(m, S.device))
+            t = timed_round_robin({"full": lambda S=S, P=P: S @ P,
+                                   "sym": lambda S=S, P=P, k=k: symmetric_matmul(S, P, blocks=k)}, reps)
+            full, sym = t["full"][0], t["sym"][0]
+            lines.append(f"| {m} | {str(dtype).removeprefix('torch.')} | {full * 1e3:.2f} | {k} | {sym * 1e3:.2f} "
+                         f"| {sym / full:.2f} |")
+    return "\n".join(lines)
+
+
+SYMMETRIC_NOTES = """symmetric_matmul computes the lower block triangle of a product known to be symmetric (k row
+blocks: (k + 1) / (2k) of the multiply-adds) and mirrors it; ratio = its time over the full product (best of the
+repetitions, timed in turn). Below 512 it is not faster, so spectrakit uses it from side 512 on (4 blocks, 8 from
+3072) and only on the CPU (not measured on accelerators)."""
 
 
 NOTES = """Errors are relative Frobenius errors vs float64 SVD on float32 inputs with log-spaced singular values
 (smax down to smax * 1e-3), c = 1. NS = the authors' coupled Newton-Schulz soft clip run in float32 (its bfloat16
 default is ~100x slower than float32 on this CPU, which has no bf16 matmul units); "steps for 1e-3" is the first
 count on the ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per ratio on the first
-shape and reused), "> 40" if none does (then NS-need is run with 40 steps and misses the target).
+shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows, NS-need understates
+what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target).
 polar = soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from the
 bound); polar fixed = adaptive=False (the accelerator default: worst-case schedule, float64, no host read).
-hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed"
-is skipped to keep the run short. Times are the best of 3 calls (1 for 2048x2048) after a warm-up; the machine
-was shared with other jobs, so absolute times are noisy; ratios are from the same run."""
+polar uses symmetric_matmul for its Gram-space products (see the "symmetric" section); NS is run as the authors
+wrote it, with full products; "polar, full products" is polar with symmetric_matmul turned off, the like-for-like
+comparison (the same trick would speed NS up too). hard_clip = method "polar". msign in float32. For 2048x2048,
+svd is timed once (smax/c = 1) and "polar fixed" is skipped to keep the run short. NS-need and both polar columns
+are timed in turn (round robin), best of 7 calls (3 for 2048x2048) after a warm-up; the other columns best of 3
+(1). Taken on a quiet machine (no other jobs), but the VM's speed drifts by up to 2x between minutes: compare
+times within a row only."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair-reps", type=int, default=None,
                    help="repetitions for NS-need and polar, timed in turn (default 7; 3 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
+    p.add_argument("--symmetric", action="store_true", help="time symmetric_matmul against A @ B instead")
     p.add_argument("--ns-steps", default=None,
                    help="known NS steps for 1e-3 per ratio, e.g. '1:5,10:10,100:20,1000:none' (skips the ladder)")
     args = p.parse_args(argv)
+    if args.symmetric:
+        sides = (256, 512) if args.quick else SYMMETRIC_SIDES
+        table = symmetric_table(sides, args.reps or (1 if args.quick else 7))
+        print(table)
+        if not args.no_write:
+            write_section("symmetric", "## Symmetric products: lower block triangle vs full matmul\n\n" + table
+                          + "\n\n" + SYMMETRIC_NOTES, "python benchmarks/bench_linalg.py --symmetric")
+        return 0
     if args.quick:
         shapes, ratios = [(12, 20)], [10.0]
     else:

@@ -18,3 +18,13 @@ def test_quick_benchmark_runs_without_writing(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| 12x20 | 10 |" in out and "NS-need / polar" in out
     assert written == []
+
+
+def test_quick_symmetric_table(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_linalg", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "write_section", lambda *a, **k: (_ for _ in ()).throw(AssertionError("wrote")))
+    assert module.main(["--symmetric", "--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| 512 | float64 |" in out
