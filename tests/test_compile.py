@@ -135,3 +135,51 @@ def test_optimizer_step_with_lr_scheduler_compiles_without_recompiling():
     assert counts[2:] == [counts[2]] * 4, counts  # no graph after the warm-up steps
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 / 7)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_spectra_step_with_threshold_warmup_compiles_fullgraph_and_c_changes_do_not_recompile():
+    """During the threshold warmup c_t = c * peak_lr / lr_t changes every step with the lr; it stays symbolic
+    (no recompile per value). The end of the warmup flips one Python flag: at most one more graph."""
+    eager_model, compiled_model = _model(), _model()
+    kwargs = {"lr": 0.01, "clip_c": 1.0, "nonfinite": "ignore", "track_stats": True}
+    eager, optimizer = Spectra(eager_model, **kwargs), Spectra(compiled_model, **kwargs)
+    for opt in (eager, optimizer):
+        opt.set_clip_schedule(warmup=True, warmup_steps=6)
+    backend = _CountingBackend()
+    compiled_step = torch.compile(optimizer.step, backend=backend, fullgraph=True)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    counts, thresholds = [], []
+    for k in range(9):
+        for model, opt, step in ((eager_model, eager, eager.step), (compiled_model, optimizer, compiled_step)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            for group in opt.param_groups:
+                group["lr"] = 0.01 * min(1.0, (k + 1) / 6)  # linear lr warmup
+            step()
+        counts.append(backend.graphs)
+        thresholds.append(float(optimizer.statistics()["clip_c/group0"]))
+    assert len(set(thresholds[2:6])) == 4  # c_t changed at every warmup step ...
+    assert counts[2:6] == [counts[2]] * 4, counts  # ... without a new graph
+    assert counts[-1] <= counts[2] + 1 and counts[-3:] == [counts[-1]] * 3, counts
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["linear", "sqrt", "square", "cosine", "exp"])
+def test_spectra_step_through_the_threshold_decay_does_not_recompile_per_step(shape):
+    model = _model()
+    optimizer = Spectra(model, lr=0.01, clip_c=1.0, nonfinite="ignore", track_stats=True)
+    optimizer.set_clip_schedule(warmup=False, total_steps=10, decay_fraction=0.6, shape=shape, final_scale=0.1)
+    backend = _CountingBackend()
+    compiled_step = torch.compile(optimizer.step, backend=backend, fullgraph=True)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    counts, thresholds = [], []
+    for _ in range(10):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        compiled_step()
+        counts.append(backend.graphs)
+        thresholds.append(float(optimizer.statistics()["clip_c/group0"]))
+    expected = [optimizer.clip_schedule.decay_factor(k) for k in range(10)]
+    assert thresholds == pytest.approx(expected, rel=1e-6)
+    assert counts[5:] == [counts[5]] * 5, counts  # the decay (from step 4) changes c_t every step, no new graph

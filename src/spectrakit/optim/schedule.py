@@ -61,7 +61,11 @@ class ClipSchedule:
         check_nonnegative(self.final_scale, "final_scale")
 
     def decay_factor(self, step: int) -> float:
-        """d_t for the 0-based ``step`` about to be taken."""
+        """d_t for the 0-based ``step`` about to be taken.
+
+        Written with ``**`` rather than math.sqrt / math.exp: under torch.compile the step counter is a symbolic
+        integer, and these stay symbolic (no recompile per step), where the math functions did not.
+        """
         if self.total_steps is None:
             return 1.0
         start = self.total_steps - self.decay_fraction * self.total_steps
@@ -72,13 +76,13 @@ class ClipSchedule:
         if self.shape == "linear":
             return 1 - (1 - f) * p
         if self.shape == "sqrt":
-            return 1 - (1 - f) * math.sqrt(p)
+            return 1 - (1 - f) * p ** 0.5
         if self.shape == "square":
             return 1 - (1 - f) * p * p
         if self.shape == "cosine":
             return f + (1 - f) * (1 + math.cos(math.pi * p)) / 2
         tail = math.exp(-_EXP_RATE)
-        return f + (1 - f) * (math.exp(-_EXP_RATE * p) - tail) / (1 - tail)
+        return f + (1 - f) * (math.e ** (-_EXP_RATE * p) - tail) / (1 - tail)
 
     def factor(self, step: int, lr: float, peak_lr: float, warmup_done: bool = False) -> tuple[float, bool]:
         """(c_t / c, warmup_done after this step) for the 0-based ``step`` at learning rate ``lr``.

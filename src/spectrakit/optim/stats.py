@@ -23,7 +23,7 @@ def record_clip_statistics(stats: dict[str, Tensor], name: str, update: Tensor, 
     """
     if bound is not None:
         stats[f"sigma_max/{name}"] = bound.detach().amax().float()
-    if kind == "normalize" or math.isinf(c):
+    if kind == "normalize" or c == math.inf:  # not math.isinf: c may be symbolic under torch.compile
         return
     q = 1 if update.dim() < 2 else min(update.shape[-2:]) * (update.numel() // (update.shape[-2] * update.shape[-1]))
     stats[f"clipped_fraction/{name}"] = _energy(update) / (c * c * q)

@@ -64,7 +64,7 @@ def spectral_transform(U: Tensor, kind: str, c: float, *, method: str = "auto", 
     """
     if vector if vector is not None else U.dim() < 2:
         return _vector_transform(U, kind, c, vector_rule)
-    if kind != "normalize" and math.isinf(c):
+    if kind != "normalize" and c == math.inf:  # not math.isinf: c may be a symbolic float under torch.compile
         return U, torch.linalg.matrix_norm(U.float())
     if kind == "soft":
         return soft_clip(U, c, method=method, steps=steps, dtype=dtype, return_bound=True)
