@@ -104,7 +104,8 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
             no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
             Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
-            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs.
+            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs. An explicit float32
+            meets 1e-3 only up to sigma_max/c ~ 40 (X X^T in float32); beyond that it is silently inaccurate.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
@@ -165,7 +166,8 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
             no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
             Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
-            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs.
+            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs. An explicit float32
+            meets 1e-3 only up to sigma_max/c ~ 16 (X X^T in float32); beyond that it is silently inaccurate.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
