@@ -8,6 +8,7 @@ hard:  sigma -> min(sigma, c)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,6 +79,36 @@ def _run_polar(fn: Callable[..., tuple[Tensor, Tensor]], Xw: Tensor, c: float | 
     return Y.reshape(Xw.shape).to(Xw.dtype), bound.reshape(batch_shape).float()
 
 
+def _clip(public: Callable[..., Any], kind: str, X: Tensor, c: float | Tensor, method: str, steps: int | None,
+          dtype: torch.dtype | None, return_bound: bool, adaptive: bool | None) -> Tensor | tuple[Tensor, Tensor]:
+    """The body of soft_clip / hard_clip (``kind`` "soft" / "hard"; ``public`` is the function itself, which the
+    sharded path calls back): validation, the vector rule, the wide orientation and the method dispatch."""
+    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
+        from ..distributed.rows import sharded_call
+        return sharded_call(public, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
+                            adaptive=adaptive)
+    check_tensor(X, "X", min_dim=1)
+    check_threshold(c, "c")
+    check_positive_int(steps, "steps")
+    _check_method(method, SOFT_METHODS if kind == "soft" else HARD_METHODS)
+    hard = kind == "hard"
+    if X.dim() == 1:
+        Y, norm = _vector_rule(X, c, hard=hard)
+        return (Y, norm) if return_bound else Y
+    method = _resolve_method(method, X, kind)
+    transposed = X.shape[-2] > X.shape[-1]
+    Xw = X.mT if transposed else X
+    if method == "svd":
+        Y, bound = _svd_clip(Xw, c, hard=hard)
+    elif method == "polar":
+        Y, bound = _run_polar(hard_clip_polar if hard else soft_clip_polar, Xw, c, steps, dtype, adaptive)
+    else:
+        cb = batch_threshold(c, Xw, dtype or torch.bfloat16)
+        Y, bound = soft_clip_newton_schulz(Xw, cb, steps=steps or 10, dtype=dtype or torch.bfloat16)
+    Y = (Y.mT if transposed else Y).to(X.dtype)
+    return (Y, bound) if return_bound else Y
+
+
 def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
               dtype: torch.dtype | None = None, return_bound: bool = False,
               adaptive: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
@@ -118,29 +149,7 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
 """
-    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
-        from ..distributed.rows import sharded_call
-        return sharded_call(soft_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
-                            adaptive=adaptive)
-    check_tensor(X, "X", min_dim=1)
-    check_threshold(c, "c")
-    check_positive_int(steps, "steps")
-    _check_method(method, SOFT_METHODS)
-    if X.dim() == 1:
-        Y, norm = _vector_rule(X, c, hard=False)
-        return (Y, norm) if return_bound else Y
-    method = _resolve_method(method, X, "soft")
-    transposed = X.shape[-2] > X.shape[-1]
-    Xw = X.mT if transposed else X
-    if method == "svd":
-        Y, bound = _svd_clip(Xw, c, hard=False)
-    elif method == "polar":
-        Y, bound = _run_polar(soft_clip_polar, Xw, c, steps, dtype, adaptive)
-    else:
-        cb = batch_threshold(c, Xw, dtype or torch.bfloat16)
-        Y, bound = soft_clip_newton_schulz(Xw, cb, steps=steps or 10, dtype=dtype or torch.bfloat16)
-    Y = (Y.mT if transposed else Y).to(X.dtype)
-    return (Y, bound) if return_bound else Y
+    return _clip(soft_clip, "soft", X, c, method, steps, dtype, return_bound, adaptive)
 
 
 def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int | None = None,
@@ -180,25 +189,4 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.
 """
-    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
-        from ..distributed.rows import sharded_call
-        return sharded_call(hard_clip, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
-                            adaptive=adaptive)
-    check_tensor(X, "X", min_dim=1)
-    check_threshold(c, "c")
-    check_positive_int(steps, "steps")
-    _check_method(method, HARD_METHODS)
-    if X.dim() == 1:
-        Y, norm = _vector_rule(X, c, hard=True)
-        return (Y, norm) if return_bound else Y
-    method = _resolve_method(method, X, "hard")
-    transposed = X.shape[-2] > X.shape[-1]
-    Xw = X.mT if transposed else X
-    if method == "svd":
-        Y, bound = _svd_clip(Xw, c, hard=True)
-    else:
-        Y, bound = _run_polar(hard_clip_polar, Xw, c, steps, dtype, adaptive)
-    Y = (Y.mT if transposed else Y).to(X.dtype)
-    return (Y, bound) if return_bound else Y
-
-
+    return _clip(hard_clip, "hard", X, c, method, steps, dtype, return_bound, adaptive)
