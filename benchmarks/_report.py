@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -30,3 +32,22 @@ def write_section(name: str, body: str, command: str) -> None:
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def quick_or_full(argv: Sequence[str] | None, description: str, quick: Callable[[], str], full: Callable[[], str],
+                  section: str, title: str, script: str) -> str:
+    """The command line shared by the benchmarks with a --quick mode: --quick runs ``quick`` and only prints;
+    otherwise ``full`` runs and its body becomes the ``section`` of BENCHMARKS.md. --threads sets torch's."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; print, do not write BENCHMARKS.md")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 gives steadier timings on a shared machine; default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    body = quick() if args.quick else full()
+    if not args.quick:
+        write_section(section, f"## {title}\n\n{body}",
+                      f"python benchmarks/{script} --threads {torch.get_num_threads()}")
+    print(body)
+    return body

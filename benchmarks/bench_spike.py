@@ -10,7 +10,6 @@ d x f). State bytes are counted after one step; step times are the median of ``-
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import write_section  # noqa: E402
+from _report import quick_or_full  # noqa: E402
 
 from spectrakit.optim import Muon, SpikeAware  # noqa: E402
 
@@ -88,21 +87,9 @@ def run(d: int, f: int, layers: int, repeats: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes; print, do not write BENCHMARKS.md")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 gives steadier timings on a shared machine; default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        body = run(d=64, f=176, layers=1, repeats=2)
-    else:
-        body = run(d=512, f=1408, layers=4, repeats=5)
-        write_section("spike", "## Spike-aware optimizer: state and step time\n\n" + body,
-                      f"python benchmarks/bench_spike.py --threads {torch.get_num_threads()}")
-    print(body)
-    return body
+    return quick_or_full(argv, __doc__.splitlines()[0], lambda: run(d=64, f=176, layers=1, repeats=2),
+                         lambda: run(d=512, f=1408, layers=4, repeats=5), "spike",
+                         "Spike-aware optimizer: state and step time", "bench_spike.py")
 
 
 if __name__ == "__main__":

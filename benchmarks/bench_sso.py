@@ -12,7 +12,6 @@ With ``solver_sync=True`` the solver syncs with the host once per round, so sync
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import write_section  # noqa: E402
+from _report import quick_or_full  # noqa: E402
 
 from spectrakit.optim import SSO, Muon, MuonSphere  # noqa: E402
 from spectrakit.train.model import ModelConfig, Transformer  # noqa: E402
@@ -102,21 +101,11 @@ def run(cfg: ModelConfig, steps: int, batch: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, few steps; print, do not write")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 gives steadier timings on a shared machine; default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        body = run(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, seq_len=8), steps=3, batch=2)
-    else:
-        body = run(ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, seq_len=64), steps=15, batch=8)
-        write_section("sso", "## SSO: multiplier solver statistics\n\n" + body,
-                      f"python benchmarks/bench_sso.py --threads {torch.get_num_threads()}")
-    print(body)
-    return body
+    return quick_or_full(
+        argv, __doc__.splitlines()[0],
+        lambda: run(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, seq_len=8), steps=3, batch=2),
+        lambda: run(ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, seq_len=64), steps=15, batch=8),
+        "sso", "SSO: multiplier solver statistics", "bench_sso.py")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_linalg.py"
+from _bench_helpers import load_benchmark
 
 
 def test_quick_benchmark_runs_without_writing(capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_linalg", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_linalg")
     written = []
     monkeypatch.setattr(module, "write_section", lambda *a, **k: written.append(a))
     assert module.main(["--quick", "--no-write"]) == 0
@@ -21,9 +16,7 @@ def test_quick_benchmark_runs_without_writing(capsys, monkeypatch):
 
 
 def test_quick_symmetric_table(capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_linalg", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_linalg")
     monkeypatch.setattr(module, "write_section", lambda *a, **k: (_ for _ in ()).throw(AssertionError("wrote")))
     assert module.main(["--symmetric", "--quick", "--no-write"]) == 0
     out = capsys.readouterr().out

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-import torch
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices gain nothing from threads, and on a busy machine OpenMP threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _bench_helpers import run_quick
 
 
 def test_quick_spike_benchmark_reports_state_and_time_without_writing() -> None:
-    spec = importlib.util.spec_from_file_location("bench_spike", BENCHMARKS / "bench_spike.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    report = BENCHMARKS.parent / "BENCHMARKS.md"
-    before = report.read_text() if report.exists() else None
-    body = module.main(["--quick"])
-    assert (report.read_text() if report.exists() else None) == before
+    _, body = run_quick("bench_spike")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in body.splitlines()
             if line.startswith("| ") and not line.startswith("| optimizer")}
     assert set(rows) >= {"torch AdamW", "Muon (Polar Express, 8 steps, float32)", "SpikeAware (k = 1.5%, 1 power step)"}
