@@ -165,12 +165,8 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
             xs, ys, es = zip(*points)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color[n], label=n)
     ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final validation loss")
-    ax.set_title("learning-rate sensitivity (mean +- std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    written.append(_save(fig, plt, report_dir / "lr_sensitivity.png"))
+    written.append(_finish(fig, ax, plt, report_dir / "lr_sensitivity.png", "peak learning rate",
+                           "final validation loss", "learning-rate sensitivity (mean +- std over seeds)"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n in names:
@@ -178,13 +174,9 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
         if diags:
             ax.plot([d["step"] for d in diags], [max(by_kind(d, "weight_spectral").values()) for d in diags],
                     marker=".", color=color[n], label=n)
-    ax.set_xlabel("step")
-    ax.set_ylabel("max over matrices of ||W||_2")
     ax.set_yscale("log")
-    ax.set_title("weight spectral norms (best lr, first seed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    written.append(_save(fig, plt, report_dir / "spectral_norms.png"))
+    written.append(_finish(fig, ax, plt, report_dir / "spectral_norms.png", "step", "max over matrices of ||W||_2",
+                           "weight spectral norms (best lr, first seed)"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n in names:
@@ -197,19 +189,26 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
             values = spectra[name]
             ax.plot(range(1, len(values) + 1), [v / values[0] for v in values], color=color[n],
                     label=f"{n}: {matrix_kind(name)} step {diags[-1]['step']}")
-    ax.set_xlabel("index i")
-    ax.set_ylabel("sigma_i / sigma_1 of the raw gradient")
     ax.set_yscale("log")
-    ax.set_title("gradient spectra (middle block's MLP up-projection)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    written.append(_save(fig, plt, report_dir / "grad_spectra.png"))
+    written.append(_finish(fig, ax, plt, report_dir / "grad_spectra.png", "index i",
+                           "sigma_i / sigma_1 of the raw gradient",
+                           "gradient spectra (middle block's MLP up-projection)"))
     return written
 
 
 def _middle_matrix(names: list[str]) -> str | None:
     ups = [n for n in names if n.endswith("mlp.up_proj.weight")]
     return ups[len(ups) // 2] if ups else (names[0] if names else None)
+
+
+def _finish(fig, ax, plt, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend one of the report's plots, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
 
 
 def _save(fig, plt, path: Path) -> Path:
