@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-import torch
+from _threads import single_thread
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 REPORT = BENCHMARKS.parent / "BENCHMARKS.md"
@@ -26,11 +26,7 @@ def run_quick(name: str) -> tuple[ModuleType, str]:
     busy machine OpenMP threads contend badly), asserting that BENCHMARKS.md is unchanged."""
     module = load_benchmark(name)
     before = REPORT.read_text() if REPORT.exists() else None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         body = module.main(["--quick"])
-    finally:
-        torch.set_num_threads(threads)
     assert (REPORT.read_text() if REPORT.exists() else None) == before
     return module, body

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from spectrakit.cli import main
 
@@ -11,11 +10,7 @@ TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "2", "--n-heads"
         "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,10 @@ class _CountingBackend:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_dynamo(one_thread):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-    torch.set_num_threads(threads)
 
 
 def _inputs(n: int, shape: tuple[int, ...] = (3, 12, 20)) -> list[torch.Tensor]:

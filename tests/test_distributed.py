@@ -12,6 +12,7 @@ Real faults are far larger: a wrong shard, a lost or doubled update moves a para
 
 import pytest
 import torch
+from _threads import single_thread
 from dist_worker import RUNS, SAVE_AT, STEPS, harness_run, launch, make_model, optimizer_kinds, reference, train
 
 from spectrakit.distributed import load_checkpoint, save_checkpoint
@@ -31,14 +32,12 @@ def _assert_params_close(got, expected, label):
 def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     kinds = list(optimizer_kinds())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the workers
-    for kind in kinds:  # the single-process checkpoints the 2-process runs resume from (1 -> 2)
-        model = make_model()
-        opt = optimizer_kinds()[kind](model)
-        train(model, opt, range(SAVE_AT))
-        save_checkpoint(root / f"single-{kind}", model, opt)
-    torch.set_num_threads(threads)
+    with single_thread():  # as in the workers
+        for kind in kinds:  # the single-process checkpoints the 2-process runs resume from (1 -> 2)
+            model = make_model()
+            opt = optimizer_kinds()[kind](model)
+            train(model, opt, range(SAVE_AT))
+            save_checkpoint(root / f"single-{kind}", model, opt)
     results = launch({"scenario": "suite", "kinds": kinds, "dir": str(root)}, root, timeout=600)
     yield {"root": root, "kinds": kinds, "results": results,
             "reference": {kind: reference(kind, STEPS) for kind in kinds}}
@@ -108,12 +107,8 @@ def test_nonfinite_decision_is_global(suite, parallel):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_harness_model_under_parallelize(suite, parallel):
     """The training harness's Transformer wrapped by ``parallelize`` (DDP / fully_shard per block) with Muon."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         expected = harness_run(None)
-    finally:
-        torch.set_num_threads(threads)
     for rank, result in enumerate(suite["results"]):
         _assert_params_close(result[f"harness/{parallel}"], expected, f"harness {parallel} rank {rank}")
 

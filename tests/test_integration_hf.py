@@ -15,13 +15,7 @@ from spectrakit.optim import SSO, Muon, Spectra, SpectralOptimizer, SpikeAware  
 VOCAB, SEQ = 64, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread is fastest and immune to OpenMP spin contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_llama() -> nn.Module:

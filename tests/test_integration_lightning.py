@@ -25,13 +25,7 @@ from spectrakit.optim import (  # noqa: E402
 STEPS = 30
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread is fastest and immune to OpenMP spin contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data() -> torch.utils.data.DataLoader:

@@ -14,14 +14,7 @@ from torch import nn
 
 from spectrakit.optim.spike_aware import SpikeAware, block_power_iteration, spike_rank
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices gain nothing from threads, and on a busy machine OpenMP threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spiky(m: int, n: int, k: int, seed: int, spike: float = 30.0) -> torch.Tensor:

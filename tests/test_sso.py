@@ -21,13 +21,7 @@ from spectrakit.optim.sso import SSO, MuonSphere, atomic_segments, solve_multipl
 TOL = 2e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices gain nothing from threads, and on a busy machine OpenMP threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spectral(W: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,7 @@ from spectrakit.train.schedule import lr_factor
 QUIET = dict(log=lambda _msg: None)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 @pytest.fixture(scope="module")
