@@ -73,7 +73,8 @@ def polar_factor(A: Tensor, R: Tensor, R2: Tensor, schedule: Schedule) -> Tensor
         a, b, c = _abc(schedule.coeffs, t)
         if t > 0:
             R = symmetric_matmul(A.mT, A)
-            R2 = symmetric_matmul(R, R) if schedule.quintic[t] else None
+            if schedule.quintic[t]:
+                R2 = symmetric_matmul(R, R)
         A = A @ _polynomial(R, R2 if schedule.quintic[t] else None, a, b, c)
     return A
 

@@ -18,6 +18,8 @@ relative to the spectrum's width is then tol/ratio instead of tol/ratio^2.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -125,6 +127,31 @@ def _missed_large_ratio(bound: Tensor, c2: Tensor) -> bool:
     return float((bound[:, None, None] / c2).max()) > (4 * FP32_MAX_RATIO) ** 2
 
 
+class _Setup(NamedTuple):
+    """What both polar clips start from: the scaled X, c^2 (B, 1, 1), the scale, the early and late dtypes,
+    G = X X^T, G^2 and the bound on lambda_max(G)."""
+    X: Tensor
+    c2: Tensor
+    scale: Tensor
+    early: torch.dtype
+    late: torch.dtype
+    G: Tensor
+    G2: Tensor
+    bound: Tensor
+
+
+def _setup(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None) -> _Setup | None:
+    """Scale X, choose the precision and form G, G^2 and the bound; None when float32 was chosen from the
+    estimate but the bound shows sigma_max/c is large (the caller redoes the call in float64)."""
+    Xn, cn, scale, early, late, G = _normalize(X, c, adaptive, dtype)
+    cn = cn.to(early)
+    G, G2, bound = _gram_and_bound(Xn, G)
+    c2 = (cn * cn)[:, None, None]
+    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2):
+        return None
+    return _Setup(Xn, c2, scale, early, late, G, G2, bound)
+
+
 def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
     """A + diag * I for a batch (diag of shape (B, 1, 1)), without materialising I (in place on A)."""
     A.diagonal(dim1=-2, dim2=-1).add_(diag[:, :, 0])
@@ -138,13 +165,11 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     dtype float32/float64: everything in that dtype; None: the mixed policy above.
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    X_in, c_in = X, c
-    X, c, scale, early, late, G = _normalize(X, c, adaptive, dtype)
-    c = c.to(early)
-    G, G2, bound = _gram_and_bound(X, G)
-    c2 = (c * c)[:, None, None]
-    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2):
-        return soft_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
+    setup = _setup(X, c, adaptive, dtype)
+    if setup is None:
+        return soft_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
+    X_in = X
+    X, c2, scale, early, late, G, G2, bound = setup
     alpha = (1 + bound[:, None, None] / c2) * SAFETY
     inv = 1 / alpha
     # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal
@@ -187,13 +212,10 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    X_in, c_in, requested = X, c, dtype
-    X, c, scale, dtype, _, G = _normalize(X, c, adaptive, dtype)
-    c = c.to(dtype)
-    G, G2, bound = _gram_and_bound(X, G)
-    c2 = (c * c)[:, None, None]
-    if dtype == torch.float32 and requested is None and _missed_large_ratio(bound, c2):
-        return hard_clip_polar(X_in, c_in, steps=steps, adaptive=adaptive, dtype=torch.float64)
+    setup = _setup(X, c, adaptive, dtype)
+    if setup is None:
+        return hard_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
+    X, c2, scale, dtype, _, G, G2, bound = setup
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     Gh = G / c2
