@@ -23,28 +23,23 @@ class Schedule(NamedTuple):
     quintic: tuple[bool, ...]
 
 
-def gather_schedule(idx: Tensor, steps: int, dtype: torch.dtype, tol: float, adaptive: bool) -> Schedule:
-    """Row ``idx[b]`` of the table for each matrix, cut or padded (with the cubic) to ``steps``.
+def gather_schedule(idx: Tensor, steps: int | None, dtype: torch.dtype, tol: float, adaptive: bool) -> Schedule:
+    """Row ``idx[b]`` of the table for each matrix, cut or padded (with the cubic) to the loop length.
 
-    The quintic flags are those of the rows in ``idx`` when ``adaptive`` (one host read), else of all rows
-    (no synchronisation).
+    Loop length: ``steps`` if given; else the longest need in the batch when ``adaptive`` or the worst case of
+    the whole table. The quintic flags are those of the rows in ``idx`` when ``adaptive``, else of all rows.
+    ``adaptive`` reads ``idx`` on the host once; otherwise nothing is synchronised.
     """
     table = schedule_table(tol)
+    rows = idx.tolist() if adaptive else None
+    if steps is None:
+        steps = (max((steps_for_index(j, tol) for j in rows), default=0) if rows is not None
+                 else table.shape[1])
     if steps > table.shape[1]:
         pad = torch.tensor(NEWTON_SCHULZ_CUBIC, dtype=table.dtype).expand(table.shape[0], steps - table.shape[1], 3)
         table = torch.cat([table, pad], dim=1)
     coeffs = table[:, :steps].to(device=idx.device, dtype=dtype)[idx].transpose(0, 1)
-    return Schedule(coeffs, quintic_steps(idx.tolist() if adaptive else None, steps, tol))
-
-
-def schedule_steps(idx: Tensor, steps: int | None, adaptive: bool, tol: float) -> int:
-    """Loop length: ``steps`` if given; else the longest need in the batch (adaptive, reads idx.max() on the
-    host) or the worst case of the whole table (no host read)."""
-    if steps is not None:
-        return steps
-    if adaptive:
-        return steps_for_index(int(idx.max()), tol) if idx.numel() else 0
-    return schedule_table(tol).shape[1]
+    return Schedule(coeffs, quintic_steps(rows, steps, tol))
 
 
 def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:

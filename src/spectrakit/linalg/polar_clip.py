@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import grid_index
-from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor, schedule_steps, symmetric_sign
+from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
 from .symmetric import gram, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
@@ -176,7 +176,7 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     R = _with_unit_diagonal_added(G * (inv / c2), inv)
     R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (inv * inv / (c2 * c2)), G, 2 * inv * inv / c2), inv * inv)
     idx = grid_index(inv.sqrt().flatten())
-    schedule = gather_schedule(idx, schedule_steps(idx, steps, adaptive, tol), late, tol, adaptive)
+    schedule = gather_schedule(idx, steps, late, tol, adaptive)
     if early == late:
         M = inverse_sqrt(R, R2, schedule) * inv.sqrt()
     else:
@@ -221,7 +221,7 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     Gh = G / c2
     idx_z = grid_index(0.5 * beta.rsqrt().flatten())
     Qz = inverse_sqrt(Gh / beta, G2 / (c2 * c2 * beta * beta),
-                      gather_schedule(idx_z, schedule_steps(idx_z, steps, adaptive, tol), X.dtype, tol, adaptive),
+                      gather_schedule(idx_z, steps, X.dtype, tol, adaptive),
                       symmetric=False)
     Z = Qz * beta.rsqrt()
     gamma = beta.sqrt() * SAFETY
@@ -229,7 +229,6 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     E = (0.5 * (E + E.mT) - eye) / gamma  # symmetric in exact arithmetic (Gh and Z commute); keep it so
     idx_s = grid_index(SIGN_TOL / gamma.flatten())
     # S multiplies X itself in (I - S) X: an error e in S costs e * sigma_max/c, so S is converged to TOL_FLOAT64
-    S = symmetric_sign(E, gather_schedule(idx_s, schedule_steps(idx_s, steps, adaptive, TOL_FLOAT64), X.dtype,
-                                          TOL_FLOAT64, adaptive))
+    S = symmetric_sign(E, gather_schedule(idx_s, steps, X.dtype, TOL_FLOAT64, adaptive))
     F = 0.5 * ((eye + S) @ Z + (eye - S))  # S and Z commute only approximately: a full product
     return (F @ X) * scale[:, None, None].to(dtype), bound.sqrt() * scale
