@@ -180,12 +180,24 @@ are timed in turn (round robin), best of 7 calls (3 for 2048x2048) after a warm-
 times within a row only."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type for repetition counts: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repetition (seconds)")
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 3; 1 for 2048+)")
-    p.add_argument("--pair-reps", type=int, default=None,
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help="timed repetitions per case (default 3; 1 for 2048+)")
+    p.add_argument("--pair-reps", type=positive_int, default=None,
                    help="repetitions for NS-need and polar, timed in turn (default 7; 3 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
     p.add_argument("--symmetric", action="store_true", help="time symmetric_matmul against A @ B instead")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from _bench_helpers import load_benchmark
 
 
@@ -21,3 +22,13 @@ def test_quick_symmetric_table(capsys, monkeypatch):
     assert module.main(["--symmetric", "--quick", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "| 512 | float64 |" in out
+
+
+@pytest.mark.parametrize("flag", ["--reps", "--pair-reps"])
+@pytest.mark.parametrize("value", ["0", "-2", "three"])
+def test_repetition_counts_must_be_positive_integers(capsys, flag, value):
+    module = load_benchmark("bench_linalg")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--quick", "--no-write", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be an integer >= 1, got '{value}'" in capsys.readouterr().err
