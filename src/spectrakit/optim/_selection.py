@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
@@ -12,21 +12,32 @@ from ._validate import check_choice
 APPLY_TO = ("all", "matrices")
 
 
-class ClipSelection:
+def check_selection(apply_to: str, exclude: Sequence[str]) -> None:
     """apply_to: "all" (1-D parameters use the vector rule) | "matrices"; exclude: regexes on parameter names."""
+    check_choice(apply_to, "clip_apply_to", APPLY_TO)
+    if isinstance(exclude, str) or not isinstance(exclude, Sequence) or not all(isinstance(e, str) for e in exclude):
+        raise ValueError(f"clip_exclude must be a sequence of regular expressions (strings), got {exclude!r}")
+    try:
+        for pattern in exclude:
+            re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"clip_exclude contains an invalid regular expression: {err}") from err
+
+
+def is_clipped(name: str, p: Tensor, apply_to: str, exclude: Iterable[str]) -> bool:
+    """True when the parameter is clipped (``re`` caches the compiled patterns)."""
+    if apply_to == "matrices" and p.dim() < 2:
+        return False
+    return not any(re.search(pattern, name) for pattern in exclude)
+
+
+class ClipSelection:
+    """The selection as one object (for SpectraWrapper)."""
 
     def __init__(self, apply_to: str = "all", exclude: Iterable[str] = ()) -> None:
-        check_choice(apply_to, "clip_apply_to", APPLY_TO)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        try:
-            self.exclude = tuple(re.compile(p) for p in exclude)
-        except re.error as err:
-            raise ValueError(f"clip_exclude contains an invalid regular expression: {err}") from err
-        self.apply_to = apply_to
+        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        check_selection(apply_to, exclude)
+        self.apply_to, self.exclude = apply_to, exclude
 
     def __call__(self, name: str, p: Tensor) -> bool:
-        """True when the parameter is clipped."""
-        if self.apply_to == "matrices" and p.dim() < 2:
-            return False
-        return not any(pattern.search(name) for pattern in self.exclude)
+        return is_clipped(name, p, self.apply_to, self.exclude)

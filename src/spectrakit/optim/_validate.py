@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
 
 def check_lr(lr: object, name: str = "lr") -> None:
-    if hasattr(lr, "dim"):  # tensor learning rates (torch.compile-friendly) are accepted as they are
+    """A finite number >= 0, or a real floating tensor holding one such number (0-d or 1 element, as torch.optim)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a number or a floating tensor with one element (0-d or shape (1,)), "
+                             f"got a {lr.dtype} tensor of shape {tuple(lr.shape)}")
+        if lr.device.type != "meta":
+            value = float(lr.detach().reshape(()))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got tensor({value})")
         return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {lr!r}")
+        raise ValueError(f"{name} must be a finite number >= 0 or a one-element tensor, got {lr!r}")
 
 
 def check_nonnegative(value: object, name: str) -> None:

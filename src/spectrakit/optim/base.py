@@ -4,6 +4,11 @@ Every optimizer here is ``direction -> spectral transform -> decoupled step``. S
 ``_spectral_step(group)`` for groups with ``rule == "spectral"``; groups with ``rule == "adamw"`` take the
 AdamW rule below (torch.optim.AdamW semantics), so one object drives a whole model and LR schedulers,
 closures and checkpoints see a single optimizer.
+
+Contract (torch.optim's): settings that change the math live in ``defaults`` and param groups (per group,
+saved by ``state_dict``); ``copy.deepcopy`` and pickling keep every other attribute (routing, counters) but not
+hooks, as torch does; learning rates may be numbers or one-element tensors; only real floating-point parameters
+are accepted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from ._validate import check_betas, check_choice, check_lr, check_nonnegative, c
 from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+#: Instance attributes torch.optim.Optimizer does not pickle (hooks may be closures); everything else is kept.
+_HOOK_ATTRIBUTES = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                    "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                    "_optimizer_load_state_dict_post_hooks")
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -45,6 +55,30 @@ def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, flo
     return (m / bc1).div_(denom)
 
 
+def decoupled_step(p: Tensor, update: Tensor | None, lr: float | Tensor, weight_decay: float,
+                   scale: float = 1.0) -> None:
+    """X <- (1 - lr*wd) X - scale * lr * update, in place (update None: the decay alone); ``lr`` a number or a
+    one-element tensor (no host read)."""
+    if isinstance(lr, Tensor):
+        lr = lr.detach().reshape(())
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        if update is not None:
+            p.addcmul_(update, lr, value=-scale)
+        return
+    p.mul_(1 - lr * weight_decay)
+    if update is not None:
+        p.add_(update, alpha=-lr * scale)
+
+
+def check_real_floating(name: str, p: Tensor, owner: str) -> None:
+    """Raise ValueError naming the parameter unless it is a real floating-point tensor."""
+    if p.is_complex() or not p.dtype.is_floating_point:
+        raise ValueError(f"params: {name} has dtype {p.dtype}; {owner} supports real floating-point parameters only "
+                         "(view complex parameters as real with torch.view_as_real, or leave them to another "
+                         "optimizer)")
+
+
 class SpectralOptimizer(Optimizer):
     """Base class: routes parameters, runs the internal AdamW rule and guards against non-finite gradients.
 
@@ -55,9 +89,10 @@ class SpectralOptimizer(Optimizer):
             A group may set ``rule="spectral"`` or ``rule="adamw"`` to override the routing.
         fallback: categories sent to the internal AdamW rule, among ("vectors", "embeddings", "head").
         fallback_patterns: regular expressions on parameter names that also go to AdamW.
-        adamw_lr: learning rate of AdamW groups (None: the group's ``lr``).
+        adamw_lr: learning rate of AdamW parts of groups that do not set ``lr`` themselves (None: the ``lr``
+            default). Precedence: the group's own value, then the ``adamw_*`` argument, then the default.
         adamw_betas, adamw_eps: AdamW moment coefficients and epsilon.
-        adamw_weight_decay: decoupled weight decay of AdamW groups (None: the group's ``weight_decay``).
+        adamw_weight_decay: decoupled weight decay of AdamW parts, with the same precedence as ``adamw_lr``.
         nonfinite: "raise" (default) raises NonFiniteGradientError naming the parameter, "skip" skips the
             whole step and counts it in ``skipped_steps``, "ignore" does no check (no host sync).
     """
@@ -110,6 +145,7 @@ class SpectralOptimizer(Optimizer):
         for name, p in named:
             if not isinstance(p, Tensor):
                 raise TypeError(f"params: {name} is a {type(p).__name__}, not a tensor")
+            check_real_floating(name, p, type(self).__name__)
             rule, reason = decide(name, p, group_rule, self._fallback, self._patterns, self._embedding_ids)
             parts[rule].append((name, p))
             self._routes.append(Route(name, tuple(p.shape), rule, reason))
@@ -117,8 +153,8 @@ class SpectralOptimizer(Optimizer):
             if not members:
                 continue
             sub = {**group, "params": members, "rule": rule}
-            if rule == ADAMW:
-                sub.update({k: v for k, v in self._adamw_overrides.items() if v is not None})
+            if rule == ADAMW:  # the group's own lr / weight_decay win over the adamw_* arguments
+                sub.update({k: v for k, v in self._adamw_overrides.items() if v is not None and k not in group})
             check_lr(sub.get("lr", self.defaults.get("lr", 0.0)))
             super().add_param_group(sub)
 
@@ -175,7 +211,7 @@ class SpectralOptimizer(Optimizer):
             if p.grad is None:
                 continue
             direction = adamw_direction(p.grad, self.state[p], group["adamw_betas"], group["adamw_eps"])
-            p.mul_(1 - lr * wd).add_(direction, alpha=-lr)
+            decoupled_step(p, direction, lr, wd)
 
     def _named_grads(self) -> list[tuple[str, Tensor]]:
         out = []
@@ -203,16 +239,35 @@ class SpectralOptimizer(Optimizer):
             "Pass nonfinite='skip' to skip such steps instead.")
 
     # ------------------------------------------------------------------------------------ checkpoints
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the hooks (torch keeps only defaults, state and groups, which loses our attributes)."""
+        return {k: v for k, v in self.__dict__.items() if k not in _HOOK_ATTRIBUTES}
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["spectrakit"] = {"skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; its tensors are copied, so the source optimizer's buffers are never shared."""
+        """Load a state dict; its tensors are copied, so the source optimizer's buffers are never shared.
+
+        Parameter names stay this optimizer's own (they come from the model it was built on), whatever names
+        the saved groups carry, so name-based options keep working after loading a state saved elsewhere.
+        """
         state_dict = dict(state_dict)
         extra = state_dict.pop("spectrakit", {})
-        state_dict["state"] = {key: {k: v.clone() if isinstance(v, Tensor) else v for k, v in per_param.items()}
-                               for key, per_param in state_dict["state"].items()}
+        state_dict["state"] = {key: _copied(value) for key, value in state_dict["state"].items()}
+        names = [list(group["param_names"]) for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, own in zip(self.param_groups, names):
+            group["param_names"] = own
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+
+
+def _copied(value: Any) -> Any:
+    """A per-parameter state entry with its tensors cloned (other entries, which torch allows, as they are)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: v.clone() if isinstance(v, Tensor) else v for k, v in value.items()}
+    return value

@@ -56,11 +56,15 @@ def validate_fallback(fallback: Iterable[str], fallback_patterns: Iterable[str])
 
 
 def module_param_groups(model: nn.Module) -> tuple[list[dict], set[int]]:
-    """Named trainable parameters of a model as one group, and the ids of its embedding weights."""
+    """Named parameters of a model as one group, and the ids of its embedding weights.
+
+    Frozen parameters (requires_grad=False) are kept, as torch.optim keeps them: they are skipped while their
+    grad is None and train once unfrozen.
+    """
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = list(model.named_parameters())
     if not named:
-        raise ValueError("params: the model has no trainable parameters")
+        raise ValueError("params: the model has no parameters")
     return [{"params": named}], embedding_ids
 
 

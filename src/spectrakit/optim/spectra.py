@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from ._chunks import chunks_by_key, stack_key
-from ._selection import ClipSelection
+from ._selection import check_selection, is_clipped
 from ._validate import check_choice, check_positive
-from .base import SpectralOptimizer
-from .directions import BASES, base_direction, base_options, validate_base_options
+from .base import SpectralOptimizer, decoupled_step
+from .directions import BASE_DEFAULTS, BASES, base_direction, base_options, validate_base_options
 from .scale import SCALE_CONVENTIONS, shape_scale
-from .schedule import ClipSchedule, group_threshold, prepare_group
+from .schedule import SCHEDULE_KEYS, ClipSchedule, group_schedule, group_threshold, prepare_group, schedule_settings
 from .stats import record_clip_statistics
 from .transforms import CLIP_KINDS, VECTOR_RULES, check_method, spectral_transform
 
@@ -40,10 +40,11 @@ class Spectra(SpectralOptimizer):
 
     Args:
         params: an ``nn.Module``, tensors, (name, tensor) pairs or param-group dicts. Groups may override
-            lr, weight_decay, the base hyperparameters, ``clip`` (a kind or None = unclipped), ``clip_c``,
-            ``peak_lr`` and ``rule`` ("spectral" | "adamw").
-        lr: learning rate (the peak lr of the threshold warmup unless a group sets ``peak_lr`` or a torch LR
-            scheduler set ``initial_lr``).
+            lr, weight_decay, ``rule`` ("spectral" | "adamw") and every setting below but ``track_stats``,
+            ``fallback*``, ``adamw_*`` and ``nonfinite`` (they live in the groups, so they are saved by
+            ``state_dict`` and kept by ``copy.deepcopy``).
+        lr: learning rate, a number or a one-element tensor (the peak lr of the threshold warmup unless a group
+            sets ``peak_lr`` or a torch LR scheduler set ``initial_lr``).
         base: "adamw" | "signum" | "mars" | "ademamix" | "momentum".
         weight_decay: decoupled weight decay lambda (X <- (1 - lr*lambda) X).
         betas, eps, momentum, dampening, nesterov, gamma, vector_betas, alpha, alpha_warmup, beta3_warmup:
@@ -97,66 +98,59 @@ class Spectra(SpectralOptimizer):
         given = {"betas": betas, "eps": eps, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
                  "gamma": gamma, "vector_betas": vector_betas, "alpha": alpha, "alpha_warmup": alpha_warmup,
                  "beta3_warmup": beta3_warmup}
-        options = base_options(base, given)
-        if clip is not None:
-            check_choice(clip, "clip", CLIP_KINDS)
-        check_positive(clip_c, "clip_c")
-        check_choice(clip_method, "clip_method", ("auto", "polar", "newton_schulz", "svd"))
-        if clip_steps is not None and (isinstance(clip_steps, bool) or not isinstance(clip_steps, int)
-                                       or clip_steps < 1):
-            raise ValueError(f"clip_steps must be None or an integer >= 1, got {clip_steps!r}")
-        if clip_dtype is not None and clip_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
-            raise ValueError(f"clip_dtype must be None or a floating torch dtype, got {clip_dtype!r}")
-        check_choice(vector_rule, "vector_rule", VECTOR_RULES)
-        check_choice(scale, "scale", SCALE_CONVENTIONS)
-        if isinstance(clip_batch, bool) or not isinstance(clip_batch, int) or clip_batch < 1:
-            raise ValueError(f"clip_batch must be an integer >= 1, got {clip_batch!r}")
-        if peak_lr is not None:
-            check_positive(peak_lr, "peak_lr")
-        self._selection = ClipSelection(clip_apply_to, clip_exclude)
-        self.base = base
-        self.clip_method, self.clip_steps, self.clip_dtype = clip_method, clip_steps, clip_dtype
-        self.vector_rule = vector_rule
-        self.scale, self.clip_batch = scale, clip_batch
+        clip_exclude = (clip_exclude,) if isinstance(clip_exclude, str) else tuple(clip_exclude)
+        settings = {"base": base, "clip": clip, "clip_c": clip_c, "clip_method": clip_method,
+                    "clip_steps": clip_steps, "clip_dtype": clip_dtype, "clip_apply_to": clip_apply_to,
+                    "clip_exclude": clip_exclude, "vector_rule": vector_rule, "scale": scale,
+                    "clip_batch": clip_batch, "peak_lr": peak_lr,
+                    **schedule_settings(ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps,
+                                                     clip_decay_fraction, clip_decay_shape, clip_final_scale))}
+        _check_settings(settings)
         self.track_stats = track_stats
-        self._schedule = ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction,
-                                      clip_decay_shape, clip_final_scale)
-        defaults = {"lr": lr, "weight_decay": weight_decay, **options, "clip": clip, "clip_c": clip_c,
-                    "peak_lr": peak_lr}
+        defaults = {"lr": lr, "weight_decay": weight_decay, **base_options(base, given), **settings}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite)
 
     # ------------------------------------------------------------------------------------- configuration
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking its SPECTRA options (``clip``, ``clip_c``, ``peak_lr``, base options)."""
+        """Add a group after checking the settings it overrides (any constructor setting but ``track_stats``,
+        ``nonfinite``, ``fallback*`` and ``adamw_*``); a group that names another ``base`` gets that base's
+        defaults for the hyperparameters it does not set."""
         group = dict(param_group)
-        if group.get("clip") is not None:
-            check_choice(group["clip"], "clip", CLIP_KINDS)
-        clip = group.get("clip", self.defaults.get("clip"))
-        if clip is not None:
-            check_method(clip, self.clip_method)
-        if "clip_c" in group:
-            check_positive(group["clip_c"], "clip_c")
-        if group.get("peak_lr") is not None:
-            check_positive(group["peak_lr"], "peak_lr")
-        validate_base_options(self.base, group)
+        if "clip_exclude" in group and isinstance(group["clip_exclude"], str):
+            group["clip_exclude"] = (group["clip_exclude"],)
+        merged = {**self.defaults, **group}
+        if merged["base"] not in BASES:
+            check_choice(merged["base"], "base", BASES)
+        if group.get("base", self.defaults["base"]) != self.defaults["base"]:
+            for key, value in BASE_DEFAULTS[group["base"]].items():
+                group.setdefault(key, value)
+            merged = {**self.defaults, **group}
+        _check_settings({k: merged[k] for k in self.defaults if k in _SETTING_KEYS})
+        validate_base_options(merged["base"], {k: merged[k] for k in BASE_DEFAULTS[merged["base"]]})
         prepare_group(group, group.get("lr", self.defaults["lr"]))
         super().add_param_group(group)
 
     def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
                           warmup_steps: int | None = None) -> None:
-        """Replace the threshold schedule (see ``schedule.ClipSchedule``), e.g. once the run length is known."""
-        self._schedule = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale)
+        """Replace the threshold schedule of every group (see ``schedule.ClipSchedule``), e.g. once the run
+        length is known; per group, set the ``clip_*`` schedule keys of that group instead."""
+        settings = schedule_settings(ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape,
+                                                  final_scale))
+        self.defaults.update(settings)
+        for group in self.param_groups:
+            group.update(settings)
 
     @property
     def clip_schedule(self) -> ClipSchedule:
-        return self._schedule
+        """The threshold schedule of the defaults (groups may override it)."""
+        return group_schedule(self.defaults)
 
     # ---------------------------------------------------------------------------------------------- step
     def _spectral_step(self, group: dict[str, Any]) -> None:
-        c = group_threshold(self._schedule, group)
+        c = group_threshold(group_schedule(group), group)
         if self.track_stats and group["clip"] is not None:
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
             self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
@@ -165,33 +159,63 @@ class Spectra(SpectralOptimizer):
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
-            if group["clip"] is None or not self._selection(name, p):
-                direction = base_direction(self.base, p.grad, self.state[p], group)
-                p.mul_(1 - lr * wd).add_(direction, alpha=-lr)
+            if group["clip"] is None or not is_clipped(name, p, group["clip_apply_to"], group["clip_exclude"]):
+                decoupled_step(p, base_direction(group["base"], p.grad, self.state[p], group), lr, wd)
             else:
                 clipped.append((name, p))
         vectors = [[item] for item in clipped if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in clipped if item[1].dim() >= 2],
-                                 lambda item: stack_key(item[1]), self.clip_batch)
+                                 lambda item: stack_key(item[1]), group["clip_batch"])
         for chunk in vectors + matrices:
             self._clipped_step(group, chunk, c)
 
     def _clipped_step(self, group: dict[str, Any], chunk: list[tuple[str, Tensor]], c: float) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        directions = [base_direction(self.base, p.grad, self.state[p], group) for _, p in chunk]
+        directions = [base_direction(group["base"], p.grad, self.state[p], group) for _, p in chunk]
         if c == 0:  # the decay phase reached c = 0: the clipped direction is zero
             for _, p in chunk:
-                p.mul_(1 - lr * wd)
+                decoupled_step(p, None, lr, wd)
             return
         stacked = directions[0] if len(chunk) == 1 else torch.stack(directions)
         del directions
         vector = chunk[0][1].dim() < 2
-        Y, bound = spectral_transform(stacked, group["clip"], c, method=self.clip_method, steps=self.clip_steps,
-                                      dtype=self.clip_dtype, vector_rule=self.vector_rule, vector=vector,
-                                      need_bound=self.track_stats)
+        Y, bound = spectral_transform(stacked, group["clip"], c, method=group["clip_method"],
+                                      steps=group["clip_steps"], dtype=group["clip_dtype"],
+                                      vector_rule=group["vector_rule"], vector=vector, need_bound=self.track_stats)
         for i, (name, p) in enumerate(chunk):
             update = Y if len(chunk) == 1 else Y[i]
-            p.mul_(1 - lr * wd).add_(update, alpha=-lr * shape_scale(p.shape, self.scale))
+            decoupled_step(p, update, lr, wd, shape_scale(p.shape, group["scale"]))
             if self.track_stats:
                 record_clip_statistics(self._statistics, name, update, bound if len(chunk) == 1 else bound[i],
                                        group["clip"], c)
+
+
+#: The settings of ``Spectra`` that live in param groups (besides lr, weight_decay and the base's options).
+_SETTING_KEYS = ("base", "clip", "clip_c", "clip_method", "clip_steps", "clip_dtype", "clip_apply_to",
+                 "clip_exclude", "vector_rule", "scale", "clip_batch", "peak_lr", *SCHEDULE_KEYS)
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Validate Spectra's settings (the constructor's, or a param group's merged over the defaults)."""
+    check_choice(settings["base"], "base", BASES)
+    if settings["clip"] is not None:
+        check_choice(settings["clip"], "clip", CLIP_KINDS)
+    check_positive(settings["clip_c"], "clip_c")
+    check_choice(settings["clip_method"], "clip_method", ("auto", "polar", "newton_schulz", "svd"))
+    if settings["clip"] is not None:
+        check_method(settings["clip"], settings["clip_method"])
+    steps = settings["clip_steps"]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"clip_steps must be None or an integer >= 1, got {steps!r}")
+    dtype = settings["clip_dtype"]
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        raise ValueError(f"clip_dtype must be None or a floating torch dtype, got {dtype!r}")
+    check_selection(settings["clip_apply_to"], settings["clip_exclude"])
+    check_choice(settings["vector_rule"], "vector_rule", VECTOR_RULES)
+    check_choice(settings["scale"], "scale", SCALE_CONVENTIONS)
+    batch = settings["clip_batch"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"clip_batch must be an integer >= 1, got {batch!r}")
+    if settings["peak_lr"] is not None:
+        check_positive(settings["peak_lr"], "peak_lr")
+    group_schedule(settings)  # validates the schedule keys
