@@ -1,0 +1,204 @@
+"""The registry of every public optimizer configuration, OptimizerInfo-style (after torch's
+``torch.testing._internal.common_optimizers``), consumed by the generic tests of ``test_optim_contract.py``.
+
+Each :class:`OptimInfo` is one configuration: a factory taking ``params`` (an ``nn.Module``, (name, tensor)
+pairs, tensors or param-group dicts) and keyword arguments, the configuration's own keyword arguments, the
+constructor arguments that are weight decays, and the generic tests that do not apply to it (``skips``) or
+that fail on a known defect (``xfails``, strict: they turn red once the defect is fixed; remove the mark
+then). Every generic test is parametrized over ``OPTIMIZERS``, so adding an entry enrols it in all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from spectrakit.optim import SSO, AdEMAMix, Mars, Muon, MuonSphere, Signum, Spectra, SpectraWrapper, SpikeAware
+
+
+@dataclass(frozen=True)
+class OptimInfo:
+    """One optimizer configuration under the generic contract tests.
+
+    Attributes:
+        name: the test id.
+        cls: the public class under test (the registry must cover every public optimizer class).
+        factory: ``factory(params, **kwargs) -> Optimizer``.
+        kwargs: the configuration's keyword arguments (always including ``lr``); tests may override them.
+        group_options: hyperparameters (other than lr and weight_decay) that one param group sets for itself.
+        wd_args: the constructor arguments that set a weight decay; ``weight_decay(0.0)`` sets all of them.
+        retracts: why the weights move at a step even without a gradient step (SSO's retraction onto the
+            sphere), or None. Tests that expect bitwise-unchanged weights with a gradient present say what
+            they do for such entries.
+        skips: test name -> why that generic test does not apply to this configuration.
+        xfails: test name -> the known defect it fails on (a strict xfail).
+    """
+
+    name: str
+    cls: type
+    factory: Callable[..., Optimizer]
+    kwargs: Mapping[str, Any]
+    group_options: Mapping[str, Any] = field(default_factory=dict)
+    wd_args: tuple[str, ...] = ("weight_decay",)
+    retracts: str | None = None
+    skips: Mapping[str, str] = field(default_factory=dict)
+    xfails: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> float:
+        return self.kwargs["lr"]
+
+    def make(self, params: Any, **overrides: Any) -> Optimizer:
+        return self.factory(params, **{**self.kwargs, **overrides})
+
+    def weight_decay(self, value: float) -> dict[str, float]:
+        """Keyword arguments that set every weight decay of the configuration to ``value``."""
+        return {name: value for name in self.wd_args}
+
+    def marks(self, test: str) -> list[pytest.MarkDecorator]:
+        out = []
+        if test in self.skips:
+            out.append(pytest.mark.skip(reason=self.skips[test]))
+        if test in self.xfails:
+            out.append(pytest.mark.xfail(strict=True, reason=self.xfails[test]))
+        return out
+
+
+# ------------------------------------------------------------------------------------------- factories
+def _torch_params(params: Any) -> Any:
+    """torch optimizers take no nn.Module: give them the module's named parameters (frozen ones included)."""
+    return list(params.named_parameters()) if isinstance(params, nn.Module) else params
+
+
+def _wrapper_over(inner: type[Optimizer], inner_kwargs: Mapping[str, Any],
+                  **fixed: Any) -> Callable[..., Optimizer]:
+    """SpectraWrapper(inner(params, lr, weight_decay, **inner_kwargs), **fixed, **kwargs)."""
+    def factory(params: Any, *, lr: Any, weight_decay: float | None = None, **kwargs: Any) -> Optimizer:
+        given = {"lr": lr} if weight_decay is None else {"lr": lr, "weight_decay": weight_decay}
+        return SpectraWrapper(inner(_torch_params(params), **given, **inner_kwargs), **fixed, **kwargs)
+    return factory
+
+
+# ------------------------------------------------------------------------------------------ known defects
+# Strict xfails for the defects of issue 13 (by item number) and for defects the suite found that the issue
+# does not list ("NEW"). Each maps a generic test to the reason.
+ITEM1 = "issue 13 item 1: settings live as instance attributes that Optimizer.__getstate__ drops"
+ITEM3 = "issue 13 item 3: SpikeAware crashes on float64 (vector_norm(..., dtype=float32) refuses to narrow)"
+ITEM4 = "issue 13 item 4: tensor lr accepted at construction, fails at step(); 2-element tensor not rejected"
+ITEM5 = "issue 13 item 5: complex parameters are not rejected at construction"
+ITEM6 = "issue 13 item 6: adamw_* defaults overwrite an explicit group lr / weight_decay of AdamW-routed params"
+ITEM7 = "issue 13 item 7: parameters with requires_grad=False are dropped at construction from an nn.Module"
+ITEM10 = ("issue 13 item 10: SpectraWrapper fires global step hooks twice; its own state_dict/load hooks "
+          "never run")
+ITEM11 = "issue 13 item 11: a group setting one AdEMAMix option without betas raises KeyError('betas')"
+ITEM12 = "issue 13 item 12: load_state_dict assumes every state entry is a per-parameter dict"
+ITEM13 = "issue 13 item 13: a plain-tensor state dict renames named parameters param0, param1, ..."
+
+# Failures every native class (the SpectralOptimizer subclasses) shows today. A 0-d tensor lr works; a 1-element
+# one does not.
+_NATIVE_XFAILS = {
+    "test_deepcopy_steps_like_original": ITEM1,
+    "test_pickle_steps_like_original": ITEM1,
+    "test_tensor_lr_takes_the_float_lr_steps[1elem]": ITEM4,
+    "test_tensor_lr_under_scheduler[1elem-LinearLR]": ITEM4,
+    "test_tensor_lr_under_scheduler[1elem-OneCycleLR]": ITEM4,
+    "test_tensor_lr_with_two_elements_rejected": ITEM4,
+    "test_complex_params_rejected_at_construction": ITEM5,
+    "test_frozen_params_kept_and_trained_once_unfrozen": ITEM7,
+    "test_load_post_hook_may_store_non_dict_state": ITEM12,
+    "test_plain_state_dict_into_named_optimizer_keeps_real_names": ITEM13,
+}
+# Muon, SSO and MuonSphere default adamw_lr=3e-4 (a group's lr=0 is overwritten); SSO, MuonSphere and SpikeAware
+# default adamw_weight_decay=0.1 (a group's weight_decay is overwritten).
+_ADAMW_LR_XFAIL = {"test_param_group_lr_zero_does_not_move": ITEM6}
+_ADAMW_WD_XFAIL = {"test_param_group_weight_decay_honoured": ITEM6 + " (SpikeAware too: same base-class code)"}
+# SpectraWrapper over torch optimizers: torch rejects the 2-element lr, keeps frozen params and real names.
+_WRAPPER_XFAILS = {
+    "test_deepcopy_steps_like_original": ITEM1,
+    "test_pickle_steps_like_original": ITEM1,
+    "test_tensor_lr_takes_the_float_lr_steps[1elem]": ITEM4,
+    "test_tensor_lr_under_scheduler[1elem-LinearLR]": ITEM4,
+    "test_tensor_lr_under_scheduler[1elem-OneCycleLR]": ITEM4,
+    "test_complex_params_rejected_at_construction": ITEM5 + " (the wrapper: the inner step is taken, then it raises)",
+    "test_global_step_hooks_fire_once_per_step": ITEM10,
+    "test_state_dict_hooks": ITEM10,
+    "test_load_state_dict_hooks": ITEM10,
+    "test_load_post_hook_may_store_non_dict_state": ITEM10,
+}
+
+SSO_RETRACTS = ("the hard retraction W <- W R / sigma rescales every hidden matrix onto its sphere at each step, "
+                "whatever the gradient or lr (SSO's design, Xie et al. 2026)")
+
+
+# -------------------------------------------------------------------------------------------- registry
+_BASE_GROUP_OPTIONS = {"adamw": {"betas": (0.8, 0.99)}, "signum": {"momentum": 0.5}, "mars": {"gamma": 0.5},
+                       "ademamix": {"beta3_warmup": 10}, "momentum": {"momentum": 0.5}}
+_ITEM11 = {"test_param_group_sets_its_own_hyperparameter": ITEM11}
+
+
+# Spectra: every base under the default soft clip, and every clip kind over the default AdamW base, plus
+# momentum + normalize (Muon's limit). The direction and the clip are independent stages, so this covers each
+# of both; clip=None over signum/mars/ademamix is the Signum, Mars and AdEMAMix entries below.
+_SPECTRA_CONFIGS = [(base, "soft") for base in _BASE_GROUP_OPTIONS] + [("adamw", "hard"), ("adamw", "normalize"),
+                                                                      ("adamw", None), ("momentum", "normalize")]
+
+
+def _spectra_entries() -> list[OptimInfo]:
+    out = []
+    for base, clip in _SPECTRA_CONFIGS:
+        kwargs = {"lr": 1e-2, "base": base, "clip": clip, "clip_c": 1.0}
+        options = _BASE_GROUP_OPTIONS[base]
+        group_options = {**options, "clip_c": 0.5} if clip is not None else options
+        xfails = {**_NATIVE_XFAILS, **(_ITEM11 if base == "ademamix" else {})}
+        out.append(OptimInfo(f"Spectra-{base}-{clip}", Spectra, Spectra, kwargs, group_options, xfails=xfails))
+    return out
+
+
+OPTIMIZERS: list[OptimInfo] = [
+    *_spectra_entries(),
+    OptimInfo("Signum", Signum, Signum, {"lr": 1e-2}, {"momentum": 0.5}, xfails=_NATIVE_XFAILS),
+    OptimInfo("Mars", Mars, Mars, {"lr": 1e-2}, {"gamma": 0.5}, xfails=_NATIVE_XFAILS),
+    OptimInfo("AdEMAMix", AdEMAMix, AdEMAMix, {"lr": 1e-2}, {"beta3_warmup": 10},
+              xfails={**_NATIVE_XFAILS, **_ITEM11}),
+    OptimInfo("Muon", Muon, Muon, {"lr": 2e-2}, {"momentum": 0.5}, xfails={**_NATIVE_XFAILS, **_ADAMW_LR_XFAIL}),
+    # A small solver budget (12 instead of up to 31 msign calls a step) keeps SSO's tests fast; no generic test
+    # depends on the solver's accuracy.
+    OptimInfo("SSO", SSO, SSO, {"lr": 2e-2, "solver_max_iter": 4, "solver_bracket_steps": 4}, {"radius_scale": 2.0},
+              wd_args=("weight_decay", "adamw_weight_decay"),
+              retracts=SSO_RETRACTS, xfails={**_NATIVE_XFAILS, **_ADAMW_LR_XFAIL, **_ADAMW_WD_XFAIL},
+              skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
+    OptimInfo("MuonSphere", MuonSphere, MuonSphere, {"lr": 2e-2}, {"radius_scale": 2.0},
+              wd_args=("weight_decay", "adamw_weight_decay"),
+              retracts=SSO_RETRACTS, xfails={**_NATIVE_XFAILS, **_ADAMW_LR_XFAIL, **_ADAMW_WD_XFAIL},
+              skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
+    OptimInfo("SpikeAware", SpikeAware, SpikeAware, {"lr": 1e-2}, {"momentum": 0.5},
+              wd_args=("weight_decay", "adamw_weight_decay"),
+              xfails={**_NATIVE_XFAILS, **_ADAMW_WD_XFAIL, "test_float64_params": ITEM3,
+                      "test_mixed_dtype_params": ITEM3}),
+    OptimInfo("SpectraWrapper-AdamW", SpectraWrapper, _wrapper_over(torch.optim.AdamW, {}),
+              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "betas": (0.8, 0.99)}, xfails=_WRAPPER_XFAILS),
+    OptimInfo("SpectraWrapper-SGD", SpectraWrapper,
+              _wrapper_over(torch.optim.SGD, {"momentum": 0.9}, decoupled_weight_decay=False),
+              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "momentum": 0.5}, xfails=_WRAPPER_XFAILS,
+              skips={"test_sparse_grads_rejected": "torch.optim.SGD supports sparse gradients, and the wrapper "
+                                                   "clips the dense direction it recovers from the parameter "
+                                                   "change: sparse gradients are supported here, not rejected"}),
+]
+
+
+def cases(test: str, variants: Mapping[str, Any] | None = None) -> list[Any]:
+    """``OPTIMIZERS`` as pytest params of the generic test ``test``, with each entry's skips and xfails.
+
+    With ``variants`` (id -> value), the params are (info, value) pairs for every entry and variant; a skip or
+    xfail keyed ``"test[variant id]"`` then applies to that variant alone, one keyed ``"test"`` to all.
+    """
+    if variants is None:
+        return [pytest.param(info, id=info.name, marks=info.marks(test)) for info in OPTIMIZERS]
+    return [pytest.param(info, value, id=f"{info.name}-{vid}", marks=info.marks(test) + info.marks(f"{test}[{vid}]"))
+            for info in OPTIMIZERS for vid, value in variants.items()]
