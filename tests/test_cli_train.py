@@ -7,7 +7,8 @@ import pytest
 from spectrakit.cli import main
 
 TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32",
-        "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress"]
+        "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress",
+        "--dtype", "float32"]
 
 
 pytestmark = pytest.mark.usefixtures("restore_threads")

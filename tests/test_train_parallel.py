@@ -28,7 +28,7 @@ from spectrakit.train.optimizers import build_optimizer
 
 TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "32",
         "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress",
-        "--no-plots", "--log-every", "1", "--diag-every", "0"]
+        "--no-plots", "--log-every", "1", "--diag-every", "0", "--dtype", "float32"]
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
@@ -238,7 +238,8 @@ def test_signal_saves_and_resume_continues_in_a_one_rank_group(tmp_path, cache, 
         return TrainConfig(optimizer=optimizer, lr=3e-3, vocab_size=512, d_model=32, n_layers=1, n_heads=2,
                            seq_len=32, batch_size=4, steps=6, corpus_fraction=0.02, cache_dir=cache,
                            out_dir=str(tmp_path), run_name=run_name, progress=False, plots=False, eval_batches=2,
-                           log_every=1, eval_every=0, diag_every=0, ckpt_every=0, threads=1, parallel=parallel)
+                           log_every=1, eval_every=0, diag_every=0, ckpt_every=0, threads=1, parallel=parallel,
+                           dtype="float32")
 
     quiet = {"log": lambda _m: None, "data": data}
     Trainer(config("single", "none"), **quiet).run()
