@@ -79,6 +79,10 @@ def test_resume_of_a_checkpoint_outside_a_run_folder_is_refused(trained_run, tmp
     err = error_of(capsys, ["train", "--resume", "loose.pt", "--steps", "20", "--threads", "1"], 1)
     assert "checkpoint loose.pt is not in a run folder (RUN/checkpoints/loose.pt)" in err and "--resume RUN" in err
     assert os.listdir(tmp_path) == ["loose.pt"]  # nothing written into the current directory
+    shutil.copytree(trained_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run" / "checkpoints")  # a relative path inside a run folder is that run's
+    assert main(["train", "--resume", "last.pt", "--threads", "1", "--no-progress"]) == 0
+    assert "nothing to do: finished at step" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("optimizer", ["spectra-adamw", "muon"])

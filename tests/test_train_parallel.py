@@ -257,7 +257,14 @@ def test_signal_saves_and_resume_continues_in_a_one_rank_group(tmp_path, cache, 
     assert load_checkpoint(tmp_path / "par")["step"] == 4
     with pytest.raises(CheckpointError, match="written by a single-process run"):
         Trainer(config("single", parallel), resume=tmp_path / "single", ctx=one_rank_group, **quiet)
-    resumed = Trainer(config("par", parallel), resume=tmp_path / "par", ctx=one_rank_group, **quiet)
+    stale = tmp_path / "par" / "checkpoints" / ".last.dcp.tmp"  # what a kill during a save leaves
+    stale.mkdir()
+    (stale / "__0_0.distcp").write_bytes(b"\0" * 1000)
+    messages = []
+    resumed = Trainer(config("par", parallel), resume=tmp_path / "par", ctx=one_rank_group, data=data,
+                      log=messages.append)
     assert resumed.step == 4
     resumed.run()
+    assert any(f"removed {stale}, the unfinished distributed checkpoint" in m for m in messages)
     assert_same_run(tmp_path / "par", tmp_path / "single")
+    assert json.loads((tmp_path / "par" / "summary.json").read_text())["status"] == "finished"

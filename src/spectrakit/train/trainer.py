@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -67,7 +68,7 @@ from .parallel import agreed_signal, mean_over_ranks
 from .runlock import RunLock, check_free
 from .schedule import lr_factor
 
-EXIT_FINISHED, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_DIVERGED = 3  # the exit codes: see the module docstring
 _HINT = "try a lower --lr or --grad-clip"
 
 
@@ -88,7 +89,7 @@ class RunResult:
     def exit_code(self) -> int:
         if self.signal is not None:
             return 128 + self.signal
-        return EXIT_DIVERGED if self.diverged else EXIT_FINISHED
+        return EXIT_DIVERGED if self.diverged else 0
 
 
 class _Diverged(Exception):
@@ -148,11 +149,11 @@ class Trainer:
         self.log = log if self.is_main else _quiet
         self.checkpoint = load_checkpoint(resume) if resume is not None else None
         if self.checkpoint is not None:
-            path = self.checkpoint["path"]
+            path = Path(os.path.abspath(self.checkpoint["path"]))
             if path.parent.name != "checkpoints":
-                raise CheckpointError(f"checkpoint {path} is not in a run folder (RUN/checkpoints/{path.name}), so "
-                                      "there is no run to continue: pass --resume RUN, or copy the file to "
-                                      f"RUN/checkpoints/{LAST} first")
+                raise CheckpointError(f"checkpoint {self.checkpoint['path']} is not in a run folder "
+                                      f"(RUN/checkpoints/{path.name}), so there is no run to continue: pass --resume "
+                                      f"RUN, or copy the file to RUN/checkpoints/{LAST} first")
             self.run_dir = path.parent.parent
             self._stamp = _stamp(path)
             if ctx is not None and not self.checkpoint.get("dcp"):
@@ -417,8 +418,10 @@ class Trainer:
         elif self.is_main and _stamp(self.checkpoint["path"]) != self._stamp:
             raise CheckpointError(f"checkpoint {self.checkpoint['path']} changed after it was loaded (another run "
                                   "wrote it); start the resume again")
-        if self.is_main and not self.dcp:
+        if self.is_main:
             remove_stale_temporaries(self.run_dir / "checkpoints", self.log)
+            if self.dcp:
+                dist_checkpoint.remove_stale_temporary(self.checkpoint_path, self.log)
 
     def _run(self) -> RunResult:
         cfg = self.cfg
@@ -443,9 +446,10 @@ class Trainer:
             kept = (f"the last good checkpoint is step {self.saved_step}: {self.checkpoint_path}"
                     if self.saved_step is not None else "no checkpoint was written")
             self.log(f"{message}; {kept}")
-            if len(exc.args) > 1:
-                metrics.log({"kind": "train", "tokens": self.tokens, "lr": self.optimizer.param_groups[0]["lr"],
-                             **exc.args[1]})
+            if len(exc.args) > 1:  # the record of the step that diverged
+                record = exc.args[1]
+                metrics.log({"step": record["step"], "kind": "train", "tokens": self.tokens + self.tokens_per_step,
+                             "lr": self.optimizer.param_groups[0]["lr"], **record})
             final_val = math.nan
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted twice: stopped at once, without a checkpoint"
