@@ -31,6 +31,19 @@ def _owner(text: str) -> str:
         return "an unknown process"
 
 
+def _flock(fd: int, patience: float = 0.0) -> bool:
+    """Take the exclusive flock of ``fd``, trying for up to ``patience`` seconds; whether it was taken."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def check_free(run_dir: Path) -> None:
     """Raise RunFolderBusy when a live process holds ``run_dir``'s lock (a probe: the lock is not kept)."""
     path = Path(run_dir) / LOCK
@@ -39,11 +52,10 @@ def check_free(run_dir: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _busy(path, os.pread(fd, 4096, 0)) from None
+        if not _flock(fd):
+            raise _busy(path, os.pread(fd, 4096, 0))
     finally:
-        os.close(fd)  # also drops a probe's flock
+        os.close(fd)  # also drops the probe's flock
 
 
 def _busy(path: Path, content: bytes) -> RunFolderBusy:
@@ -63,12 +75,10 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock(fd, patience=0.5):  # patience: another run's check_free holds it for microseconds
                 content = os.pread(fd, 4096, 0)
                 os.close(fd)
-                raise _busy(self.path, content) from None
+                raise _busy(self.path, content)
             try:  # the file may have been removed (and re-created) by its previous owner while we waited
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -82,10 +82,6 @@ class RunResult:
     diverged: bool = False
 
     @property
-    def status(self) -> str:
-        return "interrupted" if self.signal is not None else "diverged" if self.diverged else "finished"
-
-    @property
     def exit_code(self) -> int:
         if self.signal is not None:
             return 128 + self.signal
@@ -258,15 +254,12 @@ class Trainer:
         if not named:
             return []
         finite = torch.stack([torch.isfinite(t).all().to(self.device) for _, t in named])
+        agreed = finite.all().to(torch.int32)
         if self.ctx is not None:
-            agreed = finite.all().to(torch.int32)
             dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-            if bool(agreed):
-                return []
-            return [n for (n, _), ok in zip(named, finite.tolist()) if not ok] or ["(on another rank)"]
-        if bool(finite.all()):
+        if bool(agreed):
             return []
-        return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+        return [n for (n, _), ok in zip(named, finite.tolist()) if not ok] or ["(values on another rank)"]
 
     def save(self) -> Path:
         """Write the checkpoint of the completed steps; raises _Diverged (and writes nothing) when the weights or
