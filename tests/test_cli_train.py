@@ -1,13 +1,16 @@
 """`spectrakit train | compare | sample` end to end on a tiny model, and every error path of their arguments."""
 
 import json
+import os
+import shutil
 
 import pytest
 
 from spectrakit.cli import main
 
 TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32",
-        "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress"]
+        "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress",
+        "--dtype", "float32"]
 
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
@@ -51,6 +54,49 @@ def test_resume_extends_a_finished_run(trained_run, cache, capsys):
     assert "settings differ from it: ['lr']" in err
     err = error_of(capsys, ["train", "--resume", str(trained_run), "--steps", "3"], 1)
     assert "beyond --steps 3" in err
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do(trained_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    step = json.loads((run / "summary.json").read_text())["steps_done"]
+    before = files_of(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--threads", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing to do: finished at step {step} (pass a larger --steps to continue)" in out
+    assert files_of(run) == before  # summary.json is not rewritten with final_val_loss null
+
+
+def test_resume_of_a_checkpoint_outside_a_run_folder_is_refused(trained_run, tmp_path, capsys, monkeypatch):
+    shutil.copyfile(trained_run / "checkpoints" / "last.pt", tmp_path / "loose.pt")
+    monkeypatch.chdir(tmp_path)
+    err = error_of(capsys, ["train", "--resume", "loose.pt", "--steps", "20", "--threads", "1"], 1)
+    assert "checkpoint loose.pt is not in a run folder (RUN/checkpoints/loose.pt)" in err and "--resume RUN" in err
+    assert os.listdir(tmp_path) == ["loose.pt"]  # nothing written into the current directory
+    shutil.copytree(trained_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run" / "checkpoints")  # a relative path inside a run folder is that run's
+    assert main(["train", "--resume", "last.pt", "--threads", "1", "--no-progress"]) == 0
+    assert "nothing to do: finished at step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("optimizer", ["spectra-adamw", "muon"])
+def test_divergence_with_our_optimizers_ends_in_the_harness_message(tmp_path, cache, capsys, optimizer):
+    """--lr 1e6 used to end in a 29-line NonFiniteGradientError traceback with no summary.json or plots."""
+    code = main(["train", *TINY, "--cache-dir", cache, "--out-dir", str(tmp_path), "--run-name", "r", "--steps",
+                 "12", "--optimizer", optimizer, "--lr", "1e6", "--warmup-steps", "0", "--log-every", "4",
+                 "--ckpt-every", "1"])
+    out, err = capsys.readouterr()
+    assert code == 3, out + err
+    assert "the training loss is" in out and "stopping (try a lower --lr" in out and "Traceback" not in out + err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert summary["status"] == "diverged" and (tmp_path / "r" / "loss.png").is_file()
 
 
 def test_sample_generates_text(trained_run, capsys):

@@ -151,11 +151,29 @@ def test_nanogpt_bin_files(tmp_path):
     np.arange(300, dtype=np.uint16).tofile(tmp_path / "val.bin")
     data = prepare_data(str(tmp_path), vocab_size=1024)
     assert data.train[999] == 999 and len(data.val) == 300 and data.tokenizer_path is None
-    with pytest.raises(DataError, match="token id 999 >= vocab_size 512"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'train.bin'} holds token id 512 \\(at position 512\\), but "
+                                        "the vocabulary size is 512; its largest id is 999: pass --vocab-size 1000"):
         prepare_data(str(tmp_path), vocab_size=512)
     (tmp_path / "val.bin").unlink()
     with pytest.raises(DataError, match="missing: .*val.bin"):
         bin_tokens(tmp_path, 1024)
+
+
+def test_every_token_id_of_bin_files_is_checked(tmp_path):
+    """Ids >= the vocabulary size anywhere (in val.bin, or in train.bin past its first 2^20 tokens) are named
+    with their file, id and position before training (they used to crash in the embedding: IndexError)."""
+    train = np.zeros((1 << 20) + 5000, dtype=np.uint16)
+    train[(1 << 20) + 17] = 700
+    train.tofile(tmp_path / "train.bin")
+    np.zeros(300, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    with pytest.raises(DataError, match=f"{tmp_path / 'train.bin'} holds token id 700 \\(at position 1048593\\)"):
+        bin_tokens(tmp_path, 512)
+    assert len(bin_tokens(tmp_path, 701).train) == len(train)
+    val = np.zeros(300, dtype=np.uint16)
+    val[299] = 65535
+    val.tofile(tmp_path / "val.bin")
+    with pytest.raises(DataError, match=f"{tmp_path / 'val.bin'} holds token id 65535 .*vocabulary size is 701"):
+        bin_tokens(tmp_path, 701)
 
 
 def test_train_batches_are_a_pure_function_of_seed_and_step():

@@ -37,7 +37,7 @@ def tiny(tmp_path, cache_dir, **overrides):
     settings = dict(optimizer="adamw", lr=3e-3, vocab_size=512, d_model=32, n_layers=2, n_heads=2, seq_len=32,
                     batch_size=8, steps=8, corpus_fraction=0.02, cache_dir=str(cache_dir), out_dir=str(tmp_path),
                     run_name="run", progress=False, plots=False, eval_batches=2, log_every=1, eval_every=0,
-                    diag_every=0, ckpt_every=0, threads=1)
+                    diag_every=0, ckpt_every=0, threads=1, dtype="float32")
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -98,7 +98,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, cache_dir, data, monk
             optimizer_class(name)
         except ValueError:
             pytest.skip(f"{name} is not available in this installation")
-    settings = dict(optimizer=name, steps=8, diag_every=3, eval_every=4, **overrides)
+    settings = dict(optimizer=name, steps=8, diag_every=3, eval_every=4, log_every=3, **overrides)
     straight = Trainer(tiny(tmp_path / "a", cache_dir, **settings), data=data, **QUIET)
     straight.run()
     _interrupt_at(monkeypatch, 4)  # the signal arrives during step index 4 -> checkpoint after 5 steps
@@ -107,18 +107,30 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, cache_dir, data, monk
     assert result.signal == signal.SIGTERM and result.exit_code == 128 + signal.SIGTERM
     assert load_checkpoint(result.run_dir)["step"] == 5
     monkeypatch.undo()
-    # a crashed run may have logged past its checkpoint: those records are dropped on resume
+    # a crashed run may have logged past its checkpoint, and its last line may be half written (kill -9, disk
+    # full): on resume each log is cut to its last complete record at or before the checkpoint's step
     with (result.run_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps({"step": 6, "kind": "train", "train_loss": 99.0}) + "\n")
-    resumed = Trainer(tiny(tmp_path / "b", cache_dir, **settings), resume=result.run_dir, data=data, **QUIET)
+        fh.write(json.dumps({"step": 6, "kind": "train", "train_loss": 99.0}) + "\n" + '{"step": 7, "kind": "tr')
+    with (result.run_dir / "diagnostics.jsonl").open("a") as fh:
+        fh.write('{"step": 6, "layers": {"a": [1, 2')
+    messages = []
+    resumed = Trainer(tiny(tmp_path / "b", cache_dir, **settings), resume=result.run_dir, data=data,
+                      log=messages.append)
     assert resumed.step == 5
     resumed.run()
+    assert strict_json(result.run_dir / "summary.json")["status"] == "finished"
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
-    keep = ("step", "kind", "train_loss", "val_loss", "lr", "max_weight_spectral")
-    rows_a = [{k: r.get(k) for k in keep} for r in read_jsonl(straight.run_dir / "metrics.jsonl")]
-    rows_b = [{k: r.get(k) for k in keep} for r in read_jsonl(resumed.run_dir / "metrics.jsonl")]
-    assert rows_a == rows_b
+    assert any("metrics.jsonl: resuming at step 5: kept" in m and "line 6 is incomplete" in m for m in messages)
+    assert any("diagnostics.jsonl: resuming at step 5: kept 1 records, dropped 1" in m for m in messages)
+    # the logs read exactly like the uninterrupted run's (no extra record at the stop step): all but timings
+    timing = {"tokens_per_s", "elapsed_s", "seconds"}
+    for name in ("metrics.jsonl", "diagnostics.jsonl"):
+        rows_a = [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(straight.run_dir / name)]
+        rows_b = [{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(resumed.run_dir / name)]
+        assert rows_a == rows_b, name
+    csv_a, csv_b = ((run / "metrics.csv").read_text().splitlines() for run in (straight.run_dir, resumed.run_dir))
+    assert [line.split(",")[:5] for line in csv_a] == [line.split(",")[:5] for line in csv_b]
 
 
 def test_checkpoint_write_is_atomic_under_a_crash(tmp_path, monkeypatch):
@@ -242,13 +254,152 @@ def test_adamw_factory_skips_decay_on_vectors():
         build_optimizer("adamw", model, extra={"momentum": 0.9})
 
 
+def strict_json(path):
+    """A JSON file read by a strict parser (no NaN / Infinity)."""
+    def refuse(token):
+        raise ValueError(f"{path} holds {token}: not strict JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def finite_checkpoint(run_dir):
+    ckpt = load_checkpoint(run_dir)
+    tensors = list(ckpt["model"].values()) + [t for state in ckpt["optimizer"]["state"].values()
+                                              for t in state.values() if isinstance(t, torch.Tensor)]
+    return ckpt["step"], all(bool(torch.isfinite(t.float()).all()) for t in tensors)
+
+
 def test_a_diverging_run_stops_with_an_error_code(tmp_path, cache_dir, data):
-    trainer = Trainer(tiny(tmp_path, cache_dir, steps=5), data=data, **QUIET)
+    messages = []
+    trainer = Trainer(tiny(tmp_path, cache_dir, steps=5, plots=True), data=data, log=messages.append)
     trainer.model.register_forward_hook(lambda _m, _i, out: out * float("nan"))
     result = trainer.run()
-    assert result.diverged and result.exit_code == 1 and result.steps_done == 1
+    assert result.diverged and result.exit_code == trainer_mod.EXIT_DIVERGED == 3
+    assert result.steps_done == 0  # the divergence is found before the update: no step is applied
     assert math.isnan(result.final_val_loss)
-    assert json.loads((result.run_dir / "summary.json").read_text())["diverged"] is True
+    assert any("step 1: the training loss is nan" in m and "stopping (try a lower --lr" in m
+               and "no checkpoint was written" in m for m in messages)
+    summary = strict_json(result.run_dir / "summary.json")
+    assert summary["status"] == "diverged" and summary["diverged"] is True and summary["final_val_loss"] is None
+    assert (result.run_dir / "loss.png").is_file() and not (result.run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_a_diverging_run_never_overwrites_the_last_good_checkpoint(tmp_path, cache_dir, data):
+    """--optimizer adamw --lr 1e3 --ckpt-every 1 --grad-clip 0 left last.pt with every tensor non-finite."""
+    messages = []
+    cfg = tiny(tmp_path, cache_dir, steps=30, lr=1e3, grad_clip=0.0, ckpt_every=1, warmup_steps=0, log_every=5)
+    result = Trainer(cfg, data=data, log=messages.append).run()
+    assert result.diverged and result.exit_code == 3 and result.steps_done < 30
+    step, finite = finite_checkpoint(result.run_dir)
+    assert finite and step <= result.steps_done
+    assert any(f"the last good checkpoint is step {step}" in m for m in messages)
+    assert strict_json(result.run_dir / "summary.json")["checkpoint_step"] == step
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, cache_dir, data):
+    """The loss of step 3 is finite, but its update leaves an Inf in a weight: the save after it refuses."""
+    messages = []
+    trainer = Trainer(tiny(tmp_path, cache_dir, steps=6, ckpt_every=1), data=data, log=messages.append)
+    weight = trainer.model.layers[1].mlp.down_proj.weight
+
+    def poison(optimizer, _args, _kwargs):
+        if trainer.step == 2:  # the update of step 3
+            with torch.no_grad():
+                weight[0, 0] = float("inf")
+
+    trainer.optimizer.register_step_post_hook(poison)
+    result = trainer.run()
+    assert result.diverged and result.exit_code == 3 and result.steps_done == 3
+    assert finite_checkpoint(result.run_dir) == (2, True)
+    assert any("step 3: non-finite values in layers.1.mlp.down_proj.weight" in m and "not saving them" in m
+               for m in messages)
+
+
+def test_our_optimizers_divergence_ends_in_the_harness_message(tmp_path, cache_dir, data, monkeypatch):
+    """NonFiniteGradientError from a spectrakit optimizer's own check ends the run as a divergence."""
+    from spectrakit.optim.base import NonFiniteGradientError
+
+    messages = []
+    trainer = Trainer(tiny(tmp_path, cache_dir, steps=4, ckpt_every=1), data=data, log=messages.append)
+    real = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        if trainer.step == 2:
+            raise NonFiniteGradientError("non-finite gradient in parameter(s) " + ", ".join(["w"] * 50))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", step)
+    result = trainer.run()
+    assert result.diverged and result.exit_code == 3 and finite_checkpoint(result.run_dir) == (2, True)
+    assert any("step 3: the optimizer met non-finite values" in m and "stopping (try a lower --lr" in m
+               for m in messages)
+    assert strict_json(result.run_dir / "summary.json")["status"] == "diverged"
+
+
+def test_an_error_mid_run_still_writes_the_summary_and_plots(tmp_path, cache_dir, data, monkeypatch):
+    real = trainer_mod.train_batch
+
+    def batch(*args, **kwargs):
+        if kwargs["step"] == 2:
+            raise RuntimeError("the data went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_batch", batch)
+    trainer = Trainer(tiny(tmp_path, cache_dir, steps=4, plots=True), data=data, **QUIET)
+    with pytest.raises(RuntimeError, match="the data went away"):
+        trainer.run()
+    summary = strict_json(trainer.run_dir / "summary.json")
+    assert summary["status"] == "error" and summary["steps_done"] == 2
+    assert summary["message"] == "RuntimeError: the data went away"
+    assert (trainer.run_dir / "loss.png").is_file() and not (trainer.run_dir / "run.lock").exists()
+
+
+def test_a_live_run_holds_its_folder(tmp_path, cache_dir, data):
+    """Two runs on one folder: the one that does not hold the lock refuses before writing anything."""
+    from spectrakit.train.runlock import RunFolderBusy, RunLock
+
+    second = Trainer(tiny(tmp_path, cache_dir, steps=2), data=data, **QUIET)  # both passed __init__: a race
+    with RunLock(tmp_path / "run", log=lambda _m: None):  # the first run holds the folder
+        with pytest.raises(RunFolderBusy, match=f"run folder {tmp_path / 'run'} is in use by pid {os.getpid()}"):
+            second.run()
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.lock"]
+        with pytest.raises(RunFolderBusy, match="is in use by pid"):
+            Trainer(tiny(tmp_path, cache_dir, steps=2), data=data, **QUIET)
+    assert second.run().exit_code == 0 and not (tmp_path / "run" / "run.lock").exists()
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_a_corrupt_error(tmp_path, cache_dir, data):
+    run = Trainer(tiny(tmp_path, cache_dir, steps=1), data=data, **QUIET).run()
+    path = run.run_dir / "checkpoints" / "last.pt"
+    raw = bytearray(path.read_bytes())
+    weight = load_checkpoint(path)["model"]["layers.0.mlp.up_proj.weight"]
+    offset = raw.find(weight.numpy().tobytes()) + 1001
+    assert offset > 1000
+    raw[offset] ^= 0x10
+    path.write_bytes(bytes(raw))
+    torch.load(path, weights_only=True)  # torch itself does not notice
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt: its contents do not match"):
+        load_checkpoint(run.run_dir)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_dtype_follows_the_cpu_and_both_branches_train(tmp_path, cache_dir, data, monkeypatch, amx):
+    """dtype="auto" is bfloat16 autocast on CPUs with AMX tiles, float32 elsewhere: both branches run on every
+    machine by patching the capability check; the bfloat16 branch is held to bfloat16 tolerances."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert trainer_mod.autocast_dtype(torch.device("cpu"), "auto") == (torch.bfloat16 if amx else None)
+    assert trainer_mod.autocast_dtype(torch.device("cpu"), "float32") is None
+    results = {}
+    for dtype in ("auto", "float32"):
+        trainer = Trainer(tiny(tmp_path / dtype, cache_dir, steps=3, dtype=dtype), data=data, **QUIET)
+        results[dtype] = trainer.run()
+        resolved = json.loads((trainer.run_dir / "config.json").read_text())
+        assert resolved["autocast"] == ("torch.bfloat16" if amx and dtype == "auto" else "float32")
+    rows = {k: [r["train_loss"] for r in read_jsonl(r.run_dir / "metrics.jsonl") if r["kind"] == "train"]
+            for k, r in results.items()}
+    tol = dict(rtol=2e-2, atol=0.0) if amx else dict(rtol=0.0, atol=0.0)  # bfloat16: 8 mantissa bits
+    torch.testing.assert_close(torch.tensor(rows["auto"]), torch.tensor(rows["float32"]), **tol)
+    torch.testing.assert_close(torch.tensor(results["auto"].final_val_loss),
+                               torch.tensor(results["float32"].final_val_loss), **tol)
 
 
 def test_diagnostics_record_the_optimizer_statistics_at_diag_steps_only(tmp_path, cache_dir, data):

@@ -28,7 +28,7 @@ from spectrakit.train.optimizers import build_optimizer
 
 TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "32",
         "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress",
-        "--no-plots", "--log-every", "1", "--diag-every", "0"]
+        "--no-plots", "--log-every", "1", "--diag-every", "0", "--dtype", "float32"]
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
@@ -238,7 +238,8 @@ def test_signal_saves_and_resume_continues_in_a_one_rank_group(tmp_path, cache, 
         return TrainConfig(optimizer=optimizer, lr=3e-3, vocab_size=512, d_model=32, n_layers=1, n_heads=2,
                            seq_len=32, batch_size=4, steps=6, corpus_fraction=0.02, cache_dir=cache,
                            out_dir=str(tmp_path), run_name=run_name, progress=False, plots=False, eval_batches=2,
-                           log_every=1, eval_every=0, diag_every=0, ckpt_every=0, threads=1, parallel=parallel)
+                           log_every=1, eval_every=0, diag_every=0, ckpt_every=0, threads=1, parallel=parallel,
+                           dtype="float32")
 
     quiet = {"log": lambda _m: None, "data": data}
     Trainer(config("single", "none"), **quiet).run()
@@ -256,7 +257,14 @@ def test_signal_saves_and_resume_continues_in_a_one_rank_group(tmp_path, cache, 
     assert load_checkpoint(tmp_path / "par")["step"] == 4
     with pytest.raises(CheckpointError, match="written by a single-process run"):
         Trainer(config("single", parallel), resume=tmp_path / "single", ctx=one_rank_group, **quiet)
-    resumed = Trainer(config("par", parallel), resume=tmp_path / "par", ctx=one_rank_group, **quiet)
+    stale = tmp_path / "par" / "checkpoints" / ".last.dcp.tmp"  # what a kill during a save leaves
+    stale.mkdir()
+    (stale / "__0_0.distcp").write_bytes(b"\0" * 1000)
+    messages = []
+    resumed = Trainer(config("par", parallel), resume=tmp_path / "par", ctx=one_rank_group, data=data,
+                      log=messages.append)
     assert resumed.step == 4
     resumed.run()
+    assert any(f"removed {stale}, the unfinished distributed checkpoint" in m for m in messages)
     assert_same_run(tmp_path / "par", tmp_path / "single")
+    assert json.loads((tmp_path / "par" / "summary.json").read_text())["status"] == "finished"

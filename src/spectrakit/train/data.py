@@ -152,6 +152,19 @@ def cached_tokens(corpus: Corpus, vocab_size: int, cache_dir: str | Path | None 
     return TokenData(corpus.name, train, val, int(meta["vocab_size"]), folder / "tokenizer.json")
 
 
+def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> None:
+    """Every id of a token file is < vocab_size (a chunked max over the whole memmap: ~1 s per 10^9 tokens)."""
+    tops = (int(tokens[start: start + chunk].max()) for start in range(0, len(tokens), chunk))
+    for index, top in enumerate(tops):
+        if top >= vocab_size:
+            block = tokens[index * chunk: (index + 1) * chunk]
+            where = index * chunk + int(np.argmax(block >= vocab_size))
+            largest = max([top, *tops])
+            raise DataError(f"{path} holds token id {int(tokens[where])} (at position {where}), but the vocabulary "
+                            f"size is {vocab_size}; its largest id is {largest}: pass --vocab-size {largest + 1} or "
+                            "more")
+
+
 def bin_tokens(folder: Path, vocab_size: int, tokenizer_file: str | Path | None = None) -> TokenData:
     """nanoGPT's layout: ``train.bin`` and ``val.bin`` of uint16 token ids (``meta.pkl`` is never unpickled)."""
     paths = [folder / f"{s}.bin" for s in _SPLITS]
@@ -163,9 +176,7 @@ def bin_tokens(folder: Path, vocab_size: int, tokenizer_file: str | Path | None 
         if p.stat().st_size < 4 or p.stat().st_size % 2:
             raise DataError(f"{p} is not a uint16 token file (size {p.stat().st_size} bytes)")
         arrays.append(np.memmap(p, dtype=np.uint16, mode="r"))
-    top = int(arrays[0][: 1 << 20].max())
-    if top >= vocab_size:
-        raise DataError(f"{paths[0]} holds token id {top} >= vocab_size {vocab_size}; pass a larger --vocab-size")
+        _check_ids(p, arrays[-1], vocab_size)
     tok = Path(tokenizer_file).expanduser() if tokenizer_file else None
     return TokenData(f"bin:{folder.resolve()}", arrays[0], arrays[1], vocab_size, tok)
 

@@ -5,8 +5,9 @@ rank writes its shards; spectral optimizers through ``spectrakit.distributed.sav
 through ``torch.distributed.checkpoint.state_dict``), and ``trainer.json`` (step, tokens, configs, world size,
 RNG state), written last by rank 0. The folder is written under a temporary name and renamed into place, so an
 interrupted save leaves the previous checkpoint whole (if a crash falls between the two renames, the previous
-folder is found under ``.last.dcp.old``). Tensors are stored by parameter name, so a checkpoint saved on N ranks
-loads on M ranks, or in one process without torchrun.
+folder is found under ``.last.dcp.old``); the next run in the folder removes the unfinished ``.last.dcp.tmp``.
+Tensors are stored by parameter name, so a checkpoint saved on N ranks loads on M ranks, or in one process
+without torchrun.
 
 DCP's own metadata file is a pickle (torch's format): load distributed checkpoints you trust only.
 """
@@ -107,6 +108,14 @@ def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: d
         shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return path
+
+
+def remove_stale_temporary(path: Path, log) -> None:
+    """Remove the temporary folder of a save that was killed (called at the start of a run, under its lock)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp}, the unfinished distributed checkpoint of a run that was stopped while saving")
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -1,10 +1,16 @@
 """Metric sinks of a run folder: metrics.jsonl (every record), metrics.csv (train/val scalars), diagnostics.jsonl
-(per-layer spectral records), and TensorBoard event files when ``tensorboard`` is installed."""
+(per-layer spectral records), and TensorBoard event files when ``tensorboard`` is installed.
+
+On resume each JSONL log is cut to its last complete record at or before the checkpoint's step: a half-written
+last line (disk full, kill -9) and records written after the checkpoint are dropped (with a message), and
+metrics.csv is rebuilt from metrics.jsonl, so a resumed run's logs read like an uninterrupted run's.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +25,39 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _truncate_jsonl(path: Path, max_step: int) -> None:
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def truncate_jsonl(path: Path, max_step: int, log: Callable[[str], None] = print) -> None:
+    """Keep the complete records of ``path`` up to the first unreadable line, and of those the ones at or before
+    ``max_step`` (records are written in step order)."""
+    kept: list[str] = []
+    lines = path.read_bytes().split(b"\n")
+    broken = None
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            complete = number < len(lines) and isinstance(record, dict)  # the last piece lacks its newline
+        except ValueError:
+            complete = False
+        if not complete:
+            broken = number
+            break
+        if record.get("step", 0) <= max_step:
+            kept.append(raw.decode() + "\n")
+    dropped = sum(1 for raw in lines if raw.strip()) - len(kept)
+    if dropped:
+        why = f"; line {broken} is incomplete or unreadable: it and what follows it go" if broken else ""
+        log(f"{path}: resuming at step {max_step}: kept {len(kept)} records, dropped {dropped} (after the "
+            f"checkpoint or incomplete){why}")
+    path.write_text("".join(kept))
 
 
 class MetricsWriter:
     """Appends records to the run folder's metric files. ``resume_step`` drops records after that step (written
     by an interrupted run after its last checkpoint), so a resumed run's files read like an uninterrupted one's."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True,
+                 log: Callable[[str], None] = print) -> None:
         self.dir = run_dir
         self.jsonl = run_dir / "metrics.jsonl"
         self.diag = run_dir / "diagnostics.jsonl"
@@ -36,7 +65,7 @@ class MetricsWriter:
         if resume_step is not None:
             for path in (self.jsonl, self.diag):
                 if path.exists():
-                    _truncate_jsonl(path, resume_step)
+                    truncate_jsonl(path, resume_step, log)
         else:
             for path in (self.jsonl, self.diag):
                 path.unlink(missing_ok=True)

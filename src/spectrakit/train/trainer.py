@@ -8,7 +8,25 @@
     optimizer.step()                                                (post-clip happens inside SPECTRA optimizers)
 
 Validation loss every eval_every steps on fixed held-out batches; checkpoints every ckpt_every steps, at the end,
-and on SIGINT/SIGTERM (then the run exits with 128 + signal number).
+and on SIGINT/SIGTERM.
+
+How a run ends: every end writes ``summary.json`` (strict JSON: NaN and Inf become null) with ``status`` and the
+plots of what was recorded (unless --no-plots), and ``spectrakit train`` exits with
+
+    0    finished (also: ``--resume`` of a finished run, "nothing to do", which leaves the run untouched)
+    1    error (data, checkpoint, disk full, run folder in use, ...); summary status "error" once training began
+    2    bad settings or arguments (found before anything is written)
+    3    diverged: the loss or gradient norm of a step is non-finite (checked every step, before the update), an
+         optimizer raised NonFiniteGradientError, or the weights/optimizer state to be saved are non-finite.
+         Nothing non-finite is ever saved: the last good checkpoint is kept.
+    128 + N  interrupted by signal N (130 SIGINT, 143 SIGTERM): a checkpoint of the completed step is saved and
+         ``--resume RUN`` continues exactly (a second Ctrl-C stops at once, without a checkpoint: 130)
+
+Fault handling: the run folder is locked (``runlock``: a second live run on it refuses, a dead run's lock is taken
+over with a message); temporary checkpoint files of dead processes are removed at start; on resume the logs are
+cut back to the checkpoint's step (``metrics``) and the partial logging window is restored from the checkpoint,
+so a resumed run's logs read exactly like an uninterrupted run's; disk full and corrupt checkpoints are clear
+errors (``checkpoint``).
 
 Under torchrun (``ctx`` given, ``--parallel ddp|fsdp``; see ``parallel``): the model is wrapped by
 ``spectrakit.distributed.parallelize`` and spectral optimizers by ``DistributedSpectral``; rank r trains on the
@@ -22,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -35,10 +54,10 @@ import torch
 import torch.distributed as dist
 
 from spectrakit.distributed import DistContext, DistributedSpectral, parallelize
-from spectrakit.optim.base import SpectralOptimizer
+from spectrakit.optim.base import NonFiniteGradientError, SpectralOptimizer
 
 from . import dist_checkpoint
-from .checkpoint import LAST, LAST_DCP, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import LAST, LAST_DCP, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .data import TokenData, prepare_data, train_batch, val_batches
 from .diagnostics import SpectralDiagnostics, summarize
@@ -46,7 +65,11 @@ from .metrics import MetricsWriter
 from .model import Transformer
 from .optimizers import build_optimizer
 from .parallel import agreed_signal, mean_over_ranks
+from .runlock import RunLock, check_free
 from .schedule import lr_factor
+
+EXIT_DIVERGED = 3  # the exit codes: see the module docstring
+_HINT = "try a lower --lr or --grad-clip"
 
 
 @dataclass(frozen=True)
@@ -62,7 +85,22 @@ class RunResult:
     def exit_code(self) -> int:
         if self.signal is not None:
             return 128 + self.signal
-        return 1 if self.diverged else 0
+        return EXIT_DIVERGED if self.diverged else 0
+
+
+class _Diverged(Exception):
+    """Raised inside the loop; the run ends with status "diverged" and the message."""
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN/Inf floats replaced by None (for json.dumps(..., allow_nan=False))."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,15 +145,22 @@ class Trainer:
         self.log = log if self.is_main else _quiet
         self.checkpoint = load_checkpoint(resume) if resume is not None else None
         if self.checkpoint is not None:
-            self.run_dir = self.checkpoint["path"].parent.parent
+            path = Path(os.path.abspath(self.checkpoint["path"]))
+            if path.parent.name != "checkpoints":
+                raise CheckpointError(f"checkpoint {self.checkpoint['path']} is not in a run folder "
+                                      f"(RUN/checkpoints/{path.name}), so there is no run to continue: pass --resume "
+                                      f"RUN, or copy the file to RUN/checkpoints/{LAST} first")
+            self.run_dir = path.parent.parent
+            self._stamp = _stamp(path)
             if ctx is not None and not self.checkpoint.get("dcp"):
                 raise CheckpointError(f"checkpoint {self.checkpoint['path']} was written by a single-process run; "
                                       "resume it without --parallel")
         else:
             self.run_dir = Path(cfg.out_dir).expanduser() / (cfg.run_name or default_run_name(cfg))
-            if any((self.run_dir / "checkpoints" / name).exists() for name in (LAST, LAST_DCP)):
-                raise ValueError(f"run folder {self.run_dir} already holds a checkpoint; continue it with "
-                                 f"--resume {self.run_dir} or pick another --run-name")
+        if self.is_main:
+            check_free(self.run_dir)  # early; run() takes the lock
+        if self.checkpoint is None:
+            self._refuse_a_used_folder()
         # a run under torchrun, and every continuation of it, writes distributed checkpoints
         self.dcp = ctx is not None or bool(self.checkpoint and self.checkpoint.get("dcp"))
         self.model_config = cfg.model_config()
@@ -152,6 +197,8 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.elapsed = 0.0
+        self.window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "seconds": 0.0}  # the open logging window
+        self.saved_step: int | None = None  # the step of the run folder's checkpoint
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         self._stop: int | None = None
@@ -183,23 +230,58 @@ class Trainer:
         self.diagnostics.load_state_dict(ckpt.get("diagnostics", {}))
         if "rng" in ckpt:
             torch.set_rng_state(ckpt["rng"])
-        self.step = int(ckpt["step"])
+        self.step = self.saved_step = int(ckpt["step"])
         self.tokens = int(ckpt.get("tokens", 0))
         self.elapsed = float(ckpt.get("elapsed", 0.0))
+        self.window.update(ckpt.get("window", {}))
         if self.step > self.cfg.steps:
             raise CheckpointError(f"checkpoint {path} is at step {self.step}, beyond --steps {self.cfg.steps}")
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / (LAST_DCP if self.dcp else LAST)
+
+    def nonfinite_state(self) -> list[str]:
+        """Names of the model and optimizer-state tensors holding NaN or Inf (all ranks agree; collective under
+        torchrun). One host sync."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        named = list(self.model.state_dict().items())
+        for param, state in self.optimizer.state.items():
+            if isinstance(state, dict):
+                named += [(f"optimizer state {k!r} of {names.get(id(param), '?')}", v) for k, v in state.items()]
+        named = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named
+                 if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+        if not named:
+            return []
+        finite = torch.stack([torch.isfinite(t).all().to(self.device) for _, t in named])
+        agreed = finite.all().to(torch.int32)
+        if self.ctx is not None:
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        if bool(agreed):
+            return []
+        return [n for (n, _), ok in zip(named, finite.tolist()) if not ok] or ["(values on another rank)"]
+
     def save(self) -> Path:
+        """Write the checkpoint of the completed steps; raises _Diverged (and writes nothing) when the weights or
+        optimizer state are non-finite, so the last good checkpoint is kept."""
+        bad = self.nonfinite_state()
+        if bad:
+            shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+            raise _Diverged(f"step {self.step}: non-finite values in {shown}; not saving them ({_HINT})")
+        window = {"loss": float(mean_over_ranks(self._window_loss)), "grad_norm": float(self._window_norm),
+                  "steps": self.window["steps"], "seconds": self.window["seconds"]}
         if self.dcp:
             meta = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "world_size": self.world,
-                    "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict()}
-            return dist_checkpoint.save(self.run_dir / "checkpoints" / LAST_DCP, self.module, self.optimizer, meta,
-                                        self.is_main)
-        return save_checkpoint(self.run_dir / "checkpoints" / LAST, {
-            "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
-            "config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "diagnostics": self.diagnostics.state_dict(), "rng": torch.get_rng_state()})
+                    "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(), "window": window}
+            path = dist_checkpoint.save(self.checkpoint_path, self.module, self.optimizer, meta, self.is_main)
+        else:
+            path = save_checkpoint(self.checkpoint_path, {
+                "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
+                "config": json.dumps(self.cfg.to_dict()), "model_config": json.dumps(self.model_config.to_dict()),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "diagnostics": self.diagnostics.state_dict(), "rng": torch.get_rng_state(), "window": window})
+        self.saved_step = self.step
+        return path
 
     # ---- pieces of a step --------------------------------------------------------------------------------------
     def _autocast(self):
@@ -248,11 +330,23 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
+        # divergence check before the update, one host sync per step (the gradient norm is the same on every rank)
+        finite = torch.isfinite(grad_norm) if self.ctx is not None else torch.isfinite(grad_norm + loss_sum)
+        if not bool(finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_value, norm_value = float(loss_sum), float(grad_norm)
+            raise _Diverged(f"step {step + 1}: the training loss is {loss_value:.4g} (gradient norm "
+                            f"{norm_value:.4g}); stopping ({_HINT})",
+                            {"step": step + 1, "train_loss": loss_value, "grad_norm": norm_value})
         # spectrakit optimizers record statistics() (e.g. the clip threshold c_t) only when asked: at diag steps
         tracking = getattr(self.optimizer, "track_stats", None)
         if diag and tracking is not None:
             self.optimizer.track_stats = True
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except NonFiniteGradientError as exc:  # an optimizer's own check (no parameter was changed)
+            raise _Diverged(f"step {step + 1}: the optimizer met non-finite values ({str(exc)[:200]}); stopping "
+                            f"({_HINT})") from exc
         if diag and tracking is not None:
             self.optimizer.track_stats = tracking
         self.optimizer.zero_grad(set_to_none=True)
@@ -293,22 +387,97 @@ class Trainer:
         return self.cfg.batch_size * self.cfg.grad_accum * self.world * self.model_config.seq_len
 
     def run(self) -> RunResult:
+        """Train to cfg.steps (see the module docstring for how a run ends)."""
+        if self.checkpoint is not None and self.step >= self.cfg.steps:
+            self.log(f"nothing to do: finished at step {self.step} (pass a larger --steps to continue)")
+            return RunResult(self.run_dir, self.step, None, 0.0)
+        lock = RunLock(self.run_dir, self.log).acquire() if self.is_main else None
+        try:
+            self._check_folder()
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _refuse_a_used_folder(self) -> None:
+        if any((self.run_dir / "checkpoints" / name).exists() for name in (LAST, LAST_DCP)):
+            raise ValueError(f"run folder {self.run_dir} already holds a checkpoint; continue it with "
+                             f"--resume {self.run_dir} or pick another --run-name")
+
+    def _check_folder(self) -> None:
+        """Under the run folder's lock: nothing changed since __init__ looked (another run may have ended since)."""
+        if self.checkpoint is None:
+            self._refuse_a_used_folder()
+        elif self.is_main and _stamp(self.checkpoint["path"]) != self._stamp:
+            raise CheckpointError(f"checkpoint {self.checkpoint['path']} changed after it was loaded (another run "
+                                  "wrote it); start the resume again")
+        if self.is_main:
+            remove_stale_temporaries(self.run_dir / "checkpoints", self.log)
+            if self.dcp:
+                dist_checkpoint.remove_stale_temporary(self.checkpoint_path, self.log)
+
+    def _run(self) -> RunResult:
         cfg = self.cfg
         resumed = self.checkpoint is not None
-        if self.is_main:
-            self._write_run_files()
-        metrics = (MetricsWriter(self.run_dir, resume_step=self.step if resumed else None) if self.is_main
-                   else _NoMetrics())
-        self.log(f"run folder {self.run_dir}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
-                 f"{cfg.optimizer} (peak lr {self.peak_lrs[0]:g}), {self.tokens_per_step} tokens/step, "
-                 f"{len(self.data.train) / 1e6:.2f}M train tokens, device {self.device}"
-                 + (f", autocast {self.amp}" if self.amp else "")
-                 + (f", {cfg.parallel} over {self.world} ranks" if self.ctx is not None else "")
-                 + (f"; resuming at step {self.step}" if resumed else ""))
+        status, message, final_val = "error", None, None
+        metrics: MetricsWriter | _NoMetrics = _NoMetrics()
+        self._run_tokens, self._run_start = 0, time.perf_counter()
+        try:
+            if self.is_main:
+                self._write_run_files()
+                metrics = MetricsWriter(self.run_dir, resume_step=self.step if resumed else None, log=self.log)
+            self.log(f"run folder {self.run_dir}: {self.model.num_parameters() / 1e6:.2f}M parameters, "
+                     f"{cfg.optimizer} (peak lr {self.peak_lrs[0]:g}), {self.tokens_per_step} tokens/step, "
+                     f"{len(self.data.train) / 1e6:.2f}M train tokens, device {self.device}"
+                     + (f", autocast {self.amp}" if self.amp else "")
+                     + (f", {cfg.parallel} over {self.world} ranks" if self.ctx is not None else "")
+                     + (f"; resuming at step {self.step}" if resumed else ""))
+            final_val = self._loop(metrics)
+            status = "finished" if self._stop is None else "interrupted"
+        except _Diverged as exc:
+            status, message = "diverged", str(exc.args[0])
+            kept = (f"the last good checkpoint is step {self.saved_step}: {self.checkpoint_path}"
+                    if self.saved_step is not None else "no checkpoint was written")
+            self.log(f"{message}; {kept}")
+            if len(exc.args) > 1:  # the record of the step that diverged
+                record = exc.args[1]
+                metrics.log({"step": record["step"], "kind": "train", "tokens": self.tokens + self.tokens_per_step,
+                             "lr": self.optimizer.param_groups[0]["lr"], **record})
+            final_val = math.nan
+        except KeyboardInterrupt:
+            status, message = "interrupted", "interrupted twice: stopped at once, without a checkpoint"
+            self._stop = self._stop or int(signal.SIGINT)
+            raise
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            metrics.close()
+            tokens_per_s = self._run_tokens / max(time.perf_counter() - self._run_start, 1e-9)
+            if self.is_main:
+                self._write_summary(status, message, final_val, tokens_per_s)
+        return RunResult(self.run_dir, self.step, final_val, tokens_per_s, self._stop, status == "diverged")
+
+    def _write_summary(self, status: str, message: str | None, final_val: float | None, tokens_per_s: float) -> None:
+        """summary.json (strict JSON) and the plots; failures here are reported, never raised over the run's end."""
+        summary = {"status": status, "steps_done": self.step, "final_val_loss": final_val,
+                   "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed, "tokens": self.tokens,
+                   "interrupted_by": self._stop, "diverged": status == "diverged", "checkpoint_step": self.saved_step,
+                   "message": message}
+        try:
+            (self.run_dir / "summary.json").write_text(json.dumps(_strict(summary), indent=2, allow_nan=False) + "\n")
+            if self.cfg.plots:
+                from .plots import plot_run
+
+                plot_run(self.run_dir)
+        except Exception as exc:  # e.g. the disk is full: the run's own outcome is what matters
+            self.log(f"could not write summary.json or the plots in {self.run_dir}: {type(exc).__name__}: {exc}")
+
+    def _loop(self, metrics) -> float | None:
+        cfg = self.cfg
         val = val_batches(self.data.val, cfg.batch_size, self.model_config.seq_len, cfg.eval_batches)
         final_val: float | None = None
-        diverged = False
-        if not resumed:
+        if self.checkpoint is None:
             final_val = self.evaluate(val)
             metrics.log({"step": 0, "kind": "val", "tokens": 0, "val_loss": final_val,
                          "val_ppl": math.exp(min(final_val, 50))})
@@ -316,10 +485,10 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(cfg, self.step) if self.is_main else None
-        window_loss = torch.zeros((), device=self.device)
-        window_norm = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
-        run_tokens, run_start = 0, time.perf_counter()
+        # the logging window (losses and gradient norms summed since the last train record), part of checkpoints
+        self._window_loss = torch.tensor(float(self.window["loss"]), device=self.device)
+        self._window_norm = torch.tensor(float(self.window["grad_norm"]), device=self.device)
+        mark = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 diag = self.diagnostics.active(self.step, cfg.steps)
@@ -328,35 +497,21 @@ class Trainer:
                     self._stop = agreed_signal(self._stop, self.device)  # every rank stops after the same step
                 self.step += 1
                 self.tokens += self.tokens_per_step
-                run_tokens += self.tokens_per_step
-                window_loss += loss
-                window_norm += grad_norm.float()
-                window_steps += 1
+                self._run_tokens += self.tokens_per_step
+                self._window_loss += loss
+                self._window_norm += grad_norm.float()
+                now = time.perf_counter()
+                self.elapsed += now - mark
+                self.window["steps"] += 1
+                self.window["seconds"] += now - mark
+                mark = now
                 if diag:
                     record = self.diagnostics.after_step(self.optimizer)
                     metrics.log_diagnostics(record)
                     metrics.log({"step": self.step, "kind": "diag", **summarize(record)})
                 last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last or self._stop is not None:
-                    now = time.perf_counter()
-                    self.elapsed += now - window_start
-                    train_loss = float(mean_over_ranks(window_loss) / window_steps)
-                    tps = window_steps * self.tokens_per_step / max(now - window_start, 1e-9)
-                    metrics.log({"step": self.step, "kind": "train", "tokens": self.tokens,
-                                 "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                                 "grad_norm": float(window_norm / window_steps), "tokens_per_s": tps,
-                                 "elapsed_s": self.elapsed})
-                    if not math.isfinite(train_loss):
-                        self._print(bar, f"step {self.step}: the training loss is {train_loss}; stopping "
-                                         "(try a lower --lr or --grad-clip)")
-                        final_val, diverged = math.nan, True
-                        break
-                    if bar is None:
-                        self.log(f"step {self.step:>6}/{cfg.steps}  loss {train_loss:.4f}  {tps:,.0f} tok/s")
-                    else:
-                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                    window_loss.zero_(), window_norm.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                if self.step % cfg.log_every == 0 or last:
+                    self._log_window(metrics, bar)
                 if bar is not None:
                     bar.update(1)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
@@ -368,32 +523,41 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or self._stop is not None:
                     self.save()
                 if self._stop is not None:
-                    self._print(bar, f"checkpoint saved at step {self.step}: "
-                                     f"{self.run_dir / 'checkpoints' / (LAST_DCP if self.dcp else LAST)}")
+                    self._print(bar, f"checkpoint saved at step {self.step}: {self.checkpoint_path}")
                     break
         finally:
             if bar is not None:
                 bar.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-            metrics.close()
-        tokens_per_s = run_tokens / max(time.perf_counter() - run_start, 1e-9)
-        summary = {"steps_done": self.step, "final_val_loss": final_val, "tokens_per_s": tokens_per_s,
-                   "elapsed_s": self.elapsed, "tokens": self.tokens, "interrupted_by": self._stop,
-                   "diverged": diverged}
-        if self.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if cfg.plots and self.is_main:
-            from .plots import plot_run
+        return final_val
 
-            plot_run(self.run_dir)
-        return RunResult(self.run_dir, self.step, final_val, tokens_per_s, self._stop, diverged)
+    def _log_window(self, metrics, bar) -> None:
+        """One train record: the mean loss and gradient norm over the steps since the previous one."""
+        steps, seconds = self.window["steps"], self.window["seconds"]
+        train_loss = float(mean_over_ranks(self._window_loss) / steps)
+        tps = steps * self.tokens_per_step / max(seconds, 1e-9)
+        metrics.log({"step": self.step, "kind": "train", "tokens": self.tokens,
+                     "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                     "grad_norm": float(self._window_norm / steps), "tokens_per_s": tps, "elapsed_s": self.elapsed})
+        if bar is None:
+            self.log(f"step {self.step:>6}/{self.cfg.steps}  loss {train_loss:.4f}  {tps:,.0f} tok/s")
+        else:
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+        self._window_loss.zero_(), self._window_norm.zero_()
+        self.window.update(steps=0, seconds=0.0)
 
     def _print(self, bar, text: str) -> None:
         if bar is not None:
             bar.write(text)
         else:
             self.log(text)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of a checkpoint file, or of a distributed checkpoint's trainer.json."""
+    stat = (path / dist_checkpoint.META if path.is_dir() else path).stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _quiet(_text: str) -> None:
