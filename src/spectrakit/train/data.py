@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import Corpus, DataError, embedded_corpus, hf_corpus, text_corpus
+from .corpus import Corpus, DataError, embedded_corpus, hf_corpus, pretokenized_folder, text_corpus
 from .tokenizer import eos_id, load_tokenizer, train_bpe
 
 _FORMAT = "spectrakit-tokens-v1"
@@ -179,10 +179,10 @@ def prepare_data(data: str | None, *, vocab_size: int, cache_dir: str | Path | N
     elif data.startswith("hf:"):
         corpus = hf_corpus(data, text_field=text_field, val_fraction=val_fraction)
     else:
-        path = Path(data).expanduser()
-        if path.is_dir() and (path / "train.bin").exists():
-            return bin_tokens(path, vocab_size, tokenizer_file)
-        corpus = text_corpus(path, val_fraction=val_fraction)
+        folder = pretokenized_folder(data)
+        if folder is not None:
+            return bin_tokens(folder, vocab_size, tokenizer_file)
+        corpus = text_corpus(Path(data).expanduser(), val_fraction=val_fraction)
     return cached_tokens(corpus.truncated(corpus_fraction), vocab_size, cache_dir, tokenizer_file, log)
 
 
