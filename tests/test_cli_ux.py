@@ -99,3 +99,27 @@ def test_the_conflict_is_found_in_config_files_too(tmp_path, capsys):
     file.write_text("clip_c = 5.0\n[opt]\nclip_c = 20.0\n")
     assert main(["train", "--config", str(file), "--print-config"]) == 2
     assert "--opt clip_c=20.0 conflicts with --clip-c 5.0" in capsys.readouterr().err
+
+
+TINY = ["--vocab-size", "512", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32",
+        "--batch-size", "4", "--corpus-fraction", "0.02", "--eval-batches", "2", "--threads", "1", "--no-progress",
+        "--no-plots"]
+
+
+@pytest.mark.usefixtures("restore_threads")
+@pytest.mark.parametrize("argv, code, message, tokenizes", [
+    (["--vocab-size", "10"], 2, "vocab_size must be an integer in [257, 65535]", False),
+    (["--seq-len", "100000"], 1, "has at most", False),                      # shorter than the text's bytes
+    (["--opt", "foo=1"], 2, "bad arguments for optimizer 'spectra-adamw'", False),
+    (["--seq-len", "5000"], 1, "fewer than seq_len + 2 = 5002", True),       # known once tokenized
+])
+def test_bad_settings_fail_before_expensive_work_and_before_any_run_file(tmp_path, capsys, argv, code, message,
+                                                                         tokenizes):
+    from spectrakit.cli import main
+
+    cache, out = tmp_path / "cache", tmp_path / "runs"
+    assert main(["train", *TINY, *argv, "--cache-dir", str(cache), "--out-dir", str(out), "--steps", "2"]) == code
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert not out.exists(), "no run folder for a run that cannot start"
+    assert ("training a" in captured.out) == tokenizes and cache.exists() == tokenizes

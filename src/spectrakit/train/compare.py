@@ -53,10 +53,12 @@ def run_grid(base: TrainConfig, optimizers: Sequence[str], lrs: Sequence[float |
     """Train every (optimizer, lr, seed) combination on ``base``'s budget; return one record per run."""
     base.validate()
     for name in optimizers:
-        replace(base, optimizer=name).validate()
-    data = prepare_data(base.data, vocab_size=base.model_config().vocab_size, cache_dir=base.cache_dir,
+        for lr in lrs:
+            replace(base, optimizer=name, lr=lr).validate().optimizer_arguments()
+    model = base.model_config()
+    data = prepare_data(base.data, vocab_size=model.vocab_size, cache_dir=base.cache_dir,
                         corpus_fraction=base.corpus_fraction, val_fraction=base.val_fraction,
-                        text_field=base.text_field, tokenizer_file=base.tokenizer, log=log)
+                        text_field=base.text_field, tokenizer_file=base.tokenizer, log=log, seq_len=model.seq_len)
     records = []
     total = len(optimizers) * len(lrs) * len(seeds)
     for name in optimizers:

@@ -123,12 +123,13 @@ class Trainer:
         self.amp = autocast_dtype(self.device, cfg.dtype)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        cfg.optimizer_arguments()  # a bad --opt fails here, before the data is prepared
         if ctx is not None and not ctx.is_main:
             dist.barrier()  # rank 0 builds the token cache first
         self.data = data if data is not None else prepare_data(
             cfg.data, vocab_size=self.model_config.vocab_size, cache_dir=cfg.cache_dir,
             corpus_fraction=cfg.corpus_fraction, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
-            tokenizer_file=cfg.tokenizer, log=self.log)
+            tokenizer_file=cfg.tokenizer, log=self.log, seq_len=self.model_config.seq_len)
         if ctx is not None and ctx.is_main:
             dist.barrier()
         if self.data.vocab_size > self.model_config.vocab_size:
