@@ -123,3 +123,133 @@ def test_bad_settings_fail_before_expensive_work_and_before_any_run_file(tmp_pat
     assert message in captured.err
     assert not out.exists(), "no run folder for a run that cannot start"
     assert ("training a" in captured.out) == tokenizes and cache.exists() == tokenizes
+
+
+def _interrupt(tmp_path: Path, wait_for: str | None) -> subprocess.CompletedProcess:
+    """Start ``spectrakit train`` in a real process and send it SIGINT at once (while Python and torch load) or
+    when its output first shows ``wait_for``."""
+    import signal
+    import time
+
+    argv = [sys.executable, "-m", "spectrakit", "train", *TINY, "--steps", "100000", "--cache-dir",
+            str(tmp_path / "cache"), "--out-dir", str(tmp_path / "runs")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = []
+    if wait_for is None:
+        time.sleep(0.5)
+    else:
+        for line in proc.stdout:
+            out.append(line)
+            if wait_for in line:
+                break
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(argv, proc.returncode, "".join(out) + rest, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait_for", [None, "training a", "tokenizing", "run folder"])
+def test_ctrl_c_at_any_moment_ends_cleanly_with_130(tmp_path, wait_for):
+    proc = _interrupt(tmp_path, wait_for)
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+    assert "interrupted" in proc.stderr or "received SIGINT" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _evil_checkpoint(path: Path) -> Path:
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    from spectrakit.train.tokenizer import train_bpe
+
+    path.parent.mkdir(parents=True)
+    torch.save({"format": "spectrakit-checkpoint-v1", "payload": Evil()}, path)
+    (path.parent.parent / "tokenizer.json").write_text(train_bpe(["some text"], 300).to_str())
+    return path
+
+
+@pytest.mark.parametrize("command", ["sample", "train --resume"])
+def test_an_unsafe_checkpoint_is_refused_without_suggesting_to_unpickle_it(tmp_path, capsys, command):
+    from spectrakit.cli import main
+
+    evil = _evil_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert main([*command.split(), str(evil)]) == 1
+    err = capsys.readouterr().err
+    assert "not a spectrakit checkpoint" in err and "was not loaded" in err
+    for hint in ("weights_only", "will likely succeed", "safe_globals", "trust"):
+        assert hint not in err, err
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_compare_shows_one_bar_over_all_runs_and_logs_the_train_loss_densely(tmp_path, capsys):
+    from spectrakit.cli import main
+
+    flags = [f for f in TINY if f != "--no-progress"]
+    report = tmp_path / "report"
+    assert main(["compare", *flags, "--cache-dir", str(tmp_path / "cache"), "--optimizers", "adamw,spectra-adamw",
+                 "--steps", "3", "--eval-every", "2", "--diag-every", "0", "--report-dir", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "6/6" in captured.err and "run 2/2 spectra-adamw" in captured.err  # runs x steps, one bar
+    summary = (report / "summary.md").read_text()
+    assert "+- 0.0000" not in summary and summary.count("(1 seed)") == 2
+    # without diagnostics there are no spectral plots to draw: none is written or listed
+    assert "Plots: `loss_curves.png`, `lr_sensitivity.png`; " in summary
+    assert sorted(p.name for p in report.glob("*.png")) == ["loss_curves.png", "lr_sensitivity.png"]
+    rows = [json.loads(line) for line in (report / "runs" / "adamw-lrdefault-s0" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+
+
+def test_a_single_seed_is_reported_as_such():
+    from spectrakit.train.compare import RunRecord, summary_markdown
+    from spectrakit.train.config import TrainConfig
+
+    records = [RunRecord("adamw", 1e-3, 0, Path("a"), 5.0, 100.0, None, None),
+               RunRecord("muon", 0.02, 0, Path("b"), 4.0, 100.0, None, None),
+               RunRecord("muon", 0.02, 1, Path("c"), 4.5, 100.0, None, None)]
+    table = summary_markdown(records, TrainConfig())
+    assert "| adamw | 0.001 | 1 | 5.0000 (1 seed) |" in table
+    assert "| muon | 0.02 | 2 | 4.2500 +- 0.3536 |" in table
+
+
+def _fake_run(run_dir: Path) -> Path:
+    run_dir.mkdir()
+    rows = [{"step": s, "kind": "train", "train_loss": 6.0 - 0.01 * s} for s in range(1, 101)]
+    rows += [{"step": s, "kind": "val", "val_loss": 6.1 - 0.01 * s} for s in (0, 50, 100)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kinds = ["embed", "lm_head"] + [f"{m}.{n}_proj" for m, names in (("attn", "qkvo"), ("mlp", ("gate", "up",
+                                                                                            "down"))) for n in names]
+    diags = [{"step": s, "layers": {(k if k in ("embed", "lm_head") else f"layers.0.{k}") + ".weight":
+                                    {"weight_spectral": 1.0 + s * (1 + i), "update_spectral": 0.1 * (1 + i),
+                                     "grad_spike_ratio": 2.0 + i} for i, k in enumerate(kinds)},
+              "grad_spectra": {"layers.0.mlp.up_proj.weight": [3.0, 2.0, 1.0]}} for s in (10, 50, 100)]
+    (run_dir / "diagnostics.jsonl").write_text("".join(json.dumps(d) + "\n" for d in diags))
+    return run_dir
+
+
+def test_run_plots_draw_the_train_loss_as_a_line_the_evals_as_marks_and_keep_legends_off_the_curves(tmp_path,
+                                                                                                     monkeypatch):
+    from spectrakit.train import plots
+
+    plt = plots._pyplot()
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures plot_run closes
+    written = plots.plot_run(_fake_run(tmp_path / "run"))
+    assert [p.name for p in written] == ["loss.png", "spectral_norms.png", "grad_spectra.png"]
+    loss_fig, norms_fig = figures[0], figures[1]
+    train, val = loss_fig.axes[0].get_lines()
+    assert len(train.get_xdata()) == 100 and train.get_linestyle() == "-"
+    assert list(val.get_xdata()) == [0, 50, 100] and val.get_linestyle() == "None" and val.get_marker() == "o"
+    # spectral_norms.png: one legend naming every matrix kind, outside all three panels
+    assert all(ax.get_legend() is None for ax in norms_fig.axes) and len(norms_fig.legends) == 1
+    legend = norms_fig.legends[0]
+    assert len(legend.get_texts()) == 9
+    norms_fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in norms_fig.axes)
+    monkeypatch.undo()
+    for fig in figures:
+        plt.close(fig)

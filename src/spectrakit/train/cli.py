@@ -23,7 +23,7 @@ from .corpus import DataError
 # which the Trainer checks).
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "eval_batches", "diag_every", "ckpt_every",
                                "progress", "plots", "device", "threads", "cache_dir", "parallel", "grad_accum"})
-_COMPARE_DEFAULTS = {"steps": 200, "progress": False, "plots": False, "eval_every": 50, "diag_every": 50}
+_COMPARE_DEFAULTS = {"steps": 200, "plots": False, "eval_every": 50, "diag_every": 50}
 _FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 
 

@@ -93,11 +93,13 @@ class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training in a run folder.
 
     ``ctx``: this process's place in a torchrun job (``parallel.start``), required when ``cfg.parallel`` is
-    "ddp" or "fsdp"."""
+    "ddp" or "fsdp". ``progress``: an open tqdm bar that this run advances by one per step instead of a bar of its
+    own (``compare``'s bar over all its runs); the caller closes it."""
 
     def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, data: TokenData | None = None,
-                 log: Callable[[str], None] = print, ctx: DistContext | None = None) -> None:
+                 log: Callable[[str], None] = print, ctx: DistContext | None = None, progress: Any = None) -> None:
         self.cfg = cfg.validate()
+        self.progress = progress
         if (ctx is None) != (cfg.parallel == "none"):
             raise ValueError(f"parallel={cfg.parallel!r} " + ("needs a process group (run under torchrun)"
                                                               if ctx is None else "but a process group was given"))
@@ -316,7 +318,7 @@ class Trainer:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = _progress(cfg, self.step) if self.is_main else None
+        bar = self.progress if self.progress is not None else _progress(cfg, self.step) if self.is_main else None
         window_loss = torch.zeros((), device=self.device)
         window_norm = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
@@ -373,7 +375,7 @@ class Trainer:
                                      f"{self.run_dir / 'checkpoints' / (LAST_DCP if self.dcp else LAST)}")
                     break
         finally:
-            if bar is not None:
+            if bar is not None and bar is not self.progress:
                 bar.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
