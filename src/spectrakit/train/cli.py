@@ -125,7 +125,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder")
     p.add_argument("--list-optimizers", action="store_true", help="list optimizer names and exit")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved settings as JSON and exit (usable as a --config file)")
+                   help="print the resolved settings (defaults filled in) as JSON and exit")
     _add_config_arguments(p)
     p.set_defaults(func=run_train)
 
