@@ -1,7 +1,8 @@
 """The ``spectrakit`` command line: one subcommand per job.
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
-taking the parsed namespace and returning an exit code).
+taking the parsed namespace and returning an exit code). Registering imports no torch: ``--help`` and argument
+errors are immediate.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
-    return int(args.func(args) or 0)
+    """Run one command; Ctrl-C at any moment (even while torch loads) ends it with exit code 130 and one line."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("spectrakit: interrupted", file=sys.stderr)
+        return 130

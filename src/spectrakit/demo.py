@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="compare soft_clip/hard_clip/msign methods with exact SVD on a random matrix")
@@ -16,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from spectrakit.linalg import hard_clip, hard_clip_svd, msign, msign_svd, soft_clip, soft_clip_svd
 
     if args.size < 2 or not args.ratio > 0:

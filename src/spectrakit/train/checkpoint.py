@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -179,7 +180,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a spectrakit checkpoint: {exc}") from exc
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a spectrakit checkpoint: {exc}") from exc
+        # torch's message suggests weights_only=False or allowlisting, which would run the file's code: keep only
+        # what it found, never the hint
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a spectrakit checkpoint: it holds Python objects other than tensors "
+            f"and plain containers ({found.group(1).split('. ')[0] if found else 'not loadable as weights'}), which "
+            "spectrakit checkpoints never do; it was not loaded, since unpickling it could run code from the "
+            "file") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (found format {found!r})")

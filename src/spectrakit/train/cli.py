@@ -1,7 +1,9 @@
 """``spectrakit train | compare | sample``.
 
-Settings resolve as: TrainConfig defaults < ``--config FILE`` (JSON or TOML) < flags. With ``--resume`` the
-checkpoint's settings are the base, and only settings that do not change the trajectory (or ``--steps``) may differ.
+Settings resolve as: the preset's model shape and TrainConfig defaults < ``--config FILE`` (JSON or TOML) < flags.
+With ``--resume`` the checkpoint's settings are the base, and only settings that do not change the trajectory (or
+``--steps``) may differ. Settings are parsed and checked before torch is imported: help, argument errors and
+config errors are immediate.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError
 from .config import TrainConfig, field_help, field_types, load_config_file, parse_opt_items
 from .corpus import DataError
 
@@ -22,7 +23,7 @@ from .corpus import DataError
 # which the Trainer checks).
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "eval_batches", "diag_every", "ckpt_every",
                                "progress", "plots", "device", "threads", "cache_dir", "parallel", "grad_accum"})
-_COMPARE_DEFAULTS = {"steps": 200, "progress": False, "plots": False, "eval_every": 50, "diag_every": 50}
+_COMPARE_DEFAULTS = {"steps": 200, "plots": False, "eval_every": 50, "diag_every": 50}
 _FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 
 
@@ -76,9 +77,41 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     return replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}).validate()
 
 
+def _exit_code(exc: Exception) -> int | None:
+    """2 for bad settings (ValueError), 1 for data, checkpoint and file errors: their message is printed without a
+    traceback. None for anything else (a bug, whose traceback is shown)."""
+    if isinstance(exc, ValueError):
+        return 2
+    if isinstance(exc, (DataError, OSError)):
+        return 1
+    checkpoint = sys.modules.get(f"{__package__}.checkpoint")  # no CheckpointError before that module loaded
+    return 1 if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError) else None
+
+
 def _fail(command: str, exc: Exception) -> int:
+    """Print a user error and return its exit code; re-raise anything else."""
+    code = _exit_code(exc)
+    if code is None:
+        raise exc
     print(f"spectrakit {command}: error: {exc}", file=sys.stderr)
-    return 2 if isinstance(exc, ValueError) and not isinstance(exc, (DataError, CheckpointError)) else 1
+    return code
+
+
+def _end(ctx: Any, code: int, *, failed: bool = False) -> int:
+    """The exit code of a single process; under torchrun, ``parallel.finish`` ends the process group."""
+    if ctx is None:
+        return code
+    from .parallel import finish
+
+    return finish(ctx, code, failed=failed)
+
+
+def _fail_under_torchrun(ctx: Any) -> None:
+    """An unexpected exception under torchrun: print its traceback and exit at once (``parallel``)."""
+    if ctx is not None:
+        from .parallel import fail_on_exception
+
+        fail_on_exception(ctx)
 
 
 # ---- train ----------------------------------------------------------------------------------------------------------
@@ -91,39 +124,42 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                                    "(--batch-size and --grad-accum are per rank).")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder")
     p.add_argument("--list-optimizers", action="store_true", help="list optimizer names and exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (defaults filled in) as JSON and exit")
     _add_config_arguments(p)
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .optimizers import OPTIMIZERS, available_optimizers
-
     if args.list_optimizers:
+        from .optimizers import OPTIMIZERS, available_optimizers
+
         ready = set(available_optimizers())
         for name, (cls, fixed) in OPTIMIZERS.items():
             extra = f" {fixed}" if fixed else ""
             print(f"{name:<18} {cls}{extra}{'' if name in ready else '  (not available in this installation)'}")
         return 0
-    from .parallel import fail_on_exception, finish, start
-
     ctx = None
     try:
         cfg = _resume_config(args) if args.resume else config_from_args(args)
         if args.print_config:
-            print(json.dumps(cfg.to_dict(), indent=2))
+            print(json.dumps(cfg.resolved().to_dict(), indent=2))
             return 0
+        from .parallel import start
         from .trainer import Trainer
 
         ctx = start(cfg)
         result = Trainer(cfg, resume=args.resume, ctx=ctx).run()
-    except (ValueError, DataError, CheckpointError, OSError) as exc:
-        return finish(ctx, _fail("train", exc), failed=True)
     except KeyboardInterrupt:
         print("spectrakit train: interrupted", file=sys.stderr)
-        return finish(ctx, 130, failed=True)
+        return _end(ctx, 130, failed=True)
+    except Exception as exc:
+        if _exit_code(exc) is None:
+            _fail_under_torchrun(ctx)
+            raise
+        return _end(ctx, _fail("train", exc), failed=True)
     except BaseException:
-        fail_on_exception(ctx)
+        _fail_under_torchrun(ctx)
         raise
     if ctx is None or ctx.is_main:
         launcher = "spectrakit train" if ctx is None else f"torchrun ... -m spectrakit train --parallel {cfg.parallel}"
@@ -132,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
         elif result.final_val_loss is not None and not result.diverged:
             print(f"done: {result.steps_done} steps, final validation loss {result.final_val_loss:.4f}; "
                   f"outputs in {result.run_dir}")
-    return finish(ctx, result.exit_code)
+    return _end(ctx, result.exit_code)
 
 
 # ---- compare --------------------------------------------------------------------------------------------------------
@@ -166,8 +202,6 @@ def _register_compare(sub: argparse._SubParsersAction) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     import time
 
-    from .compare import run_grid, write_report
-
     try:
         if not args.optimizers or not args.lrs or not args.seeds:
             raise ValueError("--optimizers, --lrs and --seeds each need at least one value")
@@ -176,14 +210,18 @@ def run_compare(args: argparse.Namespace) -> int:
         if any(s < 0 for s in args.seeds):
             raise ValueError(f"--seeds must be integers >= 0, got {args.seeds}")
         base = config_from_args(args, _COMPARE_DEFAULTS)
+        if args.log_every is None:  # the report's loss curves: about 200 training-loss points per run
+            base = replace(base, log_every=max(1, base.steps // 200))
         report = Path(args.report_dir or f"reports/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+        from .compare import run_grid, write_report
+
         records = run_grid(base, args.optimizers, args.lrs, args.seeds, report)
         summary = write_report(records, base, report)
-    except (ValueError, DataError, CheckpointError, OSError) as exc:
-        return _fail("compare", exc)
     except KeyboardInterrupt:
         print("spectrakit compare: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        return _fail("compare", exc)
     print(summary.read_text())
     print(f"report: {summary}")
     return 0
@@ -205,13 +243,13 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .sample import generate_text
-
     try:
+        from .sample import generate_text
+
         texts = generate_text(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_k=args.top_k, num_samples=args.num_samples,
                               seed=args.seed, tokenizer=args.tokenizer, device=args.device)
-    except (ValueError, CheckpointError, OSError) as exc:
+    except Exception as exc:
         return _fail("sample", exc)
     for i, text in enumerate(texts):
         if len(texts) > 1:

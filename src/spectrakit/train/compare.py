@@ -50,32 +50,51 @@ def _weight_norms(run_dir: Path) -> tuple[float | None, float | None]:
 
 def run_grid(base: TrainConfig, optimizers: Sequence[str], lrs: Sequence[float | None], seeds: Sequence[int],
              report_dir: Path, log: Callable[[str], None] = print) -> list[RunRecord]:
-    """Train every (optimizer, lr, seed) combination on ``base``'s budget; return one record per run."""
+    """Train every (optimizer, lr, seed) combination on ``base``'s budget; return one record per run.
+
+    With ``base.progress``, one bar counts the steps of all runs (runs x steps, with the ETA of the whole grid)."""
     base.validate()
     for name in optimizers:
-        replace(base, optimizer=name).validate()
-    data = prepare_data(base.data, vocab_size=base.model_config().vocab_size, cache_dir=base.cache_dir,
-                        corpus_fraction=base.corpus_fraction, val_fraction=base.val_fraction,
-                        text_field=base.text_field, tokenizer_file=base.tokenizer, log=log)
-    records = []
-    total = len(optimizers) * len(lrs) * len(seeds)
-    for name in optimizers:
         for lr in lrs:
-            for seed in seeds:
-                run_name = f"{name}-lr{_lr_label(lr)}-s{seed}"
-                log(f"[{len(records) + 1}/{total}] {run_name}")
-                cfg = replace(base, optimizer=name, lr=lr, seed=seed, out_dir=str(report_dir / "runs"),
-                              run_name=run_name)
-                trainer = Trainer(cfg, data=data, log=log)
-                result = trainer.run()
-                spectral, frob = _weight_norms(result.run_dir)
-                records.append(RunRecord(name, trainer.peak_lrs[0], seed, result.run_dir,
-                                         result.final_val_loss if result.final_val_loss is not None else math.nan,
-                                         result.tokens_per_s, spectral, frob))
-                if result.signal is not None:
-                    log("interrupted: the report covers the finished runs")
-                    return records
+            replace(base, optimizer=name, lr=lr).validate().optimizer_arguments()
+    model = base.model_config()
+    data = prepare_data(base.data, vocab_size=model.vocab_size, cache_dir=base.cache_dir,
+                        corpus_fraction=base.corpus_fraction, val_fraction=base.val_fraction,
+                        text_field=base.text_field, tokenizer_file=base.tokenizer, log=log, seq_len=model.seq_len)
+    grid = [(name, lr, seed) for name in optimizers for lr in lrs for seed in seeds]
+    bar = _grid_bar(len(grid) * base.steps) if base.progress else None
+    if bar is not None:
+        log = bar.write
+    records: list[RunRecord] = []
+    try:
+        for name, lr, seed in grid:
+            run_name = f"{name}-lr{_lr_label(lr)}-s{seed}"
+            log(f"[{len(records) + 1}/{len(grid)}] {run_name}")
+            if bar is not None:
+                bar.set_description(f"run {len(records) + 1}/{len(grid)} {run_name}")
+            cfg = replace(base, optimizer=name, lr=lr, seed=seed, out_dir=str(report_dir / "runs"),
+                          run_name=run_name, progress=False)
+            trainer = Trainer(cfg, data=data, log=log, progress=bar)
+            result = trainer.run()
+            spectral, frob = _weight_norms(result.run_dir)
+            records.append(RunRecord(name, trainer.peak_lrs[0], seed, result.run_dir,
+                                     result.final_val_loss if result.final_val_loss is not None else math.nan,
+                                     result.tokens_per_s, spectral, frob))
+            if result.signal is not None:
+                log("interrupted: the report covers the finished runs")
+                break
+    finally:
+        if bar is not None:
+            bar.close()
     return records
+
+
+def _grid_bar(total_steps: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total_steps, unit="step", dynamic_ncols=True)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -107,7 +126,7 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def summary_markdown(records: list[RunRecord], base: TrainConfig) -> str:
+def summary_markdown(records: list[RunRecord], base: TrainConfig, plots: Sequence[str] = ()) -> str:
     best = best_lrs(records)
     mc = base.model_config()
     lines = ["# Optimizer comparison", "",
@@ -125,15 +144,16 @@ def summary_markdown(records: list[RunRecord], base: TrainConfig) -> str:
         frob = [r.weight_frobenius for r in runs if r.weight_frobenius is not None]
         mark = " **(best lr)**" if best.get(name) == lr and len({r.lr for r in records if r.optimizer == name}) > 1 \
             else ""
+        spread = f"+- {_fmt(std)}" if len(finite) > 1 else f"({len(finite)} seed{'' if len(finite) == 1 else 's'})"
         lines.append(f"| {name} | {lr:g}{mark} | {len(runs)}{f' ({diverged} diverged)' if diverged else ''} | "
-                     f"{_fmt(mean)} +- {_fmt(std)} | {_fmt(min(finite) if finite else None)} | "
+                     f"{_fmt(mean)} {spread} | {_fmt(min(finite) if finite else None)} | "
                      f"{_fmt(statistics.fmean(spec) if spec else None, '.3g')} | "
                      f"{_fmt(statistics.fmean(frob) if frob else None, '.3g')} | "
                      f"{statistics.fmean(r.tokens_per_s for r in runs):,.0f} |")
     lines += ["", "Weight norms are from the last spectral-diagnostics step (max over matrices of the spectral norm; "
               "Frobenius norm of all matrices together), averaged over seeds.", "",
-              "Plots: `loss_curves.png`, `lr_sensitivity.png`, `spectral_norms.png`, `grad_spectra.png`; "
-              "each run's folder is under `runs/`.", ""]
+              (f"Plots: {', '.join(f'`{name}`' for name in plots)}; " if plots else "")
+              + "each run's folder is under `runs/`.", ""]
     return "\n".join(lines)
 
 
@@ -144,7 +164,7 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
     color = {n: colors[i % len(colors)] for i, n in enumerate(names)}
     best = best_lrs(records)
     best_runs = {n: [r for r in records if r.optimizer == n and r.lr == best[n]] for n in names}
-    written = []
+    written: list[Path | None] = []
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for n in names:
@@ -154,6 +174,7 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
     written.append(_save(fig, plt, report_dir / "loss_curves.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    seeds = len({r.seed for r in records})
     for n in names:
         points = []
         for (name, lr), runs in sorted(_groups(records).items()):
@@ -163,10 +184,11 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
                     points.append((lr, mean, std))
         if points:
             xs, ys, es = zip(*points)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color[n], label=n)
+            ax.errorbar(xs, ys, yerr=es if seeds > 1 else None, marker="o", capsize=3, color=color[n], label=n)
     ax.set_xscale("log")
+    spread = f"mean +- std over {seeds} seeds" if seeds > 1 else "1 seed"
     written.append(_finish(fig, ax, plt, report_dir / "lr_sensitivity.png", "peak learning rate",
-                           "final validation loss", "learning-rate sensitivity (mean +- std over seeds)"))
+                           "final validation loss", f"learning-rate sensitivity ({spread})"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n in names:
@@ -193,7 +215,7 @@ def plot_report(records: list[RunRecord], report_dir: Path) -> list[Path]:
     written.append(_finish(fig, ax, plt, report_dir / "grad_spectra.png", "index i",
                            "sigma_i / sigma_1 of the raw gradient",
                            "gradient spectra (middle block's MLP up-projection)"))
-    return written
+    return [path for path in written if path is not None]
 
 
 def _middle_matrix(names: list[str]) -> str | None:
@@ -201,8 +223,12 @@ def _middle_matrix(names: list[str]) -> str | None:
     return ups[len(ups) // 2] if ups else (names[0] if names else None)
 
 
-def _finish(fig, ax, plt, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    """Label, grid and legend one of the report's plots, then save it."""
+def _finish(fig, ax, plt, path: Path, xlabel: str, ylabel: str, title: str) -> Path | None:
+    """Label, grid and legend one of the report's plots, then save it; None (nothing written) when no run
+    recorded what it shows (e.g. --diag-every 0)."""
+    if not ax.get_lines():
+        plt.close(fig)
+        return None
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -223,7 +249,6 @@ def write_report(records: list[RunRecord], base: TrainConfig, report_dir: Path) 
     report_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = [{**r.__dict__, "run_dir": str(r.run_dir)} for r in records]
     (report_dir / "results.json").write_text(json.dumps({"config": base.to_dict(), "runs": rows}, indent=1) + "\n")
-    (report_dir / "summary.md").write_text(summary_markdown(records, base))
-    if records:
-        plot_report(records, report_dir)
+    plots = plot_report(records, report_dir) if records else []
+    (report_dir / "summary.md").write_text(summary_markdown(records, base, [p.name for p in plots]))
     return report_dir / "summary.md"

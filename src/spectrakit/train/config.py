@@ -13,11 +13,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .model import PRESETS, ModelConfig
+from .corpus import pretokenized_folder
+from .model_config import PRESETS, ModelConfig
+from .optimizers import OPTIMIZERS
+from .tokenizer import check_bpe_vocab_size
 
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("none", "ddp", "fsdp")
 DTYPES = ("auto", "float32", "bfloat16")
+# settings with a field of their own, which an ``opt`` entry may not set a second time
+_OWN_SETTINGS = ("lr", "weight_decay", "clip_c")
 _MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "seq_len",
                  "tie_embeddings", "qk_norm")
 
@@ -86,8 +91,6 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every field; raise ValueError naming the field and what is allowed. Returns self."""
-        from .optimizers import OPTIMIZERS
-
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
@@ -129,8 +132,45 @@ class TrainConfig:
         need(is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction", "in (0, 1)")
         need(isinstance(self.opt, dict) and all(isinstance(k, str) for k in self.opt), "opt",
              "a mapping of optimizer argument names to values")
-        self.model_config()
+        self._check_opt_conflicts()
+        model = self.model_config()
+        if self.tokenizer is None and pretokenized_folder(self.data) is None:
+            check_bpe_vocab_size(model.vocab_size)
         return self
+
+    def _check_opt_conflicts(self) -> None:
+        """An ``opt`` key may not set what a setting of its own or the optimizer's name already sets."""
+        fixed = OPTIMIZERS[self.optimizer][1]
+        for key, value in self.opt.items():
+            if key in _OWN_SETTINGS:
+                flag, own = "--" + key.replace("_", "-"), getattr(self, key)
+                if own is None:
+                    raise ValueError(f"--opt {key}={value!r}: {key} has a setting of its own; use {flag} {value!r} "
+                                     f"(config key {key!r}) instead")
+                raise ValueError(f"--opt {key}={value!r} conflicts with {flag} {own!r} (config key {key!r}): give "
+                                 f"{key} once, with {flag}")
+            if key in fixed:
+                raise ValueError(f"--opt {key}={value!r} conflicts with --optimizer {self.optimizer}, which sets "
+                                 f"{key}={fixed[key]!r}: pick the optimizer name of that variant "
+                                 "(see --list-optimizers)")
+
+    def optimizer_arguments(self, with_defaults: bool = False) -> dict[str, Any]:
+        """The optimizer's constructor arguments for these settings, checked against its signature (imports
+        torch and the optimizer class); ``with_defaults`` adds the class's defaults of the others."""
+        from .optimizers import optimizer_arguments
+
+        return optimizer_arguments(self.optimizer, lr=self.lr, weight_decay=self.weight_decay, clip_c=self.clip_c,
+                                   extra=self.opt, with_defaults=with_defaults)
+
+    def resolved(self) -> TrainConfig:
+        """These settings with every unset value that has a known default filled in: the preset's model shape,
+        the warmup length, and the optimizer's lr and clip_c. Running it trains exactly what these settings do."""
+        model = self.model_config()
+        shape = {k: getattr(model, k) for k in _MODEL_FIELDS}
+        shape.update(n_kv_heads=model.kv_heads, ffn_hidden=model.hidden)
+        arguments = self.optimizer_arguments(with_defaults=True)
+        return replace(self, **shape, warmup_steps=self.warmup, lr=arguments.get("lr", self.lr),
+                       clip_c=arguments.get("clip_c") if self.optimizer.startswith("spectra-") else self.clip_c)
 
     @property
     def warmup(self) -> int:

@@ -176,3 +176,11 @@ def hf_corpus(spec: str, text_field: str = "text", val_fraction: float = 0.1, ma
         return Corpus(f"hf:{name}:{config}", train, docs(ds[val_split]))
     n_val = max(1, round(len(train) * val_fraction))
     return Corpus(f"hf:{name}:{config}", train[:-n_val], train[-n_val:])
+
+
+def pretokenized_folder(data: str | None) -> Path | None:
+    """The folder when ``data`` names one with nanoGPT's ``train.bin`` (token ids: no tokenizer is trained)."""
+    if not data or data == "embedded" or data.startswith("hf:"):
+        return None
+    path = Path(data).expanduser()
+    return path if path.is_dir() and (path / "train.bin").exists() else None

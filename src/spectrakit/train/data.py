@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import Corpus, DataError, embedded_corpus, hf_corpus, text_corpus
+from .corpus import Corpus, DataError, embedded_corpus, hf_corpus, pretokenized_folder, text_corpus
 from .tokenizer import eos_id, load_tokenizer, train_bpe
 
 _FORMAT = "spectrakit-tokens-v1"
@@ -183,18 +183,41 @@ def bin_tokens(folder: Path, vocab_size: int, tokenizer_file: str | Path | None 
 
 def prepare_data(data: str | None, *, vocab_size: int, cache_dir: str | Path | None = None,
                  corpus_fraction: float = 1.0, val_fraction: float = 0.1, text_field: str = "text",
-                 tokenizer_file: str | Path | None = None, log: Callable[[str], None] = print) -> TokenData:
-    """Resolve a data source (see the module docstring) into TokenData."""
-    if data in (None, "", "embedded"):
-        corpus = embedded_corpus()
-    elif data.startswith("hf:"):
-        corpus = hf_corpus(data, text_field=text_field, val_fraction=val_fraction)
+                 tokenizer_file: str | Path | None = None, log: Callable[[str], None] = print,
+                 seq_len: int | None = None) -> TokenData:
+    """Resolve a data source (see the module docstring) into TokenData.
+
+    With ``seq_len``, each split must hold one window of seq_len + 2 tokens (DataError otherwise): checked on an
+    upper bound of the token count before a BPE is trained and the text tokenized, and on the tokens after."""
+    folder = pretokenized_folder(data)
+    if folder is not None:
+        tokens = bin_tokens(folder, vocab_size, tokenizer_file)
     else:
-        path = Path(data).expanduser()
-        if path.is_dir() and (path / "train.bin").exists():
-            return bin_tokens(path, vocab_size, tokenizer_file)
-        corpus = text_corpus(path, val_fraction=val_fraction)
-    return cached_tokens(corpus.truncated(corpus_fraction), vocab_size, cache_dir, tokenizer_file, log)
+        if data in (None, "", "embedded"):
+            corpus = embedded_corpus()
+        elif data.startswith("hf:"):
+            corpus = hf_corpus(data, text_field=text_field, val_fraction=val_fraction)
+        else:
+            corpus = text_corpus(Path(data).expanduser(), val_fraction=val_fraction)
+        corpus = corpus.truncated(corpus_fraction)
+        if seq_len is not None and tokenizer_file is None:
+            _check_bound(corpus, seq_len)
+        tokens = cached_tokens(corpus, vocab_size, cache_dir, tokenizer_file, log)
+    if seq_len is not None:
+        _check_length(tokens.train, seq_len, "train")
+        _check_length(tokens.val, seq_len, "validation")
+    return tokens
+
+
+def _check_bound(corpus: Corpus, seq_len: int) -> None:
+    """A byte-level BPE token is at least one byte, so a split has at most (UTF-8 bytes + one end-of-text per
+    document) tokens: when even that is short of one window, fail before training the BPE."""
+    for split, docs in (("train", corpus.train), ("validation", corpus.val)):
+        bound = sum(len(d.text.encode("utf-8")) + 1 for d in docs)
+        if bound < seq_len + 2:
+            raise DataError(f"the {split} split of {corpus.name} has at most {bound} tokens (its UTF-8 bytes plus "
+                            f"one end-of-text per document), fewer than seq_len + 2 = {seq_len + 2}; use more data "
+                            "(e.g. a larger --corpus-fraction) or a shorter --seq-len")
 
 
 def _seed(*parts: int) -> int:

@@ -7,10 +7,12 @@ Learning rates and other hyperparameters default to the class's own defaults (th
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads when an optimizer is built, not when settings are checked
+    import torch
+    from torch import nn
 
 # name -> (class name in spectrakit.optim, or "torch.AdamW"; fixed constructor arguments)
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,6 +40,8 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
         raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     cls_name = OPTIMIZERS[name][0]
     if cls_name == "torch.AdamW":
+        import torch
+
         return torch.optim.AdamW
     import spectrakit.optim as optim
 
@@ -60,15 +64,12 @@ def available_optimizers() -> list[str]:
     return out
 
 
-def build_optimizer(name: str, model: nn.Module, *, lr: float | None = None, weight_decay: float = 0.1,
-                    clip_c: float | None = None, extra: dict[str, Any] | None = None) -> torch.optim.Optimizer:
-    """Construct the optimizer ``name`` over ``model``.
-
-    torch AdamW gets two groups: matrices with ``weight_decay`` and 1-D parameters without. spectrakit optimizers
-    receive the module and route its parameters themselves (embeddings, head and vectors to their internal AdamW
-    where their defaults say so). ``clip_c`` applies to the spectra-* variants only; ``extra`` holds any other
-    constructor arguments.
-    """
+def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: float = 0.1,
+                        clip_c: float | None = None, extra: dict[str, Any] | None = None,
+                        with_defaults: bool = False) -> dict[str, Any]:
+    """The constructor arguments ``build_optimizer`` passes for these settings (with ``with_defaults``, every
+    argument of the class, its defaults filled in), checked against the class's signature: a ValueError naming
+    the optimizer and the argument it does not take."""
     cls = optimizer_class(name)
     kwargs: dict[str, Any] = dict(OPTIMIZERS[name][1])
     kwargs["weight_decay"] = weight_decay
@@ -79,14 +80,39 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float | None = None, wei
             raise ValueError(f"clip_c applies to the spectra-* optimizers, not to {name!r}")
         kwargs["clip_c"] = clip_c
     kwargs.update(extra or {})
+    adamw = OPTIMIZERS[name][0] == "torch.AdamW"
+    if adamw:
+        kwargs = {**_ADAMW_DEFAULTS, **kwargs}
+    signature = inspect.signature(cls)
     try:
-        if cls is torch.optim.AdamW:
-            settings = {**_ADAMW_DEFAULTS, **kwargs}
-            wd = settings.pop("weight_decay")
+        signature.bind(None, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for optimizer {name!r} ({cls.__name__}): {exc}") from exc
+    if not with_defaults:
+        return kwargs
+    defaults = {k: p.default for k, p in list(signature.parameters.items())[1:]
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
+
+
+def build_optimizer(name: str, model: nn.Module, *, lr: float | None = None, weight_decay: float = 0.1,
+                    clip_c: float | None = None, extra: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """Construct the optimizer ``name`` over ``model`` (arguments: see ``optimizer_arguments``).
+
+    torch AdamW gets two groups: matrices with ``weight_decay`` and 1-D parameters without. spectrakit optimizers
+    receive the module and route its parameters themselves (embeddings, head and vectors to their internal AdamW
+    where their defaults say so). ``clip_c`` applies to the spectra-* variants only; ``extra`` holds any other
+    constructor arguments.
+    """
+    cls = optimizer_class(name)
+    kwargs = optimizer_arguments(name, lr=lr, weight_decay=weight_decay, clip_c=clip_c, extra=extra)
+    try:
+        if OPTIMIZERS[name][0] == "torch.AdamW":
+            wd = kwargs.pop("weight_decay")
             params = [p for p in model.parameters() if p.requires_grad]
             groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-            return torch.optim.AdamW([g for g in groups if g["params"]], **settings)
+            return cls([g for g in groups if g["params"]], **kwargs)
         return cls(model, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments for optimizer {name!r} ({cls.__name__}): {exc}") from exc

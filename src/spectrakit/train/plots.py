@@ -37,12 +37,16 @@ def by_kind(record: dict[str, Any], key: str) -> dict[str, float]:
 
 
 def plot_losses(ax, rows: list[dict[str, Any]], label: str = "", color=None) -> None:
+    """The training loss as a line (every logged step) and the validation loss as marks at the evaluation steps
+    (evaluations are sparse: a line through them would draw straight segments no run followed)."""
     train = [(r["step"], r["train_loss"]) for r in rows if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "val"]
     if train:
-        ax.plot(*zip(*train), color=color, alpha=0.45, lw=1, label=f"{label} train".strip())
+        (line,) = ax.plot(*zip(*train), color=color, lw=1.2, label=f"{label} train".strip())
+        color = line.get_color()
     if val:
-        ax.plot(*zip(*val), color=color, marker="o", ms=3, lw=1.5, label=f"{label} validation".strip())
+        ax.plot(*zip(*val), color=color, linestyle="none", marker="o", ms=5, markeredgecolor="black",
+                markeredgewidth=0.6, label=f"{label} validation".strip())
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss")
     ax.grid(alpha=0.3)
@@ -67,20 +71,26 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         return written
     panels = (("weight_spectral", "weight ||W||_2"), ("update_spectral", "update ||dW||_2"),
               ("grad_spike_ratio", "gradient spike ratio sigma_1/median"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, (key, title) in zip(axes, panels):
-        series: dict[str, list[tuple[int, float]]] = {}
-        for rec in diags:
+    series = {key: {} for key, _ in panels}  # panel -> matrix kind -> [(step, value)]
+    for rec in diags:
+        for key, _ in panels:
             for kind, value in by_kind(rec, key).items():
-                series.setdefault(kind, []).append((rec["step"], value))
-        for kind, points in sorted(series.items()):
-            ax.plot(*zip(*points), marker=".", label=kind)
+                series[key].setdefault(kind, []).append((rec["step"], value))
+    kinds = sorted({kind for per_kind in series.values() for kind in per_kind})
+    cmap = plt.get_cmap("tab10" if len(kinds) <= 10 else "tab20")
+    color = {kind: cmap(i % cmap.N) for i, kind in enumerate(kinds)}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (key, title) in zip(axes, panels):
+        for kind, points in sorted(series[key].items()):
+            ax.plot(*zip(*points), marker=".", color=color[kind], label=kind)
         ax.set_title(f"{title} (max over layers)")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    # one legend for the three panels, outside them (inside, it covered the embedding and head curves)
+    handles = [plt.Line2D([], [], color=color[kind], marker=".", label=kind) for kind in kinds]
+    fig.tight_layout(rect=(0, 0, 0.89, 1))
+    fig.legend(handles=handles, loc="center right", fontsize=8, title="matrix kind")
     fig.savefig(run_dir / "spectral_norms.png", dpi=110)
     plt.close(fig)
     written.append(run_dir / "spectral_norms.png")

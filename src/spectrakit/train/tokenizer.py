@@ -16,15 +16,20 @@ def _require_tokenizers():
     return tokenizers
 
 
+def check_bpe_vocab_size(vocab_size: int) -> None:
+    """A byte-level BPE needs its 256 byte tokens plus EOS, and the token cache stores ids as uint16."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 257 <= vocab_size <= 65535:
+        raise ValueError(f"vocab_size must be an integer in [257, 65535] to train a byte-level BPE (256 bytes + "
+                         f"end-of-text; token ids are stored as uint16), got {vocab_size!r}")
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int):
     """Train a byte-level BPE with ``vocab_size`` tokens (EOS included, id 0) on ``texts``.
 
     The input order is fixed and the trainer breaks count ties by pair order, so the same texts give the
     same tokenizer (checked in the tests)."""
+    check_bpe_vocab_size(vocab_size)
     tk = _require_tokenizers()
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 257 <= vocab_size <= 65535:
-        raise ValueError(f"vocab_size must be an integer in [257, 65535] (token ids are stored as uint16), "
-                         f"got {vocab_size!r}")
     tok = tk.Tokenizer(tk.models.BPE())
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tk.decoders.ByteLevel()

@@ -131,11 +131,13 @@ class Trainer:
     """Builds data, model and optimizer from a TrainConfig and runs (or resumes) training in a run folder.
 
     ``ctx``: this process's place in a torchrun job (``parallel.start``), required when ``cfg.parallel`` is
-    "ddp" or "fsdp"."""
+    "ddp" or "fsdp". ``progress``: an open tqdm bar that this run advances by one per step instead of a bar of its
+    own (``compare``'s bar over all its runs); the caller closes it."""
 
     def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, data: TokenData | None = None,
-                 log: Callable[[str], None] = print, ctx: DistContext | None = None) -> None:
+                 log: Callable[[str], None] = print, ctx: DistContext | None = None, progress: Any = None) -> None:
         self.cfg = cfg.validate()
+        self.progress = progress
         if (ctx is None) != (cfg.parallel == "none"):
             raise ValueError(f"parallel={cfg.parallel!r} " + ("needs a process group (run under torchrun)"
                                                               if ctx is None else "but a process group was given"))
@@ -168,12 +170,13 @@ class Trainer:
         self.amp = autocast_dtype(self.device, cfg.dtype)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        cfg.optimizer_arguments()  # a bad --opt fails here, before the data is prepared
         if ctx is not None and not ctx.is_main:
             dist.barrier()  # rank 0 builds the token cache first
         self.data = data if data is not None else prepare_data(
             cfg.data, vocab_size=self.model_config.vocab_size, cache_dir=cfg.cache_dir,
             corpus_fraction=cfg.corpus_fraction, val_fraction=cfg.val_fraction, text_field=cfg.text_field,
-            tokenizer_file=cfg.tokenizer, log=self.log)
+            tokenizer_file=cfg.tokenizer, log=self.log, seq_len=self.model_config.seq_len)
         if ctx is not None and ctx.is_main:
             dist.barrier()
         if self.data.vocab_size > self.model_config.vocab_size:
@@ -484,7 +487,7 @@ class Trainer:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = _progress(cfg, self.step) if self.is_main else None
+        bar = self.progress if self.progress is not None else _progress(cfg, self.step) if self.is_main else None
         # the logging window (losses and gradient norms summed since the last train record), part of checkpoints
         self._window_loss = torch.tensor(float(self.window["loss"]), device=self.device)
         self._window_norm = torch.tensor(float(self.window["grad_norm"]), device=self.device)
@@ -526,7 +529,7 @@ class Trainer:
                     self._print(bar, f"checkpoint saved at step {self.step}: {self.checkpoint_path}")
                     break
         finally:
-            if bar is not None:
+            if bar is not None and bar is not self.progress:
                 bar.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
