@@ -218,6 +218,7 @@ def test_group_settings_are_validated_with_errors_naming_the_key(key, value):
     opt = SpectraWrapper(torch.optim.AdamW(small_model()[0].parameters()))
     with pytest.raises(ValueError, match=key):
         opt.add_param_group({"params": [nn.Parameter(torch.ones(2, 2))], key: value})
+    assert len(opt.param_groups) == len(opt.optimizer.param_groups) == 1  # the bad group was not kept
     with pytest.raises(ValueError, match=key):
         SpectraWrapper(torch.optim.AdamW([{"params": [nn.Parameter(torch.ones(2, 2))], key: value}]))
 

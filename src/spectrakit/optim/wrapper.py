@@ -102,6 +102,7 @@ class SpectraWrapper(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer (if it is not one of its groups already) with SPECTRA's keys."""
         if not any(param_group is g for g in self.optimizer.param_groups):
+            _check_group({**self.optimizer.defaults, **param_group})  # before the wrapped optimizer keeps it
             self.optimizer.add_param_group(param_group)
             param_group = self.optimizer.param_groups[-1]
         _prepare(param_group, self.optimizer.defaults)
