@@ -288,3 +288,14 @@ def test_hooks_may_replace_the_state_dict_and_the_wrapped_optimizers_own_step_ho
     opt.register_load_state_dict_pre_hook(drop_extra)
     opt.load_state_dict(sd)
     assert opt.param_groups is inner.param_groups
+
+
+def test_a_state_dict_saved_without_the_wrappers_settings_loads_with_the_wrappers_defaults():
+    model = small_model()
+    bare = torch.optim.AdamW(model.parameters(), lr=0.01)
+    run(model, bare, 2)
+    opt = _wrapped(model, clip="hard", clip_method="svd")
+    opt.load_state_dict(bare.state_dict())
+    assert opt.param_groups[0]["clip"] == "hard" and opt.param_groups[0]["clip_step"] == 0
+    run(model, opt, 2, start=2)
+    assert opt.state[next(model.parameters())]["step"] == 4
