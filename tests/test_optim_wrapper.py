@@ -299,3 +299,10 @@ def test_a_state_dict_saved_without_the_wrappers_settings_loads_with_the_wrapper
     assert opt.param_groups[0]["clip"] == "hard" and opt.param_groups[0]["clip_step"] == 0
     run(model, opt, 2, start=2)
     assert opt.state[next(model.parameters())]["step"] == 4
+
+
+def test_a_tensor_lr_of_more_than_one_element_is_rejected_naming_lr():
+    opt = SpectraWrapper(torch.optim.AdamW(small_model()[0].parameters()))
+    with pytest.raises(ValueError, match="lr must be a number or a 0-d / 1-element tensor"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(2, 2))], "lr": torch.tensor([1e-3, 1e-3])})
+    assert len(opt.param_groups) == 1
