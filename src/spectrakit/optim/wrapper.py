@@ -73,9 +73,9 @@ class SpectraWrapper(Optimizer):
                    "clip_dtype": clip_dtype, "clip_apply_to": clip_apply_to,
                    "clip_exclude": exclude_patterns(clip_exclude), "vector_rule": vector_rule, "scale": scale,
                    "peak_lr": peak_lr, "clip_decoupled_weight_decay": decoupled_weight_decay,
-                   GROUP_KEYS["warmup"]: clip_warmup, GROUP_KEYS["warmup_steps"]: clip_warmup_steps,
-                   GROUP_KEYS["total_steps"]: clip_total_steps, GROUP_KEYS["decay_fraction"]: clip_decay_fraction,
-                   GROUP_KEYS["shape"]: clip_decay_shape, GROUP_KEYS["final_scale"]: clip_final_scale}
+                   "clip_warmup": clip_warmup, "clip_warmup_steps": clip_warmup_steps,
+                   "clip_total_steps": clip_total_steps, "clip_decay_fraction": clip_decay_fraction,
+                   "clip_decay_shape": clip_decay_shape, "clip_final_scale": clip_final_scale}
         _check_group(options)
         self.optimizer = optimizer
         self.track_stats = track_stats
@@ -212,6 +212,10 @@ class SpectraWrapper(Optimizer):
         return f"SpectraWrapper({self.optimizer!r})"
 
 
+_SETTINGS = ("clip", "clip_c", "clip_method", "clip_steps", "clip_dtype", "clip_apply_to", "clip_exclude",
+             "vector_rule", "scale", "peak_lr", "clip_decoupled_weight_decay", *GROUP_KEYS.values())
+
+
 def _check_group(group: dict[str, Any]) -> None:
     """The wrapper's settings of one group (errors name the key)."""
     check_clip_options(group)
@@ -225,8 +229,7 @@ def _check_group(group: dict[str, Any]) -> None:
 
 def _prepare(group: dict[str, Any], defaults: dict[str, Any]) -> None:
     """Fill a group's missing settings from ``defaults``, check them and add the schedule's bookkeeping."""
-    for key in ("clip", "clip_c", "clip_method", "clip_steps", "clip_dtype", "clip_apply_to", "clip_exclude",
-                "vector_rule", "scale", "peak_lr", "clip_decoupled_weight_decay", *GROUP_KEYS.values()):
+    for key in _SETTINGS:
         group.setdefault(key, defaults[key])
     group["clip_exclude"] = exclude_patterns(group["clip_exclude"])
     _check_group(group)
