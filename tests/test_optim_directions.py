@@ -167,3 +167,24 @@ def test_shape_scale_conventions():
 def test_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(small_model(), **kwargs)
+
+
+def test_a_group_that_sets_one_ademamix_option_is_checked_with_the_defaults():
+    model = small_model()
+    a, b = clone(model), clone(model)
+    opt = AdEMAMix([{"params": a[0].parameters(), "beta3_warmup": 10}, {"params": a[2].parameters(), "alpha": 4.0}],
+                   lr=0.01)
+    run(a, opt, 3)
+    ref = AdEMAMix([{"params": b[0].parameters(), "beta3_warmup": 10, "betas": (0.9, 0.999, 0.9999)},
+                    {"params": b[2].parameters(), "alpha": 4.0, "betas": (0.9, 0.999, 0.9999)}], lr=0.01)
+    run(b, ref, 3)
+    assert_models_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="beta3_warmup needs betas"):
+        AdEMAMix([{"params": model.parameters(), "beta3_warmup": 10, "betas": (0.0, 0.9, 0.99)}])
+
+
+@pytest.mark.xfail(strict=True, reason="needs Spectra.add_param_group to pass self.defaults to "
+                                       "validate_base_options (spectra.py, the lead's file)")
+def test_a_group_option_is_checked_against_the_optimizers_own_defaults():
+    with pytest.raises(ValueError, match="beta3_warmup needs betas"):
+        AdEMAMix([{"params": small_model().parameters(), "beta3_warmup": 10}], betas=(0.0, 0.9, 0.99))

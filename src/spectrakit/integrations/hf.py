@@ -61,7 +61,7 @@ def trainer_optimizer(optimizer_cls: type[Optimizer], model: nn.Module, *, weigh
 
     Example::
 
-        cls_and_kwargs = trainer_optimizer(Spectra, model, lr=1e-3, weight_decay=0.1, c=10.0)
+        cls_and_kwargs = trainer_optimizer(Spectra, model, lr=1e-3, weight_decay=0.1, clip_c=10.0)
         trainer = Trainer(model=model, args=args, train_dataset=data, optimizer_cls_and_kwargs=cls_and_kwargs)
 
     Trainer does not pass ``TrainingArguments.learning_rate`` or ``weight_decay`` to a class given this way:

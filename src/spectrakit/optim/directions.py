@@ -53,8 +53,11 @@ def base_options(base: str, given: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def validate_base_options(base: str, options: dict[str, Any]) -> None:
-    """Check the hyperparameters of ``base`` present in ``options`` (a param group or a dict of options)."""
+def validate_base_options(base: str, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Check the hyperparameters of ``base`` in ``options`` (a param group or a dict of options), read over
+    ``defaults`` (the optimizer's; then the base's own) so that a group setting one option is checked together
+    with the values it will step with."""
+    options = {**BASE_DEFAULTS[base], **(defaults or {}), **options}
     if "betas" in options:
         check_betas(options["betas"], "betas", length=3 if base == "ademamix" else 2)
     if "vector_betas" in options:

@@ -22,35 +22,42 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._options import check_clip_options, exclude_patterns
 from ._selection import ClipSelection
-from ._validate import check_choice, check_positive
-from .scale import SCALE_CONVENTIONS, shape_scale
-from .schedule import ClipSchedule, group_threshold, prepare_group
+from .scale import shape_scale
+from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group
 from .stats import record_clip_statistics
-from .transforms import CLIP_KINDS, VECTOR_RULES, check_method, spectral_transform
+from .transforms import spectral_transform
 
 
 class SpectraWrapper(Optimizer):
     """Wrap ``optimizer`` so that its step on each clipped parameter becomes the SPECTRA step.
 
-    The wrapper shares the wrapped optimizer's ``param_groups`` and ``state`` (LR schedulers and checkpoints
-    see one optimizer); per-group ``clip`` and ``clip_c`` may be set in those groups.
+    The wrapper shares the wrapped optimizer's ``param_groups``, ``state`` and ``defaults`` (LR schedulers and
+    checkpoints see one optimizer). Every setting below except ``track_stats`` is a param-group key of the same
+    name (``decoupled_weight_decay``: "clip_decoupled_weight_decay", as torch's AdamW has a key of that name),
+    added to the wrapped optimizer's defaults and groups, so it may differ per group and round-trips through
+    ``state_dict``; deepcopy and pickle copy the wrapped optimizer with it.
 
     Args:
         optimizer: a torch optimizer whose step is X' = (1 - lr*wd) X - lr * U with lr and wd read from its
-            param groups ("lr", "weight_decay"), e.g. torch.optim.AdamW. With ``decoupled_weight_decay=False``
-            the whole change is taken as the direction (U = (X - X')/lr), for optimizers whose weight decay is
-            part of the gradient (SGD, Adam) or that have none.
+            param groups ("lr", "weight_decay"), e.g. torch.optim.AdamW. lr may be a number or a 0-d /
+            1-element tensor.
         clip, clip_c, clip_method, clip_steps, clip_dtype, clip_apply_to, clip_exclude, vector_rule, scale:
             as in ``Spectra``.
         clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape, clip_final_scale:
             the threshold schedule, as in ``Spectra``.
         peak_lr, track_stats: as in ``Spectra``.
+        decoupled_weight_decay: True: U = ((1 - lr*wd) X - X') / lr as above. False: the whole change is the
+            direction (U = (X - X')/lr), for optimizers whose weight decay is part of the gradient (SGD, Adam)
+            or that have none.
 
     Parameter names (for ``clip_exclude`` and statistics) come from the wrapped optimizer's "param_names"
     when it was built from named parameters, else "group<i>.param<j>". A closure is evaluated by the wrapper
     (with gradients enabled) before the wrapped optimizer steps. Groups with lr = 0 are left as the wrapped
-    optimizer stepped them (there is no direction to recover).
+    optimizer stepped them (there is no direction to recover). Hooks registered on the wrapper and the global
+    optimizer hooks fire once per call, with the wrapper as the optimizer; the wrapped optimizer's own hooks
+    still fire.
     """
 
     def __init__(self, optimizer: Optimizer, *, clip: str | None = "soft", clip_c: float = 10.0,
@@ -62,50 +69,52 @@ class SpectraWrapper(Optimizer):
                  decoupled_weight_decay: bool = True, track_stats: bool = False) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if clip is not None:
-            check_choice(clip, "clip", CLIP_KINDS)
-            check_method(clip, clip_method)
-        check_positive(clip_c, "clip_c")
-        check_choice(vector_rule, "vector_rule", VECTOR_RULES)
-        check_choice(scale, "scale", SCALE_CONVENTIONS)
-        if peak_lr is not None:
-            check_positive(peak_lr, "peak_lr")
+        options = {"clip": clip, "clip_c": clip_c, "clip_method": clip_method, "clip_steps": clip_steps,
+                   "clip_dtype": clip_dtype, "clip_apply_to": clip_apply_to,
+                   "clip_exclude": exclude_patterns(clip_exclude), "vector_rule": vector_rule, "scale": scale,
+                   "peak_lr": peak_lr, "clip_decoupled_weight_decay": decoupled_weight_decay,
+                   "clip_warmup": clip_warmup, "clip_warmup_steps": clip_warmup_steps,
+                   "clip_total_steps": clip_total_steps, "clip_decay_fraction": clip_decay_fraction,
+                   "clip_decay_shape": clip_decay_shape, "clip_final_scale": clip_final_scale}
+        _check_group(options)
         self.optimizer = optimizer
-        self.clip_method, self.clip_steps, self.clip_dtype = clip_method, clip_steps, clip_dtype
-        self.vector_rule, self.scale, self.track_stats = vector_rule, scale, track_stats
-        self.decoupled_weight_decay = decoupled_weight_decay
-        self._selection = ClipSelection(clip_apply_to, clip_exclude)
-        self._schedule = ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction,
-                                      clip_decay_shape, clip_final_scale)
-        self._group_defaults = {"clip": clip, "clip_c": clip_c, "peak_lr": peak_lr}
+        self.track_stats = track_stats
         self._statistics: dict[str, Tensor] = {}
+        optimizer.defaults.update(options)
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self._link()
 
     def _link(self) -> None:
-        """Share the wrapped optimizer's groups and state (also after it reloaded them)."""
+        """Share the wrapped optimizer's groups, state and defaults (also after it reloaded them)."""
         self.param_groups = self.optimizer.param_groups
         self.state = self.optimizer.state
         self.defaults = self.optimizer.defaults
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer.__getstate__ keeps only defaults, state and param_groups; the wrapped optimizer carries
+        # those (deepcopy and pickle copy it once, so the copy's groups and state are shared as here)
+        return {"optimizer": self.optimizer, "track_stats": self.track_stats}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({**state, "defaults": state["optimizer"].defaults, "_statistics": {}})
+        self._link()
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer (if it is not one of its groups already) with SPECTRA's keys."""
         if not any(param_group is g for g in self.optimizer.param_groups):
+            _check_group({**self.optimizer.defaults, **param_group})  # before the wrapped optimizer keeps it
             self.optimizer.add_param_group(param_group)
             param_group = self.optimizer.param_groups[-1]
-        for key, value in self._group_defaults.items():
-            param_group.setdefault(key, value)
-        if param_group["clip"] is not None:
-            check_choice(param_group["clip"], "clip", CLIP_KINDS)
-            check_method(param_group["clip"], self.clip_method)
-        check_positive(param_group["clip_c"], "clip_c")
-        prepare_group(param_group, param_group["lr"])
+        _prepare(param_group, self.optimizer.defaults)
 
     def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
                           warmup_steps: int | None = None) -> None:
-        """Replace the threshold schedule (see ``schedule.ClipSchedule``)."""
-        self._schedule = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale)
+        """Replace the threshold schedule of every group and of groups added later (``schedule.ClipSchedule``)."""
+        options = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale).group_options()
+        self.defaults.update(options)
+        for group in self.param_groups:
+            group.update(options)
 
     def statistics(self) -> dict[str, Tensor]:
         """As ``Spectra.statistics()`` (empty unless ``track_stats=True``)."""
@@ -114,6 +123,24 @@ class SpectraWrapper(Optimizer):
     def _named(self, index: int, group: dict[str, Any]) -> list[tuple[str, Tensor]]:
         names = group.get("param_names") or [f"group{index}.param{j}" for j in range(len(group["params"]))]
         return list(zip(names, group["params"]))
+
+    def _inner_step(self) -> None:
+        """Step the wrapped optimizer with its own step hooks but not the global ones (they fire for the wrapper)."""
+        inner = self.optimizer
+        step = getattr(type(inner).step, "__wrapped__", None)  # Optimizer's hook-running wrapper around step
+        if step is None:
+            inner.step()
+            return
+        args: tuple[Any, ...] = (inner,)
+        kwargs: dict[str, Any] = {}
+        for hook in list(inner._optimizer_step_pre_hooks.values()):
+            result = hook(inner, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        step(*args, **kwargs)
+        inner._optimizer_step_code()
+        for hook in list(inner._optimizer_step_post_hooks.values()):
+            hook(inner, args, kwargs)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
@@ -126,27 +153,28 @@ class SpectraWrapper(Optimizer):
         for index, group in enumerate(self.param_groups):
             if group["clip"] is None:
                 continue
-            c = group_threshold(self._schedule, group)
+            c = group_threshold(None, group)
             if float(group["lr"]) == 0:
                 continue
             if self.track_stats:
                 self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
+            selection = ClipSelection(group["clip_apply_to"], group["clip_exclude"])
             for name, p in self._named(index, group):
-                if p.grad is not None and self._selection(name, p):
+                if p.grad is not None and selection(name, p):
                     saved.append((group, name, p, p.detach().clone(), c))
-        self.optimizer.step()
+        self._inner_step()
         for group, name, p, previous, c in saved:
-            lr = group["lr"]
-            decay = 1 - lr * group.get("weight_decay", 0.0) if self.decoupled_weight_decay else 1.0
-            previous.mul_(decay)
+            lr = float(group["lr"])
+            if group["clip_decoupled_weight_decay"]:
+                previous.mul_(1 - lr * group.get("weight_decay", 0.0))
             direction = previous.sub(p).div_(lr)
             if c == 0:
                 p.copy_(previous)
                 continue
-            update, bound = spectral_transform(direction, group["clip"], c, method=self.clip_method,
-                                               steps=self.clip_steps, dtype=self.clip_dtype,
-                                               vector_rule=self.vector_rule, need_bound=self.track_stats)
-            p.copy_(previous).add_(update, alpha=-lr * shape_scale(p.shape, self.scale))
+            update, bound = spectral_transform(direction, group["clip"], c, method=group["clip_method"],
+                                               steps=group["clip_steps"], dtype=group["clip_dtype"],
+                                               vector_rule=group["vector_rule"], need_bound=self.track_stats)
+            p.copy_(previous).add_(update, alpha=-lr * shape_scale(p.shape, group["scale"]))
             if self.track_stats:
                 record_clip_statistics(self._statistics, name, update, bound, group["clip"], c)
         return loss
@@ -155,12 +183,54 @@ class SpectraWrapper(Optimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict (its groups carry the wrapper's schedule bookkeeping)."""
-        return self.optimizer.state_dict()
+        """The wrapped optimizer's state dict (its groups carry the wrapper's settings and schedule bookkeeping);
+        the wrapper's state-dict hooks run around it."""
+        for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
+            pre_hook(self)
+        state_dict = self.optimizer.state_dict()
+        for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load into the wrapped optimizer (the wrapper's load hooks run around it); groups saved without the
+        wrapper's settings (e.g. by the bare optimizer) take the wrapper's defaults."""
+        for pre_hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         self.optimizer.load_state_dict(state_dict)
         self._link()
+        for group in self.param_groups:
+            _prepare(group, self.defaults)
+        for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
+            post_hook(self)
 
     def __repr__(self) -> str:
         return f"SpectraWrapper({self.optimizer!r})"
+
+
+_SETTINGS = ("clip", "clip_c", "clip_method", "clip_steps", "clip_dtype", "clip_apply_to", "clip_exclude",
+             "vector_rule", "scale", "peak_lr", "clip_decoupled_weight_decay", *GROUP_KEYS.values())
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """The wrapper's settings of one group (errors name the key)."""
+    check_clip_options(group)
+    if not isinstance(group["clip_decoupled_weight_decay"], bool):
+        raise ValueError("clip_decoupled_weight_decay (decoupled_weight_decay) must be True or False, got "
+                         f"{group['clip_decoupled_weight_decay']!r}")
+    lr = group.get("lr")
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"lr must be a number or a 0-d / 1-element tensor, got a tensor of shape {tuple(lr.shape)}")
+
+
+def _prepare(group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Fill a group's missing settings from ``defaults``, check them and add the schedule's bookkeeping."""
+    for key in _SETTINGS:
+        group.setdefault(key, defaults[key])
+    group["clip_exclude"] = exclude_patterns(group["clip_exclude"])
+    _check_group(group)
+    prepare_group(group, group["lr"])

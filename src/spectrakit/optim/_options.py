@@ -1,0 +1,47 @@
+"""The SPECTRA clip settings a param group holds, checked with errors that name the group key.
+
+Keys: clip, clip_c, clip_method, clip_steps, clip_dtype, clip_apply_to, clip_exclude, vector_rule, scale,
+peak_lr and the threshold schedule's ``schedule.GROUP_KEYS``. Held in the groups, they round-trip through
+state_dict, survive deepcopy and pickling, and may differ per group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._selection import ClipSelection
+from ._validate import check_choice, check_positive
+from .scale import SCALE_CONVENTIONS
+from .schedule import ClipSchedule, check_peak_lr
+from .transforms import CLIP_KINDS, VECTOR_RULES, check_method
+
+CLIP_METHODS = ("auto", "polar", "newton_schulz", "svd")
+CLIP_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def exclude_patterns(exclude: Any) -> tuple[str, ...]:
+    """``clip_exclude`` as a tuple of patterns (one string is one pattern)."""
+    return (exclude,) if isinstance(exclude, str) else tuple(exclude)
+
+
+def check_clip_options(group: dict[str, Any]) -> None:
+    """Raise ValueError naming the key unless every clip setting of ``group`` is valid."""
+    clip = group["clip"]
+    if clip is not None:
+        check_choice(clip, "clip", CLIP_KINDS)
+    check_choice(group["clip_method"], "clip_method", CLIP_METHODS)
+    if clip is not None:
+        check_method(clip, group["clip_method"])
+    check_positive(group["clip_c"], "clip_c")
+    steps = group["clip_steps"]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"clip_steps must be None or an integer >= 1, got {steps!r}")
+    if group["clip_dtype"] is not None and group["clip_dtype"] not in CLIP_DTYPES:
+        raise ValueError(f"clip_dtype must be None or one of {CLIP_DTYPES}, got {group['clip_dtype']!r}")
+    ClipSelection(group["clip_apply_to"], group["clip_exclude"])
+    check_choice(group["vector_rule"], "vector_rule", VECTOR_RULES)
+    check_choice(group["scale"], "scale", SCALE_CONVENTIONS)
+    check_peak_lr(group)
+    ClipSchedule.from_group(group)
