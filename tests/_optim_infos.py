@@ -114,18 +114,7 @@ _SPHERE_XFAILS = {**_FLOAT_ALPHA_XFAILS, "test_load_post_hook_may_store_non_dict
 _ADAMW_LR_XFAIL: dict[str, str] = {}
 _ADAMW_WD_XFAIL: dict[str, str] = {}
 # SpectraWrapper over torch optimizers: torch rejects the 2-element lr, keeps frozen params and real names.
-_WRAPPER_XFAILS = {
-    "test_deepcopy_steps_like_original": ITEM1,
-    "test_pickle_steps_like_original": ITEM1,
-    "test_tensor_lr_takes_the_float_lr_steps[1elem]": ITEM4,
-    "test_tensor_lr_under_scheduler[1elem-LinearLR]": ITEM4,
-    "test_tensor_lr_under_scheduler[1elem-OneCycleLR]": ITEM4,
-    "test_complex_params_rejected_at_construction": ITEM5 + " (the wrapper: the inner step is taken, then it raises)",
-    "test_global_step_hooks_fire_once_per_step": ITEM10,
-    "test_state_dict_hooks": ITEM10,
-    "test_load_state_dict_hooks": ITEM10,
-    "test_load_post_hook_may_store_non_dict_state": ITEM10,
-}
+_WRAPPER_XFAILS: dict[str, str] = {}
 
 SSO_RETRACTS = ("the hard retraction W <- W R / sigma rescales every hidden matrix onto its sphere at each step, "
                 "whatever the gradient or lr (SSO's design, Xie et al. 2026)")

@@ -183,8 +183,6 @@ def test_a_group_that_sets_one_ademamix_option_is_checked_with_the_defaults():
         AdEMAMix([{"params": model.parameters(), "beta3_warmup": 10, "betas": (0.0, 0.9, 0.99)}])
 
 
-@pytest.mark.xfail(strict=True, reason="needs Spectra.add_param_group to pass self.defaults to "
-                                       "validate_base_options (spectra.py, the lead's file)")
 def test_a_group_option_is_checked_against_the_optimizers_own_defaults():
     with pytest.raises(ValueError, match="beta3_warmup needs betas"):
         AdEMAMix([{"params": small_model().parameters(), "beta3_warmup": 10}], betas=(0.0, 0.9, 0.99))

@@ -144,29 +144,6 @@ class ClipSchedule:
         return threshold_factor(step, float(lr), float(peak_lr), warmup_done, prev_lr, **self._values())
 
 
-#: The param-group keys that hold a group's threshold schedule, in ClipSchedule's field order.
-SCHEDULE_KEYS = ("clip_warmup", "clip_warmup_steps", "clip_total_steps", "clip_decay_fraction", "clip_decay_shape",
-                 "clip_final_scale")
-
-
-def schedule_settings(schedule: ClipSchedule) -> dict[str, Any]:
-    """The param-group keys (SCHEDULE_KEYS) of a schedule."""
-    return dict(zip(SCHEDULE_KEYS, (schedule.warmup, schedule.warmup_steps, schedule.total_steps,
-                                    schedule.decay_fraction, schedule.shape, schedule.final_scale)))
-
-
-_SCHEDULES: dict[tuple, ClipSchedule] = {}
-
-
-def group_schedule(group: dict[str, Any]) -> ClipSchedule:
-    """The (validated) schedule a param group holds in its SCHEDULE_KEYS; built once per distinct setting."""
-    key = tuple(group[k] for k in SCHEDULE_KEYS)
-    schedule = _SCHEDULES.get(key)
-    if schedule is None:
-        schedule = _SCHEDULES[key] = ClipSchedule(*key)
-    return schedule
-
-
 def prepare_group(group: dict[str, Any], lr: float) -> None:
     """Add the schedule's bookkeeping keys to a param group (they round-trip through state_dict)."""
     group.setdefault("clip_step", 0)

@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 
 from ._chunks import chunks_by_key, stack_key
-from ._selection import check_selection, is_clipped
-from ._validate import check_choice, check_positive
+from ._options import check_clip_options, exclude_patterns
+from ._selection import is_clipped
+from ._validate import check_choice
 from .base import SpectralOptimizer, decoupled_step
 from .directions import BASE_DEFAULTS, BASES, base_direction, base_options, validate_base_options
-from .scale import SCALE_CONVENTIONS, shape_scale
-from .schedule import SCHEDULE_KEYS, ClipSchedule, group_schedule, group_threshold, prepare_group, schedule_settings
+from .scale import shape_scale
+from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group
 from .stats import record_clip_statistics
-from .transforms import CLIP_KINDS, VECTOR_RULES, check_method, spectral_transform
+from .transforms import spectral_transform
 
 
 class Spectra(SpectralOptimizer):
@@ -98,13 +99,13 @@ class Spectra(SpectralOptimizer):
         given = {"betas": betas, "eps": eps, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
                  "gamma": gamma, "vector_betas": vector_betas, "alpha": alpha, "alpha_warmup": alpha_warmup,
                  "beta3_warmup": beta3_warmup}
-        clip_exclude = (clip_exclude,) if isinstance(clip_exclude, str) else tuple(clip_exclude)
+        clip_exclude = exclude_patterns(clip_exclude)
         settings = {"base": base, "clip": clip, "clip_c": clip_c, "clip_method": clip_method,
                     "clip_steps": clip_steps, "clip_dtype": clip_dtype, "clip_apply_to": clip_apply_to,
                     "clip_exclude": clip_exclude, "vector_rule": vector_rule, "scale": scale,
                     "clip_batch": clip_batch, "peak_lr": peak_lr,
-                    **schedule_settings(ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps,
-                                                     clip_decay_fraction, clip_decay_shape, clip_final_scale))}
+                    **ClipSchedule(clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction,
+                                   clip_decay_shape, clip_final_scale).group_options()}
         _check_settings(settings)
         self.track_stats = track_stats
         defaults = {"lr": lr, "weight_decay": weight_decay, **base_options(base, given), **settings}
@@ -118,17 +119,16 @@ class Spectra(SpectralOptimizer):
         ``nonfinite``, ``fallback*`` and ``adamw_*``); a group that names another ``base`` gets that base's
         defaults for the hyperparameters it does not set."""
         group = dict(param_group)
-        if "clip_exclude" in group and isinstance(group["clip_exclude"], str):
-            group["clip_exclude"] = (group["clip_exclude"],)
-        merged = {**self.defaults, **group}
-        if merged["base"] not in BASES:
-            check_choice(merged["base"], "base", BASES)
-        if group.get("base", self.defaults["base"]) != self.defaults["base"]:
-            for key, value in BASE_DEFAULTS[group["base"]].items():
+        if "clip_exclude" in group:
+            group["clip_exclude"] = exclude_patterns(group["clip_exclude"])
+        base = group.get("base", self.defaults["base"])
+        check_choice(base, "base", BASES)
+        if base != self.defaults["base"]:
+            for key, value in BASE_DEFAULTS[base].items():
                 group.setdefault(key, value)
-            merged = {**self.defaults, **group}
-        _check_settings({k: merged[k] for k in self.defaults if k in _SETTING_KEYS})
-        validate_base_options(merged["base"], {k: merged[k] for k in BASE_DEFAULTS[merged["base"]]})
+        merged = {**self.defaults, **group}
+        _check_settings({k: merged[k] for k in _SETTING_KEYS})
+        validate_base_options(base, group, self.defaults)
         prepare_group(group, group.get("lr", self.defaults["lr"]))
         super().add_param_group(group)
 
@@ -137,8 +137,7 @@ class Spectra(SpectralOptimizer):
                           warmup_steps: int | None = None) -> None:
         """Replace the threshold schedule of every group (see ``schedule.ClipSchedule``), e.g. once the run
         length is known; per group, set the ``clip_*`` schedule keys of that group instead."""
-        settings = schedule_settings(ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape,
-                                                  final_scale))
+        settings = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale).group_options()
         self.defaults.update(settings)
         for group in self.param_groups:
             group.update(settings)
@@ -146,11 +145,11 @@ class Spectra(SpectralOptimizer):
     @property
     def clip_schedule(self) -> ClipSchedule:
         """The threshold schedule of the defaults (groups may override it)."""
-        return group_schedule(self.defaults)
+        return ClipSchedule.from_group(self.defaults)
 
     # ---------------------------------------------------------------------------------------------- step
     def _spectral_step(self, group: dict[str, Any]) -> None:
-        c = group_threshold(group_schedule(group), group)
+        c = group_threshold(None, group)
         if self.track_stats and group["clip"] is not None:
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
             self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
@@ -192,30 +191,13 @@ class Spectra(SpectralOptimizer):
 
 #: The settings of ``Spectra`` that live in param groups (besides lr, weight_decay and the base's options).
 _SETTING_KEYS = ("base", "clip", "clip_c", "clip_method", "clip_steps", "clip_dtype", "clip_apply_to",
-                 "clip_exclude", "vector_rule", "scale", "clip_batch", "peak_lr", *SCHEDULE_KEYS)
+                 "clip_exclude", "vector_rule", "scale", "clip_batch", "peak_lr", *GROUP_KEYS.values())
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
     """Validate Spectra's settings (the constructor's, or a param group's merged over the defaults)."""
     check_choice(settings["base"], "base", BASES)
-    if settings["clip"] is not None:
-        check_choice(settings["clip"], "clip", CLIP_KINDS)
-    check_positive(settings["clip_c"], "clip_c")
-    check_choice(settings["clip_method"], "clip_method", ("auto", "polar", "newton_schulz", "svd"))
-    if settings["clip"] is not None:
-        check_method(settings["clip"], settings["clip_method"])
-    steps = settings["clip_steps"]
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"clip_steps must be None or an integer >= 1, got {steps!r}")
-    dtype = settings["clip_dtype"]
-    if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
-        raise ValueError(f"clip_dtype must be None or a floating torch dtype, got {dtype!r}")
-    check_selection(settings["clip_apply_to"], settings["clip_exclude"])
-    check_choice(settings["vector_rule"], "vector_rule", VECTOR_RULES)
-    check_choice(settings["scale"], "scale", SCALE_CONVENTIONS)
+    check_clip_options(settings)
     batch = settings["clip_batch"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"clip_batch must be an integer >= 1, got {batch!r}")
-    if settings["peak_lr"] is not None:
-        check_positive(settings["peak_lr"], "peak_lr")
-    group_schedule(settings)  # validates the schedule keys

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from ._options import check_clip_options, exclude_patterns
 from ._selection import ClipSelection
+from .base import check_real_floating
 from .scale import shape_scale
 from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group
 from .stats import record_clip_statistics
@@ -101,6 +102,13 @@ class SpectraWrapper(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer (if it is not one of its groups already) with SPECTRA's keys."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        names = param_group.get("param_names") or [f"group{len(self.optimizer.param_groups)}.param{j}"
+                                                   for j in range(len(params))]
+        for name, p in zip(names, params):
+            if isinstance(p, Tensor):
+                check_real_floating(name, p, "SpectraWrapper")
         if not any(param_group is g for g in self.optimizer.param_groups):
             _check_group({**self.optimizer.defaults, **param_group})  # before the wrapped optimizer keeps it
             self.optimizer.add_param_group(param_group)
