@@ -70,6 +70,26 @@ def _exact_top(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return U[..., :k], S[..., :k], Vh[..., :k, :].mT
 
 
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Check the rule's settings present in ``settings`` (constructor defaults or a param group), by key."""
+    if "momentum" in settings:
+        check_unit_interval(settings["momentum"], "momentum")
+    if "rank_fraction" in settings:
+        fraction = settings["rank_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ValueError(f"rank_fraction must be in the open interval (0, 1), got {fraction!r}")
+    for key in ("power_iters", "cold_power_iters"):
+        value = settings.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    for key in ("update_scale", "eps"):  # eps > 0: a zero momentum must give a zero step, not 0 / 0
+        if key in settings:
+            check_positive(settings[key], key)
+    for key in ("rayleigh_ritz", "exact_svd"):
+        if not isinstance(settings.get(key, False), bool):
+            raise ValueError(f"{key} must be a bool, got {settings[key]!r}")
+
+
 class SpikeAware(SpectralOptimizer):
     """The spike-aware optimizer (Huang et al. 2026, arXiv 2602.11185); the rule is in this module's docstring.
 
@@ -78,7 +98,9 @@ class SpikeAware(SpectralOptimizer):
     routed otherwise (see ``SpectralOptimizer``).
 
     Args:
-        params: a model, tensors, (name, tensor) pairs or param groups.
+        params: a model, tensors, (name, tensor) pairs or param groups. A group may override every setting of
+            the rule below (all but ``track_stats`` and the ``adamw_*``, ``fallback*`` and ``nonfinite``
+            options): they are param-group keys, checked as here.
         lr: learning rate; the update RMS is ``update_scale * lr`` (AdamW-like learning rates carry over).
         momentum: mu of the sum momentum M <- mu M + G (0.95, as in the re-implementations).
         rank_fraction: k = max(1, round(rank_fraction * min(m, n))) spike directions; must leave k < min(m, n).
@@ -103,26 +125,19 @@ class SpikeAware(SpectralOptimizer):
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
-        check_unit_interval(momentum, "momentum")
-        if isinstance(rank_fraction, bool) or not isinstance(rank_fraction, (int, float)) \
-                or not 0 < rank_fraction < 1:
-            raise ValueError(f"rank_fraction must be in the open interval (0, 1), got {rank_fraction!r}")
-        for value, name in ((power_iters, "power_iters"), (cold_power_iters, "cold_power_iters")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        check_positive(update_scale, "update_scale")
-        check_positive(eps, "eps")  # > 0: a zero momentum must give a zero step, not 0 / 0
-        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
-        self.exact_svd, self.track_stats = bool(exact_svd), bool(track_stats)
-        self.rayleigh_ritz = bool(rayleigh_ritz)
-        defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "update_scale": update_scale,
-                    "eps": eps, "weight_decay": weight_decay}
+        defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "power_iters": power_iters,
+                    "cold_power_iters": cold_power_iters, "rayleigh_ritz": bool(rayleigh_ritz),
+                    "update_scale": update_scale, "eps": eps, "weight_decay": weight_decay,
+                    "exact_svd": bool(exact_svd)}
+        _check_settings(defaults)
+        self.track_stats = bool(track_stats)
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        check_unit_interval(param_group.get("momentum", self.defaults["momentum"]), "momentum")
+        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
+        _check_settings(param_group)
         super().add_param_group(param_group)
         for group, name, p in self._spectral_matrices():
             k, q = spike_rank(p.shape, group["rank_fraction"]), min(p.shape[-2:])
@@ -149,15 +164,15 @@ class SpikeAware(SpectralOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
-            if self.exact_svd:
+            if group["exact_svd"]:
                 U, s, V = _exact_top(buf.float(), k)
             else:
                 cold = "spike_v" not in state
                 if cold:
                     gen = torch.Generator(device=p.device).manual_seed(0)
                     state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen)
-                iters = self.cold_power_iters if cold else self.power_iters
-                U, s, V = block_power_iteration(buf, state["spike_v"].float(), iters, self.rayleigh_ritz)
+                iters = group["cold_power_iters"] if cold else group["power_iters"]
+                U, s, V = block_power_iteration(buf, state["spike_v"].float(), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V
             energy = torch.linalg.vector_norm(buf, dim=(-2, -1), dtype=torch.float32).square()
             spike_energy = s.square().sum(-1)
