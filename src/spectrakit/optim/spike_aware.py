@@ -7,17 +7,29 @@ tail's scale, leave the tail alone, and take an RMS-normalized step. Per matrix 
 
     M <- mu M + G                                         (sum momentum, mu = 0.95)
     (U_k, s_k, V_k) = top-k triplets of M                 (k = max(1, round(rank_fraction q)))
-    sigma_tail = sqrt((||M||_F^2 - ||s_k||^2) / (q - k))  (RMS of the tail singular values)
-    O = M + U_k diag(sigma_tail - s_k) V_k^T              (= Tail + sigma_tail U_k V_k^T)
+    Tail = M - U_k diag(s_k) V_k^T
+    sigma_tail = ||Tail||_F / sqrt(q - k)                 (RMS of the tail singular values)
+    O = Tail + sigma_tail U_k V_k^T                       (spike singular values replaced by the tail scale)
     W <- (1 - lr wd) W - 0.2 lr O / (RMS(O) + eps),       RMS(O) = ||O||_F / sqrt(m n)
+
+Tail and O are formed explicitly (in float32, or float64 for float64 parameters) and both norms are taken
+from them: ||Tail||_F^2 = ||M||_F^2 - ||s_k||^2 would cancel to rounding noise when M has rank <= k, and
+RMS(O) = sigma_tail sqrt(q / (m n)) would then divide by that noise (steps of 10-400 000 x the documented
+RMS). Every step has RMS 0.2 lr ||O||_F / (||O||_F + eps sqrt(m n)) <= 0.2 lr.
+
+An empty tail. When ||Tail||_F <= tol ||M||_F, tol = eps(momentum dtype) + 16 eps(compute dtype) (what is
+left is the rounding of M and of the triplets, not a tail), M has rank r <= k: every direction it has is a
+spike, and there is no tail scale to shrink them to. They then share one scale, their own RMS
+s_hat = ||s_r|| / sqrt(r) over the r triplets with s_i > tol ||M||_F (the rest are rounding):
+O = s_hat U_r V_r^T (||O||_F = ||M||_F; for r = 1, O = M). This keeps the paper's intent (spike singular
+values equalized, the step RMS-normalized), keeps "every non-zero momentum takes a step of RMS 0.2 lr" (the
+exact-arithmetic reading, O = 0, would stall a layer whose gradients have rank <= k, e.g. a batch of one),
+and a zero momentum still takes a zero step.
 
 The block power iteration (T steps, warm-started from the cached V_k; the first step starts from a Gaussian
 block, a randomized range finder) is  P = M V;  U = QR(P);  W = M^T U;  s = column norms of W;  V = W / s.
 By default a Rayleigh-Ritz rotation within the block (a k x k eigendecomposition) then makes (U, s, V) the
-exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M exactly, so Tail = (I - U U^T) M is
-orthogonal to the spike part and ||O||_F^2 = (q - k) sigma_tail^2 + k sigma_tail^2 = q sigma_tail^2:
-RMS(O) = sigma_tail sqrt(q / (m n)) needs no extra pass, and O is never formed: the step is W -= c M, then
-W -= U (c diag(sigma_tail - s) V^T).
+exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M, so Tail = (I - U U^T) M.
 
 State per matrix: the momentum and V (n x k), (1 + k/m)/2 of AdamW's two moments: about 0.51x for k/m = 1.5%.
 """
@@ -53,9 +65,10 @@ def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool 
     s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
     of the k x k matrix W^T W (= U^T M M^T U) so that (U, s, V) are the exact singular triplets of U U^T M.
     """
-    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in float32
-        U = torch.linalg.qr((M @ V.to(M.dtype)).float()).Q
-        W = (M.mT @ U.to(M.dtype)).float()
+    dtype = torch.promote_types(M.dtype, torch.float32)
+    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in >= float32
+        U = torch.linalg.qr((M @ V.to(M.dtype)).to(dtype)).Q
+        W = (M.mT @ U.to(M.dtype)).to(dtype)
         if rayleigh_ritz:
             _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
             Z = Z.flip(-1).to(W.dtype)
@@ -63,6 +76,29 @@ def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool 
         s = torch.linalg.vector_norm(W, dim=-2)
         V = W / s.clamp_min(_TINY)[..., None, :]
     return U, s, V
+
+
+def spike_shaped(M: Tensor, U: Tensor, s: Tensor, V: Tensor, tol: float) -> Tensor:
+    """O = Tail + sigma_tail U_k V_k^T of M (..., m, n), given its top-k triplets (U (..., m, k), s (..., k),
+    V (..., n, k)) with U diag(s) V^T = U U^T M, all in M's dtype.
+
+    A tail with ||Tail||_F <= tol ||M||_F is empty: then O = s_hat U_r V_r^T over the r triplets with
+    s_i > tol ||M||_F, s_hat their RMS (see the module docstring); O = 0 for M = 0.
+    """
+    m, n = M.shape[-2:]
+    k = s.shape[-1]
+    spike = s[..., :, None] * V.mT  # (..., k, n)
+    tail = torch.addmm(M, U, spike, alpha=-1) if M.dim() == 2 else M - U @ spike
+    floor = tol * torch.linalg.vector_norm(M, dim=(-2, -1))
+    tail_norm = torch.linalg.vector_norm(tail, dim=(-2, -1))
+    empty = tail_norm <= floor
+    sigma_tail = torch.where(empty, 0.0, tail_norm / math.sqrt(min(m, n) - k))
+    kept = s > floor[..., None]
+    s_hat = ((s.square() * kept).sum(-1) / kept.sum(-1).clamp_min(1)).sqrt()
+    scale = torch.where(empty[..., None], s_hat[..., None] * kept, sigma_tail[..., None])  # (..., k)
+    tail.masked_fill_(empty[..., None, None], 0.0)
+    shaped = scale[..., :, None] * V.mT
+    return tail.addmm_(U, shaped) if M.dim() == 2 else tail.add_(U @ shaped)
 
 
 def _exact_top(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,8 +146,8 @@ class SpikeAware(SpectralOptimizer):
             eigendecomposition; see :func:`block_power_iteration`). False is the quoted Algorithm 1 as is.
         update_scale: the 0.2 in 0.2 lr O / RMS(O). eps: added to RMS(O).
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
-        exact_svd: take the top-k triplets from a full SVD (float32) instead of the power iteration: for
-            tests and small models only.
+        exact_svd: take the top-k triplets from a full SVD (float32; float64 for float64 parameters) instead of
+            the power iteration: for tests and small models only.
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) "spike/energy_fraction/<name>"
             = ||U_k s_k V_k^T||_F^2 / ||M||_F^2, the spike's share of the momentum energy (mean over stacked
             matrices).
@@ -159,35 +195,34 @@ class SpikeAware(SpectralOptimizer):
                 continue
             state = self.state[p]
             m, n = p.shape[-2:]
-            k, q = spike_rank(p.shape, group["rank_fraction"]), min(m, n)
+            k = spike_rank(p.shape, group["rank_fraction"])
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
+            compute = torch.promote_types(p.dtype, torch.float32)
+            M = buf.to(compute)
             if group["exact_svd"]:
-                U, s, V = _exact_top(buf.float(), k)
+                U, s, V = _exact_top(M, k)
             else:
                 cold = "spike_v" not in state
                 if cold:
                     gen = torch.Generator(device=p.device).manual_seed(0)
-                    state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen)
+                    state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen,
+                                                   dtype=compute)
                 iters = group["cold_power_iters"] if cold else group["power_iters"]
-                U, s, V = block_power_iteration(buf, state["spike_v"].float(), iters, group["rayleigh_ritz"])
+                U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V
-            energy = torch.linalg.vector_norm(buf, dim=(-2, -1), dtype=torch.float32).square()
-            spike_energy = s.square().sum(-1)
-            sigma_tail = ((energy - spike_energy).clamp_min(0) / (q - k)).sqrt()
-            rms = sigma_tail * math.sqrt(q / (m * n))
+            tol = torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
+            O = spike_shaped(M, U.to(compute), s.to(compute), V.to(compute), tol)
+            rms = torch.linalg.vector_norm(O, dim=(-2, -1)) / math.sqrt(m * n)
             c = group["update_scale"] * lr / (rms + group["eps"])  # (...,): the step is -c O
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            p.addcmul_(buf, c[..., None, None].to(p.dtype), value=-1.0)
-            shrink = (-c[..., None] * (sigma_tail[..., None] - s))[..., :, None] * V.mT  # (..., k, n)
-            if p.dim() == 2:
-                p.addmm_(U.to(p.dtype), shrink.to(p.dtype))
-            else:
-                p.add_((U @ shrink).to(p.dtype))
+            p.add_(O.mul_(-c[..., None, None]).to(p.dtype))
             if self.track_stats:
+                energy = torch.linalg.vector_norm(M, dim=(-2, -1)).square()
+                spike_energy = s.to(compute).square().sum(-1)
                 self._statistics[f"spike/energy_fraction/{name}"] = (spike_energy / energy.clamp_min(_TINY)).mean()
 
     def state_bytes(self) -> dict[str, int]:
