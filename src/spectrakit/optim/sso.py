@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import msign, top_singular
+from ._matrices import check_flatten, conv_weight_ids, describe, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
 from .base import SpectralOptimizer
 from .momentum import ema_momentum
@@ -64,7 +65,7 @@ class _Segment:
 class _Piece:
     """One parameter's run of equal blocks, as the optimizer stacks it with others of the same shape."""
 
-    p: Tensor
+    p: Tensor  # the parameter as the rule sees it (its flattened matrix for a conv kernel)
     state: dict[str, Any]
     seg: _Segment
     index: slice  # the run's block indices in the parameter's solver state
@@ -239,30 +240,33 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *
 # ----------------------------------------------------------------------------------------- initialization
 @torch.no_grad()
 def spectral_init_(params: nn.Module | Iterable[Tensor], radius_scale: float = 1.0, *,
-                   split_sizes: Sequence[int] | None = None, heads: int | None = None) -> None:
+                   split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                   flatten: bool | None = None) -> None:
     """Spectral muP initialization W <- R W / ||W||_2, R = radius_scale sqrt(d_out / d_in), in place.
 
     ``params``: a model (its hidden matrices, routed as SSO routes them: embeddings, the output head and
     vectors are left alone) or an iterable of tensors (every tensor with >= 2 dims). Each atomic block
-    (``split_sizes``/``heads`` as in :class:`SSO`; leading dims are stacked matrices) is put on its own sphere.
-    The norm is exact (an SVD in float32), as befits a one-off initialization.
+    (``split_sizes``/``heads``/``flatten`` as in :class:`SSO`: conv kernels are flattened to (out, in * kernel),
+    other leading dims are stacked matrices) is put on its own sphere. The norm is exact (an SVD in float32),
+    as befits a one-off initialization.
     """
     check_positive(radius_scale, "radius_scale")
     _check_split_options(split_sizes, heads)
+    check_flatten(flatten)
     if isinstance(params, nn.Module):
-        tensors = _hidden_matrices(params)
+        probe = MuonSphere(params, lr=0.0, flatten=flatten)
+        tensors = [(p, flattens(p, group["flatten"])) for group in probe.param_groups if group["rule"] == SPECTRAL
+                   for p in group["params"]]
     else:
-        tensors = [p for p in params if isinstance(p, Tensor) and p.dim() >= 2]
-    for p in tensors:
-        for seg in atomic_segments(p.shape[-2], split_sizes, heads):
-            block = seg.view(p)
+        tensors = [(p, flattens(p, flatten)) for p in params if isinstance(p, Tensor) and p.dim() >= 2]
+    for p, flat in tensors:
+        W = matrix_view(p, flat)
+        for seg in atomic_segments(W.shape[-2], split_sizes, heads):
+            block = seg.view(W)
             sigma = torch.linalg.matrix_norm(block.float(), ord=2).clamp_min(_TINY)
-            block.mul_((radius(seg.rows, p.shape[-1], radius_scale) / sigma)[..., None, None].to(p.dtype))
-
-
-def _hidden_matrices(model: nn.Module) -> list[Tensor]:
-    probe = MuonSphere(model, lr=0.0)
-    return [p for group in probe.param_groups if group["rule"] == SPECTRAL for p in group["params"]]
+            block.mul_((radius(seg.rows, W.shape[-1], radius_scale) / sigma)[..., None, None].to(p.dtype))
+        if W.data_ptr() != p.data_ptr():
+            p.copy_(W.view(p.shape))
 
 
 # ------------------------------------------------------------------------------------------ optimizers
@@ -292,6 +296,7 @@ def _check_settings(settings: dict[str, Any]) -> None:
     if settings.get("msign_dtype", torch.float32) not in _MSIGN_DTYPES:
         raise ValueError(f"msign_dtype must be a floating torch dtype, got {settings['msign_dtype']!r}")
     _check_split_options(settings.get("split_sizes"), settings.get("heads"))
+    check_flatten(settings.get("flatten"))
 
 
 class SSO(SpectralOptimizer):
@@ -299,8 +304,10 @@ class SSO(SpectralOptimizer):
 
     Hidden matrices take the rule in this module's docstring; embeddings, the output head and vectors go to
     the internal AdamW rule (wd 0.1, betas (0.9, 0.95)) unless routed otherwise (see ``SpectralOptimizer``).
-    Parameters with more than 2 dims are stacks of matrices (e.g. MoE experts (E, d_out, d_in)): each
-    trailing matrix is its own sphere.
+    A convolution kernel (out, in, *kernel) is one (out, in * prod(kernel)) matrix on one sphere (as in Muon
+    implementations); other parameters with more than 2 dims are stacks of matrices (e.g. MoE experts
+    (E, d_out, d_in)): each trailing matrix is its own sphere. ``flatten`` decides which is which (see
+    ``spectrakit.optim._matrices``), and the routing report says for each such parameter.
 
     Args:
         params: a model, tensors, (name, tensor) pairs or param groups. A group may set ``split_sizes``
@@ -334,6 +341,9 @@ class SSO(SpectralOptimizer):
             per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per run of
             equal blocks), blocks that fell back to lambda = 0 ("sso/fallbacks") and the largest |<Theta, Phi>|
             ("sso/max_abs_h", the tangency achieved).
+        flatten: None (default): conv kernels (tensors with >= 4 dims, and the 3-D weights of a model's
+            ``nn.Conv1d`` modules) are flattened, other tensors with 3 dims are stacks; True: every parameter
+            with more than 2 dims is flattened to (shape[0], rest); False: none is.
         adamw_lr: learning rate of the AdamW groups (3e-4 by default, as for Muon: ``lr`` is a spectral step
             length, far too large for AdamW; None = the group's lr).
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
@@ -356,7 +366,7 @@ class SSO(SpectralOptimizer):
                  solver_bracket_steps: int = 10, solver_sync: bool = True, batch: int = 64, power_iters: int = 10,
                  power_rank: int = 4, cold_power_iters: int = 50, msign_steps: int = 8,
                  msign_dtype: torch.dtype = torch.float32, track_stats: bool = False,
-                 split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                 split_sizes: Sequence[int] | None = None, heads: int | None = None, flatten: bool | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
@@ -366,25 +376,56 @@ class SSO(SpectralOptimizer):
                     "solver_tol": solver_tol, "solver_max_iter": solver_max_iter,
                     "solver_bracket_steps": solver_bracket_steps, "solver_sync": bool(solver_sync), "batch": batch,
                     "power_iters": power_iters, "power_rank": power_rank, "cold_power_iters": cold_power_iters,
-                    "msign_steps": msign_steps, "msign_dtype": msign_dtype, "split_sizes": split_sizes, "heads": heads}
+                    "msign_steps": msign_steps, "msign_dtype": msign_dtype, "split_sizes": split_sizes, "heads": heads,
+                    "flatten": flatten}
         _check_settings(defaults)
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
         self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
+        self._conv1d_ids = conv_weight_ids(params)  # 3-D kernels are told from expert stacks by their module
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite)
+        self._conv1d_ids = frozenset()  # only the model's own parameters: ids of later tensors mean nothing
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
+        """Add a group; it may override any constructor setting of the rule (same checks, by key). The routing
+        report notes how each parameter with more than 2 dims is seen (one flattened matrix or a stack)."""
         _check_settings(param_group)
-        super().add_param_group(param_group)
+        for part in self._conv1d_apart(param_group):
+            first_group, first_route = len(self.param_groups), len(self._routes)
+            super().add_param_group(part)
+            notes = {name: describe(p, flattens(p, group["flatten"])) for group in self.param_groups[first_group:]
+                     if group["rule"] == SPECTRAL for name, p in zip(group["param_names"], group["params"])
+                     if p.dim() > 2}
+            self._routes[first_route:] = [replace(r, reason=r.reason + notes[r.name])
+                                          if r.rule == SPECTRAL and r.name in notes else r
+                                          for r in self._routes[first_route:]]
         for group, name, p in self._spectral_matrices():
-            atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
+            W = matrix_view(p, flattens(p, group["flatten"]))
+            atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
+
+    def _conv1d_apart(self, param_group: dict[str, Any]) -> list[dict[str, Any]]:
+        """The group, with the model's 3-D conv kernels (when ``flatten`` is None) moved to a group of their own
+        with ``flatten=True`` (tensor shapes alone cannot tell them from stacks of matrices)."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)  # (an iterator is read once)
+        is_conv1d = [id(t) in self._conv1d_ids and t.dim() == 3
+                     for t in (item[1] if isinstance(item, tuple) else item for item in params)]
+        if not any(is_conv1d) or param_group.get("flatten", self.defaults["flatten"]) is not None:
+            return [{**param_group, "params": params}]
+        if "param_names" in param_group:
+            params = list(zip(param_group["param_names"], params))
+        base = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
+        rest = [item for item, conv in zip(params, is_conv1d) if not conv]
+        convs = [item for item, conv in zip(params, is_conv1d) if conv]
+        return [{**base, "params": rest}] * bool(rest) + [{**base, "params": convs, "flatten": True}]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for state in self.state.values():  # torch casts state to the parameter's dtype; the solver's is float32
+            if not isinstance(state, dict):  # torch allows entries other than per-parameter dicts
+                continue
             for key in ("power_v", "lambda", "sigma"):
                 if key in state:
                     state[key] = state[key].float()
@@ -404,29 +445,34 @@ class SSO(SpectralOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         buckets: dict[tuple, list[_Piece]] = {}
         updated = []
+        copies = []  # (parameter, its matrix) where the matrix is a copy (a kernel whose layout has no flat view)
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
             state = self.state[p]
-            segments = atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             direction = ema_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
             if wd != 0:
                 p.mul_(1 - lr * wd)
+            flat = flattens(p, group["flatten"])
+            W, direction = matrix_view(p, flat), matrix_view(direction, flat)
+            if W.data_ptr() != p.data_ptr():
+                copies.append((p, W))
+            segments = atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
             cold = "power_v" not in state
             if cold:
                 blocks = sum(seg.count for seg in segments)
-                rank = min(group["power_rank"], p.shape[-1], *(seg.rows for seg in segments))
-                state["power_v"] = torch.randn((*p.shape[:-2], blocks, p.shape[-1], rank), device=p.device,
+                rank = min(group["power_rank"], W.shape[-1], *(seg.rows for seg in segments))
+                state["power_v"] = torch.randn((*W.shape[:-2], blocks, W.shape[-1], rank), device=p.device,
                                                generator=torch.Generator(p.device).manual_seed(0))
-                state["lambda"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
-                state["sigma"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
+                state["lambda"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
+                state["sigma"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
             first = 0
             for seg in segments:
-                piece = _Piece(p, state, seg, slice(first, first + seg.count), direction)
+                piece = _Piece(W, state, seg, slice(first, first + seg.count), direction)
                 first += seg.count
-                key = (seg.rows, p.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
+                key = (seg.rows, W.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
                 buckets.setdefault(key, []).append(piece)
             updated.append((name, state))
         for (rows, cols, _, _, _, cold), pieces in buckets.items():
@@ -437,6 +483,8 @@ class SSO(SpectralOptimizer):
                     chunk = []
                 chunk.append(piece)
             self._solve_chunk(chunk, group, radius(rows, cols, group["radius_scale"]), cold)
+        for p, W in copies:
+            p.copy_(W.view(p.shape))
         if self.track_stats:
             for name, state in updated:
                 self._statistics[f"sso/sigma/{name}"] = state["sigma"].mean()
