@@ -12,7 +12,14 @@ never does, None (the default) flattens conv kernels: tensors with 4 or more dim
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
 from torch import Tensor, nn
+
+from .routing import SPECTRAL
 
 
 def conv_weight_ids(model: object) -> frozenset[int]:
@@ -45,3 +52,46 @@ def describe(p: Tensor, flat: bool) -> str:
     if flat:
         return f"; seen as one {p.shape[0]} x {p[0].numel()} matrix (flatten)"
     return f"; a stack of {p.shape[:-2].numel()} {p.shape[-2]} x {p.shape[-1]} matrices, each on its own"
+
+
+class MatrixViews:
+    """Mixin for a ``SpectralOptimizer`` with a matrix rule and a ``flatten`` default: a model's 3-D conv
+    kernels go to groups of their own with ``flatten=True`` (shapes alone cannot tell them from stacks), and
+    the routing report notes how each spectral parameter with more than 2 dims is seen."""
+
+    _conv1d_ids: frozenset[int] = frozenset()
+
+    @contextmanager
+    def _conv_kernels_of(self, params: object) -> Iterator[None]:
+        """Recognise the kernels of ``params`` (a model) while the constructor adds its groups; ids of tensors
+        added later mean nothing, so the set is dropped afterwards."""
+        self._conv1d_ids = conv_weight_ids(params)
+        try:
+            yield
+        finally:
+            del self._conv1d_ids
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for part in self._conv1d_apart(param_group):
+            first_group, first_route = len(self.param_groups), len(self._routes)
+            super().add_param_group(part)  # type: ignore[misc]
+            notes = {name: describe(p, flattens(p, group["flatten"])) for group in self.param_groups[first_group:]
+                     if group["rule"] == SPECTRAL for name, p in zip(group["param_names"], group["params"])
+                     if p.dim() > 2}
+            self._routes[first_route:] = [replace(r, reason=r.reason + notes[r.name])
+                                          if r.rule == SPECTRAL and r.name in notes else r
+                                          for r in self._routes[first_route:]]
+
+    def _conv1d_apart(self, param_group: dict[str, Any]) -> list[dict[str, Any]]:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)  # (an iterator is read once)
+        is_conv1d = [id(t) in self._conv1d_ids and t.dim() == 3
+                     for t in (item[1] if isinstance(item, tuple) else item for item in params)]
+        if not any(is_conv1d) or param_group.get("flatten", self.defaults["flatten"]) is not None:
+            return [{**param_group, "params": params}]
+        if "param_names" in param_group:
+            params = list(zip(param_group["param_names"], params))
+        base = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
+        rest = [item for item, conv in zip(params, is_conv1d) if not conv]
+        convs = [item for item, conv in zip(params, is_conv1d) if conv]
+        return [{**base, "params": rest}] * bool(rest) + [{**base, "params": convs, "flatten": True}]

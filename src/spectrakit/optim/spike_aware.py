@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_positive, check_unit_interval
 from .base import SpectralOptimizer
 
@@ -124,12 +125,14 @@ def _check_settings(settings: dict[str, Any]) -> None:
     for key in ("rayleigh_ritz", "exact_svd"):
         if not isinstance(settings.get(key, False), bool):
             raise ValueError(f"{key} must be a bool, got {settings[key]!r}")
+    check_flatten(settings.get("flatten"))
 
 
-class SpikeAware(SpectralOptimizer):
+class SpikeAware(MatrixViews, SpectralOptimizer):
     """The spike-aware optimizer (Huang et al. 2026, arXiv 2602.11185); the rule is in this module's docstring.
 
-    Hidden matrices (leading dims of >2-D tensors are stacks of matrices) take the spike-aware rule;
+    Hidden matrices take the spike-aware rule (a conv kernel (out, in, *kernel) as one (out, in * kernel)
+    matrix, other leading dims of >2-D tensors as stacks of matrices: ``flatten`` as in :class:`SSO`);
     embeddings, the output head and vectors go to the internal AdamW rule (wd 0.1, betas (0.9, 0.95)) unless
     routed otherwise (see ``SpectralOptimizer``).
 
@@ -148,6 +151,7 @@ class SpikeAware(SpectralOptimizer):
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
         exact_svd: take the top-k triplets from a full SVD (float32; float64 for float64 parameters) instead of
             the power iteration: for tests and small models only.
+        flatten: None (conv kernels flattened), True or False: see :class:`SSO`.
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) "spike/energy_fraction/<name>"
             = ||U_k s_k V_k^T||_F^2 / ||M||_F^2, the spike's share of the momentum energy (mean over stacked
             matrices).
@@ -157,26 +161,28 @@ class SpikeAware(SpectralOptimizer):
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.95, rank_fraction: float = 0.015,
                  power_iters: int = 1, *, cold_power_iters: int = 4, rayleigh_ritz: bool = True,
                  update_scale: float = 0.2, eps: float = 1e-8, weight_decay: float = 0.1, exact_svd: bool = False,
-                 track_stats: bool = False,
+                 flatten: bool | None = None, track_stats: bool = False,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
         defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "power_iters": power_iters,
                     "cold_power_iters": cold_power_iters, "rayleigh_ritz": bool(rayleigh_ritz),
                     "update_scale": update_scale, "eps": eps, "weight_decay": weight_decay,
-                    "exact_svd": bool(exact_svd)}
+                    "exact_svd": bool(exact_svd), "flatten": flatten}
         _check_settings(defaults)
         self.track_stats = bool(track_stats)
-        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
-                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
+        with self._conv_kernels_of(params):
+            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
+                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
         _check_settings(param_group)
         super().add_param_group(param_group)
         for group, name, p in self._spectral_matrices():
-            k, q = spike_rank(p.shape, group["rank_fraction"]), min(p.shape[-2:])
+            shape = matrix_view(p, flattens(p, group["flatten"])).shape
+            k, q = spike_rank(shape, group["rank_fraction"]), min(shape[-2:])
             if k >= q:
                 raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
                                  f"parameter {name} of shape {tuple(p.shape)}, but k must be < min(m, n) = {q}; "
@@ -194,35 +200,36 @@ class SpikeAware(SpectralOptimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
-            m, n = p.shape[-2:]
-            k = spike_rank(p.shape, group["rank_fraction"])
+            flat = flattens(p, group["flatten"])
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
             compute = torch.promote_types(p.dtype, torch.float32)
-            M = buf.to(compute)
+            M = matrix_view(buf.to(compute), flat)
+            m, n = M.shape[-2:]
+            k = spike_rank(M.shape, group["rank_fraction"])
             if group["exact_svd"]:
                 U, s, V = _exact_top(M, k)
             else:
                 cold = "spike_v" not in state
                 if cold:
                     gen = torch.Generator(device=p.device).manual_seed(0)
-                    state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen,
+                    state["spike_v"] = torch.randn((*M.shape[:-2], n, k), device=p.device, generator=gen,
                                                    dtype=compute)
                 iters = group["cold_power_iters"] if cold else group["power_iters"]
                 U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V
             tol = torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
-            O = spike_shaped(M, U.to(compute), s.to(compute), V.to(compute), tol)
+            O = spike_shaped(M, U, s, V, tol)
             rms = torch.linalg.vector_norm(O, dim=(-2, -1)) / math.sqrt(m * n)
             c = group["update_scale"] * lr / (rms + group["eps"])  # (...,): the step is -c O
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            p.add_(O.mul_(-c[..., None, None]).to(p.dtype))
+            p.add_(O.mul_(-c[..., None, None]).to(p.dtype).view(p.shape))
             if self.track_stats:
                 energy = torch.linalg.vector_norm(M, dim=(-2, -1)).square()
-                spike_energy = s.to(compute).square().sum(-1)
+                spike_energy = s.square().sum(-1)
                 self._statistics[f"spike/energy_fraction/{name}"] = (spike_energy / energy.clamp_min(_TINY)).mean()
 
     def state_bytes(self) -> dict[str, int]:

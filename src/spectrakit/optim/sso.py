@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import msign, top_singular
-from ._matrices import check_flatten, conv_weight_ids, describe, flattens, matrix_view
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
 from .base import SpectralOptimizer
 from .momentum import ema_momentum
@@ -299,7 +299,7 @@ def _check_settings(settings: dict[str, Any]) -> None:
     check_flatten(settings.get("flatten"))
 
 
-class SSO(SpectralOptimizer):
+class SSO(MatrixViews, SpectralOptimizer):
     """Spectral Sphere Optimizer (Xie et al. 2026, arXiv 2601.08393): steepest descent on ||W||_2 = R.
 
     Hidden matrices take the rule in this module's docstring; embeddings, the output head and vectors go to
@@ -382,44 +382,18 @@ class SSO(SpectralOptimizer):
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
         self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
-        self._conv1d_ids = conv_weight_ids(params)  # 3-D kernels are told from expert stacks by their module
-        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
-                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
-        self._conv1d_ids = frozenset()  # only the model's own parameters: ids of later tensors mean nothing
+        with self._conv_kernels_of(params):
+            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
+                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it may override any constructor setting of the rule (same checks, by key). The routing
-        report notes how each parameter with more than 2 dims is seen (one flattened matrix or a stack)."""
+        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
         _check_settings(param_group)
-        for part in self._conv1d_apart(param_group):
-            first_group, first_route = len(self.param_groups), len(self._routes)
-            super().add_param_group(part)
-            notes = {name: describe(p, flattens(p, group["flatten"])) for group in self.param_groups[first_group:]
-                     if group["rule"] == SPECTRAL for name, p in zip(group["param_names"], group["params"])
-                     if p.dim() > 2}
-            self._routes[first_route:] = [replace(r, reason=r.reason + notes[r.name])
-                                          if r.rule == SPECTRAL and r.name in notes else r
-                                          for r in self._routes[first_route:]]
+        super().add_param_group(param_group)
         for group, name, p in self._spectral_matrices():
             W = matrix_view(p, flattens(p, group["flatten"]))
             atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
-
-    def _conv1d_apart(self, param_group: dict[str, Any]) -> list[dict[str, Any]]:
-        """The group, with the model's 3-D conv kernels (when ``flatten`` is None) moved to a group of their own
-        with ``flatten=True`` (tensor shapes alone cannot tell them from stacks of matrices)."""
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)  # (an iterator is read once)
-        is_conv1d = [id(t) in self._conv1d_ids and t.dim() == 3
-                     for t in (item[1] if isinstance(item, tuple) else item for item in params)]
-        if not any(is_conv1d) or param_group.get("flatten", self.defaults["flatten"]) is not None:
-            return [{**param_group, "params": params}]
-        if "param_names" in param_group:
-            params = list(zip(param_group["param_names"], params))
-        base = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
-        rest = [item for item, conv in zip(params, is_conv1d) if not conv]
-        convs = [item for item, conv in zip(params, is_conv1d) if conv]
-        return [{**base, "params": rest}] * bool(rest) + [{**base, "params": convs, "flatten": True}]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

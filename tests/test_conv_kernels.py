@@ -1,6 +1,6 @@
-"""SSO and MuonSphere see a convolution kernel (out, in, *kernel) as ONE (out, in * prod(kernel)) matrix on one
-sphere, never as a stack of per-tap or per-pixel matrices; the routing report says how each parameter with more
-than 2 dims is seen."""
+"""SSO, MuonSphere and SpikeAware see a convolution kernel (out, in, *kernel) as ONE (out, in * prod(kernel))
+matrix (for SSO: on one sphere), never as a stack of per-tap or per-pixel matrices; the routing report says how
+each parameter with more than 2 dims is seen."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spectrakit.optim.spike_aware import SpikeAware
 from spectrakit.optim.sso import SSO, MuonSphere, spectral_init_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,6 +48,15 @@ def test_a_conv2d_kernel_is_one_flattened_matrix_on_one_sphere(cls: type, kernel
     assert float(got.abs().amax()) < 0.9 * R  # per pixel, every entry of a 1 x 1 kernel would end at +-R
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_spike_aware_sees_a_conv2d_kernel_as_its_flattened_matrix(kernel: int) -> None:
+    torch.manual_seed(6)
+    conv = nn.Conv2d(4, 6, kernel, padding=kernel // 2, bias=False)
+    got, expected = _conv_and_flat_twin(conv, SpikeAware, rank_fraction=0.25)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert f"seen as one 6 x {4 * kernel * kernel} matrix (flatten)" in SpikeAware(conv, lr=0.05).routing_report()
+
+
 def test_a_conv1d_kernel_of_a_model_is_flattened_and_a_plain_3d_tensor_is_a_stack() -> None:
     torch.manual_seed(1)
     conv = nn.Conv1d(4, 6, 3, padding=1, bias=False)
@@ -69,14 +79,15 @@ def test_flatten_false_keeps_the_per_pixel_stack_and_says_so() -> None:
     torch.testing.assert_close(conv.weight.detach().abs(), torch.ones(6, 4, 1, 1), atol=0.05 + 1e-5, rtol=0)
 
 
-def test_a_channels_last_kernel_takes_the_same_steps() -> None:
+@pytest.mark.parametrize("cls", [SSO, SpikeAware], ids=lambda c: c.__name__)
+def test_a_channels_last_kernel_takes_the_same_steps(cls: type) -> None:
     torch.manual_seed(3)
     conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
     twin = nn.Conv2d(4, 6, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
     with torch.no_grad():
         twin.weight.copy_(conv.weight)
     assert not twin.weight.is_contiguous()
-    opts = [SSO(conv, lr=0.05), SSO(twin, lr=0.05)]
+    opts = [cls(conv, lr=0.05), cls(twin, lr=0.05)]
     g = torch.Generator().manual_seed(4)
     for _ in range(3):
         x, y = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 6, 5, 5, generator=g)
