@@ -146,6 +146,23 @@ def test_every_step_is_finite_with_the_documented_rms(kind: str, exact_svd: bool
             assert ratio == pytest.approx(1.0, abs=2e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype, cosine", [(torch.float32, 1 - 1e-6), (torch.bfloat16, 0.995)])
+def test_a_rank_one_momentum_steps_along_itself(dtype: torch.dtype, cosine: float) -> None:
+    """Rank-1 gradients sharing a right vector keep the momentum rank 1 (up to its rounding, which builds up
+    over steps in bfloat16): no tail, so O = M and the step is -0.2 lr M / RMS(M), not rounding noise."""
+    m, n = 48, 32
+    g = torch.Generator().manual_seed(7)
+    right = torch.randn(1, n, generator=g, dtype=torch.float64)
+    p = nn.Parameter(torch.zeros(m, n, dtype=dtype))
+    opt = SpikeAware([p], lr=0.01, rank_fraction=0.1, weight_decay=0.0)
+    for _ in range(40):
+        p.grad = (torch.randn(m, 1, generator=g, dtype=torch.float64) @ right).to(dtype)
+        before = p.detach().double().clone()
+        opt.step()
+        step, M = (p.detach().double() - before).flatten(), opt.state[p]["momentum_buffer"].double().flatten()
+        assert float(-step @ M / (step.norm() * M.norm())) > cosine
+
+
 def test_a_rank_one_regression_problem_trains() -> None:
     """Least squares, one sample per step (rank-1 gradients): the loss must go down, not up 10x."""
     g = torch.Generator().manual_seed(0)

@@ -14,13 +14,13 @@ tail's scale, leave the tail alone, and take an RMS-normalized step. Per matrix 
 
 Tail and O are formed explicitly (in float32, or float64 for float64 parameters) and both norms are taken
 from them: ||Tail||_F^2 = ||M||_F^2 - ||s_k||^2 would cancel to rounding noise when M has rank <= k, and
-RMS(O) = sigma_tail sqrt(q / (m n)) would then divide by that noise (steps of 10-400 000 x the documented
+RMS(O) = sigma_tail sqrt(q / (m n)) would then divide by that noise (steps of 20 to 10^6 x the documented
 RMS). Every step has RMS 0.2 lr ||O||_F / (||O||_F + eps sqrt(m n)) <= 0.2 lr.
 
-An empty tail. When ||Tail||_F <= tol ||M||_F, tol = eps(momentum dtype) + 16 eps(compute dtype) (what is
-left is the rounding of M and of the triplets, not a tail), M has rank r <= k: every direction it has is a
-spike, and there is no tail scale to shrink them to. They then share one scale, their own RMS
-s_hat = ||s_r|| / sqrt(r) over the r triplets with s_i > tol ||M||_F (the rest are rounding):
+An empty tail. When ||Tail||_F <= tol ||M||_F, tol = 2 eps(momentum dtype) + 16 eps(compute dtype) (what
+is left is the rounding of M, accumulated over steps, and of the triplets, not a tail), M has rank r <= k:
+every direction it has is a spike, and there is no tail scale to shrink them to. They then share one scale,
+their own RMS s_hat = ||s_r|| / sqrt(r) over the r triplets with s_i > tol ||M||_F (the rest are rounding):
 O = s_hat U_r V_r^T (||O||_F = ||M||_F; for r = 1, O = M). This keeps the paper's intent (spike singular
 values equalized, the step RMS-normalized), keeps "every non-zero momentum takes a step of RMS 0.2 lr" (the
 exact-arithmetic reading, O = 0, would stall a layer whose gradients have rank <= k, e.g. a batch of one),
@@ -220,7 +220,7 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
                 iters = group["cold_power_iters"] if cold else group["power_iters"]
                 U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V
-            tol = torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
+            tol = 2 * torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
             O = spike_shaped(M, U, s, V, tol)
             rms = torch.linalg.vector_norm(O, dim=(-2, -1)) / math.sqrt(m * n)
             c = group["update_scale"] * lr / (rms + group["eps"])  # (...,): the step is -c O
