@@ -131,3 +131,16 @@ def test_a_bad_group_setting_is_refused_by_key(cls: type, key: str, value: objec
     opt = cls([params[0]], **BASE[cls])
     with pytest.raises(ValueError, match=match):
         opt.add_param_group({"params": [params[1]], key: value})
+
+
+@pytest.mark.parametrize("cls, group, match", [
+    (SpikeAware, {"params": [nn.Parameter(torch.randn(1, 5))]}, "k must be < min"),
+    (SSO, {"params": [nn.Parameter(torch.randn(9, 4))], "heads": 2}, "heads"),
+    (SSO, {"params": [nn.Parameter(torch.randn(4))], "rule": "spectral"}, "needs matrices"),
+])
+def test_a_refused_group_leaves_the_optimizer_as_it_was(cls: type, group: dict, match: str) -> None:
+    opt = cls([_params()[0]], **BASE[cls])
+    groups, routes = list(opt.param_groups), opt.routing
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group(group)
+    assert opt.param_groups == groups and opt.routing == routes

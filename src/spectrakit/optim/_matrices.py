@@ -56,8 +56,9 @@ def describe(p: Tensor, flat: bool) -> str:
 
 class MatrixViews:
     """Mixin for a ``SpectralOptimizer`` with a matrix rule and a ``flatten`` default: a model's 3-D conv
-    kernels go to groups of their own with ``flatten=True`` (shapes alone cannot tell them from stacks), and
-    the routing report notes how each spectral parameter with more than 2 dims is seen."""
+    kernels go to groups of their own with ``flatten=True`` (shapes alone cannot tell them from stacks), the
+    routing report notes how each spectral parameter with more than 2 dims is seen, and every new spectral
+    matrix passes the subclass's ``_check_matrix`` (or the group is not added)."""
 
     _conv1d_ids: frozenset[int] = frozenset()
 
@@ -71,16 +72,27 @@ class MatrixViews:
         finally:
             del self._conv1d_ids
 
+    def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
+        """Raise ValueError if the rule cannot take ``W`` (a parameter as the rule sees it) with ``group``."""
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for part in self._conv1d_apart(param_group):
-            first_group, first_route = len(self.param_groups), len(self._routes)
-            super().add_param_group(part)  # type: ignore[misc]
-            notes = {name: describe(p, flattens(p, group["flatten"])) for group in self.param_groups[first_group:]
-                     if group["rule"] == SPECTRAL for name, p in zip(group["param_names"], group["params"])
-                     if p.dim() > 2}
-            self._routes[first_route:] = [replace(r, reason=r.reason + notes[r.name])
-                                          if r.rule == SPECTRAL and r.name in notes else r
-                                          for r in self._routes[first_route:]]
+        first_group, first_route = len(self.param_groups), len(self._routes)
+        try:
+            for part in self._conv1d_apart(param_group):
+                super().add_param_group(part)  # type: ignore[misc]
+            list(self._spectral_matrices())  # names a spectral parameter with fewer than 2 dims
+            new = [g for g in self.param_groups[first_group:] if g["rule"] == SPECTRAL]
+            for group in new:
+                for name, p in zip(group["param_names"], group["params"]):
+                    self._check_matrix(group, name, matrix_view(p, flattens(p, group["flatten"])))
+        except ValueError:
+            del self.param_groups[first_group:], self._routes[first_route:]
+            raise
+        notes = {name: describe(p, flattens(p, group["flatten"])) for group in new
+                 for name, p in zip(group["param_names"], group["params"]) if p.dim() > 2}
+        self._routes[first_route:] = [replace(r, reason=r.reason + notes[r.name])
+                                      if r.rule == SPECTRAL and r.name in notes else r
+                                      for r in self._routes[first_route:]]
 
     def _conv1d_apart(self, param_group: dict[str, Any]) -> list[dict[str, Any]]:
         params = param_group["params"]

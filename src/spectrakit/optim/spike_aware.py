@@ -180,13 +180,13 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
         _check_settings(param_group)
         super().add_param_group(param_group)
-        for group, name, p in self._spectral_matrices():
-            shape = matrix_view(p, flattens(p, group["flatten"])).shape
-            k, q = spike_rank(shape, group["rank_fraction"]), min(shape[-2:])
-            if k >= q:
-                raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
-                                 f"parameter {name} of shape {tuple(p.shape)}, but k must be < min(m, n) = {q}; "
-                                 "lower rank_fraction or route the parameter to AdamW")
+
+    def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
+        k, q = spike_rank(W.shape, group["rank_fraction"]), min(W.shape[-2:])
+        if k >= q:
+            raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
+                             f"parameter {name} (a {W.shape[-2]} x {W.shape[-1]} matrix), but k must be < min(m, n) "
+                             f"= {q}; lower rank_fraction or route the parameter to AdamW")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]

@@ -391,9 +391,9 @@ class SSO(MatrixViews, SpectralOptimizer):
         """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
         _check_settings(param_group)
         super().add_param_group(param_group)
-        for group, name, p in self._spectral_matrices():
-            W = matrix_view(p, flattens(p, group["flatten"]))
-            atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
+
+    def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
+        atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
