@@ -27,19 +27,49 @@ def spiky(m: int, n: int, k: int, seed: int, spike: float = 30.0) -> torch.Tenso
 
 def reference_spike_aware(W: torch.Tensor, grads: list[torch.Tensor], lr: float, mu: float, k: int,
                           wd: float) -> torch.Tensor:
-    """The rule from the equations with an exact float64 SVD, forming O explicitly."""
+    """The rule from the equations (SPEC section 5) with an exact float64 SVD, forming O explicitly. A tail
+    below 1e-5 ||M||_F (float32 rounding of a rank-r <= k gradient) is empty, and the r singular values above
+    that take their RMS (the module docstring's reading)."""
     W, M = W.double().clone(), torch.zeros_like(W, dtype=torch.float64)
     m, n = W.shape
     q = min(m, n)
     for G in grads:
         M = mu * M + G.double()
         U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        spike = (U[:, :k] * S[:k]) @ Vh[:k]
-        tail = M - spike
-        sigma_tail = math.sqrt(float(tail.square().sum()) / (q - k))
-        O = tail + sigma_tail * U[:, :k] @ Vh[:k]
+        tail = M - (U[:, :k] * S[:k]) @ Vh[:k]
+        floor = 1e-5 * float(M.norm())
+        if float(tail.norm()) > floor:
+            sigma_tail = math.sqrt(float(tail.square().sum()) / (q - k))
+            O = tail + sigma_tail * U[:, :k] @ Vh[:k]
+        else:
+            r = int((S > floor).sum())
+            O = float(S[:r].square().mean().sqrt()) * U[:, :r] @ Vh[:r] if r else torch.zeros_like(M)
         W = (1 - lr * wd) * W - 0.2 * lr * O / (O.norm() / math.sqrt(m * n) + 1e-8)
     return W
+
+
+def low_rank(m: int, n: int, r: int, seed: int) -> torch.Tensor:
+    """A rank-r matrix with a spread of singular values."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, r, generator=g) * torch.linspace(3.0, 1.0, r)) @ torch.randn(r, n, generator=g)
+
+
+def gradients(kind: str, m: int, n: int, k: int, steps: int, seed: int,
+              dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Gradients (made in float64, then rounded to ``dtype``) whose sum momentum has rank < k, = k, k plus a
+    tiny or a small tail, or full rank."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    if kind == "zero":
+        return [torch.zeros(m, n, dtype=dtype) for _ in range(steps)]
+    if kind == "full":
+        return [(spiky(m, n, k, seed).double() + 0.1 * torch.randn(m, n, generator=g, dtype=f64)).to(dtype)
+                for _ in range(steps)]
+    rank = {"rank<k": k - 1, "rank=k": k, "rank=k+tiny": k, "rank=k+small": k}[kind]
+    L, R = torch.randn(m, rank, generator=g, dtype=f64), torch.randn(rank, n, generator=g, dtype=f64)
+    noise = {"rank=k+tiny": 1e-6, "rank=k+small": 1e-2}.get(kind, 0.0)  # one fixed rank-r subspace, plus noise
+    return [((L * torch.rand(rank, generator=g, dtype=f64)) @ R + noise * torch.randn(m, n, generator=g, dtype=f64))
+            .to(dtype) for _ in range(steps)]
 
 
 @settings(max_examples=8, deadline=None)
@@ -62,13 +92,12 @@ def test_with_exact_svd_the_spike_is_shrunk_to_the_tail_scale_and_the_tail_is_un
     assert float(D.square().mean().sqrt()) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["full", "rank<k", "rank=k", "rank=k+small"])
 @pytest.mark.parametrize("exact_svd, atol", [(True, 1e-5), (False, 1e-3)])
-def test_matches_the_reference_from_the_equations(exact_svd: bool, atol: float) -> None:
-    m, n, k = 40, 24, 2
+def test_matches_the_reference_from_the_equations(kind: str, exact_svd: bool, atol: float) -> None:
+    m, n, k = 40, 24, 3
     W0 = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
-    base = spiky(m, n, k, 1)
-    g = torch.Generator().manual_seed(2)
-    grads = [base + 0.1 * torch.randn(m, n, generator=g) for _ in range(5)]
+    grads = gradients(kind, m, n, k, 5, 1)
     p = nn.Parameter(W0.clone())
     opt = SpikeAware([p], lr=0.05, momentum=0.9, rank_fraction=k / n, weight_decay=0.1, exact_svd=exact_svd,
                      power_iters=2)
@@ -77,6 +106,77 @@ def test_matches_the_reference_from_the_equations(exact_svd: bool, atol: float) 
         opt.step()
     expected = reference_spike_aware(W0, grads, lr=0.05, mu=0.9, k=k, wd=0.1)
     torch.testing.assert_close(p.detach().double(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("exact_svd, atol", [(True, 1e-12), (False, 1e-6)])
+def test_float64_parameters_are_computed_in_float64(exact_svd: bool, atol: float) -> None:
+    m, n, k = 40, 24, 2
+    W0 = torch.randn(m, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads = gradients("full", m, n, k, 4, 3, torch.float64)
+    p = nn.Parameter(W0.clone())
+    opt = SpikeAware([p], lr=0.05, momentum=0.9, rank_fraction=k / n, weight_decay=0.1, exact_svd=exact_svd,
+                     power_iters=3)
+    for G in grads:
+        p.grad = G.clone()
+        opt.step()
+    assert all(t.dtype == torch.float64 for t in opt.state[p].values())
+    torch.testing.assert_close(p.detach(), reference_spike_aware(W0, grads, 0.05, 0.9, k, 0.1), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("exact_svd", [False, True])
+@pytest.mark.parametrize("kind", ["zero", "rank<k", "rank=k", "rank=k+tiny", "rank=k+small", "full"])
+def test_every_step_is_finite_with_the_documented_rms(kind: str, exact_svd: bool, dtype: torch.dtype) -> None:
+    """RMS(step) = 0.2 lr RMS(O) / (RMS(O) + eps) for every momentum: 0.2 lr for a non-zero one (eps = 1e-20
+    here, so that a tiny tail is not damped by it; within the rounding of the parameter's dtype), 0 for a zero
+    one. An empty or noise-level tail must not blow the step up."""
+    m, n, k, lr = 24, 16, 2, 0.01
+    p = nn.Parameter(torch.zeros(m, n, dtype=dtype))
+    opt = SpikeAware([p], lr=lr, rank_fraction=k / n, weight_decay=0.0, exact_svd=exact_svd, eps=1e-20)
+    for G in gradients(kind, m, n, k, 4, 5, dtype):
+        before = p.detach().double().clone()
+        p.grad = G
+        opt.step()
+        step = p.detach().double() - before
+        assert bool(torch.isfinite(step).all())
+        ratio = float(step.square().mean().sqrt()) / (0.2 * lr)
+        if kind == "zero":
+            assert ratio == 0.0
+        else:
+            assert ratio == pytest.approx(1.0, abs=2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype, cosine", [(torch.float32, 1 - 1e-6), (torch.bfloat16, 0.995)])
+def test_a_rank_one_momentum_steps_along_itself(dtype: torch.dtype, cosine: float) -> None:
+    """Rank-1 gradients sharing a right vector keep the momentum rank 1 (up to its rounding, which builds up
+    over steps in bfloat16): no tail, so O = M and the step is -0.2 lr M / RMS(M), not rounding noise."""
+    m, n = 48, 32
+    g = torch.Generator().manual_seed(7)
+    right = torch.randn(1, n, generator=g, dtype=torch.float64)
+    p = nn.Parameter(torch.zeros(m, n, dtype=dtype))
+    opt = SpikeAware([p], lr=0.01, rank_fraction=0.1, weight_decay=0.0)
+    for _ in range(40):
+        p.grad = (torch.randn(m, 1, generator=g, dtype=torch.float64) @ right).to(dtype)
+        before = p.detach().double().clone()
+        opt.step()
+        step, M = (p.detach().double() - before).flatten(), opt.state[p]["momentum_buffer"].double().flatten()
+        assert float(-step @ M / (step.norm() * M.norm())) > cosine
+
+
+def test_a_rank_one_regression_problem_trains() -> None:
+    """Least squares, one sample per step (rank-1 gradients): the loss must go down, not up 10x."""
+    g = torch.Generator().manual_seed(0)
+    W_true, X = torch.randn(24, 16, generator=g), torch.randn(256, 16, generator=g)
+    Y = X @ W_true.T
+    W = nn.Parameter(torch.zeros(24, 16))
+    opt = SpikeAware([W], lr=0.05, rank_fraction=0.2, weight_decay=0.0, exact_svd=True)
+    for _ in range(40):
+        i = torch.randint(0, 256, (1,), generator=g)
+        opt.zero_grad()
+        ((X[i] @ W.T - Y[i]) ** 2).sum(1).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(((X @ W.T - Y) ** 2).sum(1).mean()) < 0.6 * float((Y ** 2).sum(1).mean())
 
 
 def test_warm_started_power_iteration_tracks_the_top_k_subspace_of_a_drifting_matrix() -> None:

@@ -453,6 +453,20 @@ def test_bfloat16_parameters_train_and_resume_with_float32_solver_state() -> Non
     assert p.dtype == torch.bfloat16 and float(spectral(p.float())) == pytest.approx(math.sqrt(12 / 8), rel=0.03)
 
 
+def test_loading_tolerates_state_entries_that_are_not_per_parameter_dicts() -> None:
+    """torch allows other entries in ``state`` (here a load post-hook stores a flag); loading must not assume
+    every entry is a parameter's dict, and still gives the solver its float32 state."""
+    p = nn.Parameter(matrix_with_gap(12, 8, 20).bfloat16())
+    opt = SSO([p], lr=0.02)
+    p.grad = torch.randn(12, 8, generator=torch.Generator().manual_seed(21)).bfloat16()
+    opt.step()
+    resumed = SSO([p], lr=0.02)
+    resumed.register_load_state_dict_post_hook(lambda o: o.state.__setitem__("loaded", True))
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert resumed.state["loaded"] is True
+    assert all(resumed.state[p][key].dtype == torch.float32 for key in ("power_v", "lambda", "sigma"))
+
+
 def test_same_shape_blocks_of_different_parameters_are_solved_together() -> None:
     g = torch.Generator().manual_seed(19)
     shapes = [(6, 10), (6, 10), (12, 10), (2, 6, 10)]  # the (12, 10) matrix is split into two 6 x 10 heads

@@ -7,17 +7,29 @@ tail's scale, leave the tail alone, and take an RMS-normalized step. Per matrix 
 
     M <- mu M + G                                         (sum momentum, mu = 0.95)
     (U_k, s_k, V_k) = top-k triplets of M                 (k = max(1, round(rank_fraction q)))
-    sigma_tail = sqrt((||M||_F^2 - ||s_k||^2) / (q - k))  (RMS of the tail singular values)
-    O = M + U_k diag(sigma_tail - s_k) V_k^T              (= Tail + sigma_tail U_k V_k^T)
+    Tail = M - U_k diag(s_k) V_k^T
+    sigma_tail = ||Tail||_F / sqrt(q - k)                 (RMS of the tail singular values)
+    O = Tail + sigma_tail U_k V_k^T                       (spike singular values replaced by the tail scale)
     W <- (1 - lr wd) W - 0.2 lr O / (RMS(O) + eps),       RMS(O) = ||O||_F / sqrt(m n)
+
+Tail and O are formed explicitly (in float32, or float64 for float64 parameters) and both norms are taken
+from them: ||Tail||_F^2 = ||M||_F^2 - ||s_k||^2 would cancel to rounding noise when M has rank <= k, and
+RMS(O) = sigma_tail sqrt(q / (m n)) would then divide by that noise (steps of 20 to 10^6 x the documented
+RMS). Every step has RMS 0.2 lr ||O||_F / (||O||_F + eps sqrt(m n)) <= 0.2 lr.
+
+An empty tail. When ||Tail||_F <= tol ||M||_F, tol = 2 eps(momentum dtype) + 16 eps(compute dtype) (what
+is left is the rounding of M, accumulated over steps, and of the triplets, not a tail), M has rank r <= k:
+every direction it has is a spike, and there is no tail scale to shrink them to. They then share one scale,
+their own RMS s_hat = ||s_r|| / sqrt(r) over the r triplets with s_i > tol ||M||_F (the rest are rounding):
+O = s_hat U_r V_r^T (||O||_F = ||M||_F; for r = 1, O = M). This keeps the paper's intent (spike singular
+values equalized, the step RMS-normalized), keeps "every non-zero momentum takes a step of RMS 0.2 lr" (the
+exact-arithmetic reading, O = 0, would stall a layer whose gradients have rank <= k, e.g. a batch of one),
+and a zero momentum still takes a zero step.
 
 The block power iteration (T steps, warm-started from the cached V_k; the first step starts from a Gaussian
 block, a randomized range finder) is  P = M V;  U = QR(P);  W = M^T U;  s = column norms of W;  V = W / s.
 By default a Rayleigh-Ritz rotation within the block (a k x k eigendecomposition) then makes (U, s, V) the
-exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M exactly, so Tail = (I - U U^T) M is
-orthogonal to the spike part and ||O||_F^2 = (q - k) sigma_tail^2 + k sigma_tail^2 = q sigma_tail^2:
-RMS(O) = sigma_tail sqrt(q / (m n)) needs no extra pass, and O is never formed: the step is W -= c M, then
-W -= U (c diag(sigma_tail - s) V^T).
+exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M, so Tail = (I - U U^T) M.
 
 State per matrix: the momentum and V (n x k), (1 + k/m)/2 of AdamW's two moments: about 0.51x for k/m = 1.5%.
 """
@@ -31,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_positive, check_unit_interval
 from .base import SpectralOptimizer
 
@@ -53,9 +66,10 @@ def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool 
     s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
     of the k x k matrix W^T W (= U^T M M^T U) so that (U, s, V) are the exact singular triplets of U U^T M.
     """
-    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in float32
-        U = torch.linalg.qr((M @ V.to(M.dtype)).float()).Q
-        W = (M.mT @ U.to(M.dtype)).float()
+    dtype = torch.promote_types(M.dtype, torch.float32)
+    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in >= float32
+        U = torch.linalg.qr((M @ V.to(M.dtype)).to(dtype)).Q
+        W = (M.mT @ U.to(M.dtype)).to(dtype)
         if rayleigh_ritz:
             _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
             Z = Z.flip(-1).to(W.dtype)
@@ -65,20 +79,67 @@ def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool 
     return U, s, V
 
 
+def spike_shaped(M: Tensor, U: Tensor, s: Tensor, V: Tensor, tol: float) -> Tensor:
+    """O = Tail + sigma_tail U_k V_k^T of M (..., m, n), given its top-k triplets (U (..., m, k), s (..., k),
+    V (..., n, k)) with U diag(s) V^T = U U^T M, all in M's dtype.
+
+    A tail with ||Tail||_F <= tol ||M||_F is empty: then O = s_hat U_r V_r^T over the r triplets with
+    s_i > tol ||M||_F, s_hat their RMS (see the module docstring); O = 0 for M = 0.
+    """
+    m, n = M.shape[-2:]
+    k = s.shape[-1]
+    spike = s[..., :, None] * V.mT  # (..., k, n)
+    tail = torch.addmm(M, U, spike, alpha=-1) if M.dim() == 2 else M - U @ spike
+    floor = tol * torch.linalg.vector_norm(M, dim=(-2, -1))
+    tail_norm = torch.linalg.vector_norm(tail, dim=(-2, -1))
+    empty = tail_norm <= floor
+    sigma_tail = torch.where(empty, 0.0, tail_norm / math.sqrt(min(m, n) - k))
+    kept = s > floor[..., None]
+    s_hat = ((s.square() * kept).sum(-1) / kept.sum(-1).clamp_min(1)).sqrt()
+    scale = torch.where(empty[..., None], s_hat[..., None] * kept, sigma_tail[..., None])  # (..., k)
+    tail.masked_fill_(empty[..., None, None], 0.0)
+    shaped = scale[..., :, None] * V.mT
+    return tail.addmm_(U, shaped) if M.dim() == 2 else tail.add_(U @ shaped)
+
+
 def _exact_top(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)
     return U[..., :k], S[..., :k], Vh[..., :k, :].mT
 
 
-class SpikeAware(SpectralOptimizer):
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Check the rule's settings present in ``settings`` (constructor defaults or a param group), by key."""
+    if "momentum" in settings:
+        check_unit_interval(settings["momentum"], "momentum")
+    if "rank_fraction" in settings:
+        fraction = settings["rank_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ValueError(f"rank_fraction must be in the open interval (0, 1), got {fraction!r}")
+    for key in ("power_iters", "cold_power_iters"):
+        value = settings.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    for key in ("update_scale", "eps"):  # eps > 0: a zero momentum must give a zero step, not 0 / 0
+        if key in settings:
+            check_positive(settings[key], key)
+    for key in ("rayleigh_ritz", "exact_svd"):
+        if not isinstance(settings.get(key, False), bool):
+            raise ValueError(f"{key} must be a bool, got {settings[key]!r}")
+    check_flatten(settings.get("flatten"))
+
+
+class SpikeAware(MatrixViews, SpectralOptimizer):
     """The spike-aware optimizer (Huang et al. 2026, arXiv 2602.11185); the rule is in this module's docstring.
 
-    Hidden matrices (leading dims of >2-D tensors are stacks of matrices) take the spike-aware rule;
+    Hidden matrices take the spike-aware rule (a conv kernel (out, in, *kernel) as one (out, in * kernel)
+    matrix, other leading dims of >2-D tensors as stacks of matrices: ``flatten`` as in :class:`SSO`);
     embeddings, the output head and vectors go to the internal AdamW rule (wd 0.1, betas (0.9, 0.95)) unless
     routed otherwise (see ``SpectralOptimizer``).
 
     Args:
-        params: a model, tensors, (name, tensor) pairs or param groups.
+        params: a model, tensors, (name, tensor) pairs or param groups. A group may override every setting of
+            the rule below (all but ``track_stats`` and the ``adamw_*``, ``fallback*`` and ``nonfinite``
+            options): they are param-group keys, checked as here.
         lr: learning rate; the update RMS is ``update_scale * lr`` (AdamW-like learning rates carry over).
         momentum: mu of the sum momentum M <- mu M + G (0.95, as in the re-implementations).
         rank_fraction: k = max(1, round(rank_fraction * min(m, n))) spike directions; must leave k < min(m, n).
@@ -88,8 +149,9 @@ class SpikeAware(SpectralOptimizer):
             eigendecomposition; see :func:`block_power_iteration`). False is the quoted Algorithm 1 as is.
         update_scale: the 0.2 in 0.2 lr O / RMS(O). eps: added to RMS(O).
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
-        exact_svd: take the top-k triplets from a full SVD (float32) instead of the power iteration: for
-            tests and small models only.
+        exact_svd: take the top-k triplets from a full SVD (float32; float64 for float64 parameters) instead of
+            the power iteration: for tests and small models only.
+        flatten: None (conv kernels flattened), True or False: see :class:`SSO`.
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) "spike/energy_fraction/<name>"
             = ||U_k s_k V_k^T||_F^2 / ||M||_F^2, the spike's share of the momentum energy (mean over stacked
             matrices).
@@ -99,37 +161,32 @@ class SpikeAware(SpectralOptimizer):
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.95, rank_fraction: float = 0.015,
                  power_iters: int = 1, *, cold_power_iters: int = 4, rayleigh_ritz: bool = True,
                  update_scale: float = 0.2, eps: float = 1e-8, weight_decay: float = 0.1, exact_svd: bool = False,
-                 track_stats: bool = False,
+                 flatten: bool | None = None, track_stats: bool = False,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
-        check_unit_interval(momentum, "momentum")
-        if isinstance(rank_fraction, bool) or not isinstance(rank_fraction, (int, float)) \
-                or not 0 < rank_fraction < 1:
-            raise ValueError(f"rank_fraction must be in the open interval (0, 1), got {rank_fraction!r}")
-        for value, name in ((power_iters, "power_iters"), (cold_power_iters, "cold_power_iters")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        check_positive(update_scale, "update_scale")
-        check_positive(eps, "eps")  # > 0: a zero momentum must give a zero step, not 0 / 0
-        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
-        self.exact_svd, self.track_stats = bool(exact_svd), bool(track_stats)
-        self.rayleigh_ritz = bool(rayleigh_ritz)
-        defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "update_scale": update_scale,
-                    "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
-                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
+        defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "power_iters": power_iters,
+                    "cold_power_iters": cold_power_iters, "rayleigh_ritz": bool(rayleigh_ritz),
+                    "update_scale": update_scale, "eps": eps, "weight_decay": weight_decay,
+                    "exact_svd": bool(exact_svd), "flatten": flatten}
+        _check_settings(defaults)
+        self.track_stats = bool(track_stats)
+        with self._conv_kernels_of(params):
+            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
+                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        check_unit_interval(param_group.get("momentum", self.defaults["momentum"]), "momentum")
+        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
+        _check_settings(param_group)
         super().add_param_group(param_group)
-        for group, name, p in self._spectral_matrices():
-            k, q = spike_rank(p.shape, group["rank_fraction"]), min(p.shape[-2:])
-            if k >= q:
-                raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
-                                 f"parameter {name} of shape {tuple(p.shape)}, but k must be < min(m, n) = {q}; "
-                                 "lower rank_fraction or route the parameter to AdamW")
+
+    def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
+        k, q = spike_rank(W.shape, group["rank_fraction"]), min(W.shape[-2:])
+        if k >= q:
+            raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
+                             f"parameter {name} (a {W.shape[-2]} x {W.shape[-1]} matrix), but k must be < min(m, n) "
+                             f"= {q}; lower rank_fraction or route the parameter to AdamW")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
@@ -143,36 +200,36 @@ class SpikeAware(SpectralOptimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
-            m, n = p.shape[-2:]
-            k, q = spike_rank(p.shape, group["rank_fraction"]), min(m, n)
+            flat = flattens(p, group["flatten"])
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(p.grad)
-            if self.exact_svd:
-                U, s, V = _exact_top(buf.float(), k)
+            compute = torch.promote_types(p.dtype, torch.float32)
+            M = matrix_view(buf.to(compute), flat)
+            m, n = M.shape[-2:]
+            k = spike_rank(M.shape, group["rank_fraction"])
+            if group["exact_svd"]:
+                U, s, V = _exact_top(M, k)
             else:
                 cold = "spike_v" not in state
                 if cold:
                     gen = torch.Generator(device=p.device).manual_seed(0)
-                    state["spike_v"] = torch.randn((*p.shape[:-2], n, k), device=p.device, generator=gen)
-                iters = self.cold_power_iters if cold else self.power_iters
-                U, s, V = block_power_iteration(buf, state["spike_v"].float(), iters, self.rayleigh_ritz)
+                    state["spike_v"] = torch.randn((*M.shape[:-2], n, k), device=p.device, generator=gen,
+                                                   dtype=compute)
+                iters = group["cold_power_iters"] if cold else group["power_iters"]
+                U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V
-            energy = torch.linalg.vector_norm(buf, dim=(-2, -1), dtype=torch.float32).square()
-            spike_energy = s.square().sum(-1)
-            sigma_tail = ((energy - spike_energy).clamp_min(0) / (q - k)).sqrt()
-            rms = sigma_tail * math.sqrt(q / (m * n))
+            tol = 2 * torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
+            O = spike_shaped(M, U, s, V, tol)
+            rms = torch.linalg.vector_norm(O, dim=(-2, -1)) / math.sqrt(m * n)
             c = group["update_scale"] * lr / (rms + group["eps"])  # (...,): the step is -c O
             if wd != 0:
                 p.mul_(1 - lr * wd)
-            p.addcmul_(buf, c[..., None, None].to(p.dtype), value=-1.0)
-            shrink = (-c[..., None] * (sigma_tail[..., None] - s))[..., :, None] * V.mT  # (..., k, n)
-            if p.dim() == 2:
-                p.addmm_(U.to(p.dtype), shrink.to(p.dtype))
-            else:
-                p.add_((U @ shrink).to(p.dtype))
+            p.add_(O.mul_(-c[..., None, None]).to(p.dtype).view(p.shape))
             if self.track_stats:
+                energy = torch.linalg.vector_norm(M, dim=(-2, -1)).square()
+                spike_energy = s.square().sum(-1)
                 self._statistics[f"spike/energy_fraction/{name}"] = (spike_energy / energy.clamp_min(_TINY)).mean()
 
     def state_bytes(self) -> dict[str, int]:

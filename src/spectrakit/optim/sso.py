@@ -28,12 +28,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..linalg import msign, top_singular
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
 from .base import SpectralOptimizer
 from .momentum import ema_momentum
@@ -63,7 +65,7 @@ class _Segment:
 class _Piece:
     """One parameter's run of equal blocks, as the optimizer stacks it with others of the same shape."""
 
-    p: Tensor
+    p: Tensor  # the parameter as the rule sees it (its flattened matrix for a conv kernel)
     state: dict[str, Any]
     seg: _Segment
     index: slice  # the run's block indices in the parameter's solver state
@@ -238,45 +240,81 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *
 # ----------------------------------------------------------------------------------------- initialization
 @torch.no_grad()
 def spectral_init_(params: nn.Module | Iterable[Tensor], radius_scale: float = 1.0, *,
-                   split_sizes: Sequence[int] | None = None, heads: int | None = None) -> None:
+                   split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                   flatten: bool | None = None) -> None:
     """Spectral muP initialization W <- R W / ||W||_2, R = radius_scale sqrt(d_out / d_in), in place.
 
     ``params``: a model (its hidden matrices, routed as SSO routes them: embeddings, the output head and
     vectors are left alone) or an iterable of tensors (every tensor with >= 2 dims). Each atomic block
-    (``split_sizes``/``heads`` as in :class:`SSO`; leading dims are stacked matrices) is put on its own sphere.
-    The norm is exact (an SVD in float32), as befits a one-off initialization.
+    (``split_sizes``/``heads``/``flatten`` as in :class:`SSO`: conv kernels are flattened to (out, in * kernel),
+    other leading dims are stacked matrices) is put on its own sphere. The norm is exact (an SVD in float32),
+    as befits a one-off initialization.
     """
     check_positive(radius_scale, "radius_scale")
     _check_split_options(split_sizes, heads)
+    check_flatten(flatten)
     if isinstance(params, nn.Module):
-        tensors = _hidden_matrices(params)
+        probe = MuonSphere(params, lr=0.0, flatten=flatten)
+        tensors = [(p, flattens(p, group["flatten"])) for group in probe.param_groups if group["rule"] == SPECTRAL
+                   for p in group["params"]]
     else:
-        tensors = [p for p in params if isinstance(p, Tensor) and p.dim() >= 2]
-    for p in tensors:
-        for seg in atomic_segments(p.shape[-2], split_sizes, heads):
-            block = seg.view(p)
+        tensors = [(p, flattens(p, flatten)) for p in params if isinstance(p, Tensor) and p.dim() >= 2]
+    for p, flat in tensors:
+        W = matrix_view(p, flat)
+        for seg in atomic_segments(W.shape[-2], split_sizes, heads):
+            block = seg.view(W)
             sigma = torch.linalg.matrix_norm(block.float(), ord=2).clamp_min(_TINY)
-            block.mul_((radius(seg.rows, p.shape[-1], radius_scale) / sigma)[..., None, None].to(p.dtype))
-
-
-def _hidden_matrices(model: nn.Module) -> list[Tensor]:
-    probe = MuonSphere(model, lr=0.0)
-    return [p for group in probe.param_groups if group["rule"] == SPECTRAL for p in group["params"]]
+            block.mul_((radius(seg.rows, W.shape[-1], radius_scale) / sigma)[..., None, None].to(p.dtype))
+        if W.data_ptr() != p.data_ptr():
+            p.copy_(W.view(p.shape))
 
 
 # ------------------------------------------------------------------------------------------ optimizers
-class SSO(SpectralOptimizer):
+_INTEGER_SETTINGS = ("solver_max_iter", "solver_bracket_steps", "batch", "power_iters", "power_rank",
+                     "cold_power_iters", "msign_steps")
+_MSIGN_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Check the rule's settings present in ``settings`` (constructor defaults or a param group), by key."""
+    if "momentum" in settings:
+        check_unit_interval(settings["momentum"], "momentum")
+    for key in ("nesterov", "retraction_rate_times_lr", "solver_sync"):
+        if not isinstance(settings.get(key, False), bool):
+            raise ValueError(f"{key} must be a bool, got {settings[key]!r}")
+    for key in ("radius_scale", "retraction_rate", "solver_tol"):
+        if key in settings:
+            check_positive(settings[key], key)
+    if "retraction" in settings:
+        check_choice(settings["retraction"], "retraction", RETRACTIONS)
+    if "solver" in settings:
+        check_choice(settings["solver"], "solver", (*SOLVERS, None))
+    for key in _INTEGER_SETTINGS:
+        value = settings.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    if settings.get("msign_dtype", torch.float32) not in _MSIGN_DTYPES:
+        raise ValueError(f"msign_dtype must be a floating torch dtype, got {settings['msign_dtype']!r}")
+    _check_split_options(settings.get("split_sizes"), settings.get("heads"))
+    check_flatten(settings.get("flatten"))
+
+
+class SSO(MatrixViews, SpectralOptimizer):
     """Spectral Sphere Optimizer (Xie et al. 2026, arXiv 2601.08393): steepest descent on ||W||_2 = R.
 
     Hidden matrices take the rule in this module's docstring; embeddings, the output head and vectors go to
     the internal AdamW rule (wd 0.1, betas (0.9, 0.95)) unless routed otherwise (see ``SpectralOptimizer``).
-    Parameters with more than 2 dims are stacks of matrices (e.g. MoE experts (E, d_out, d_in)): each
-    trailing matrix is its own sphere.
+    A convolution kernel (out, in, *kernel) is one (out, in * prod(kernel)) matrix on one sphere (as in Muon
+    implementations); other parameters with more than 2 dims are stacks of matrices (e.g. MoE experts
+    (E, d_out, d_in)): each trailing matrix is its own sphere. ``flatten`` decides which is which (see
+    ``spectrakit.optim._matrices``), and the routing report says for each such parameter.
 
     Args:
         params: a model, tensors, (name, tensor) pairs or param groups. A group may set ``split_sizes``
             (row chunks of a fused matrix, e.g. [d, d, d] for Q/K/V or [f, f] for gate/up) and ``heads``
-            (cut each chunk into that many equal row blocks); every block is then its own sphere.
+            (cut each chunk into that many equal row blocks); every block is then its own sphere. A group may
+            also override every other setting of the rule below (all but ``track_stats`` and the ``adamw_*``,
+            ``fallback*`` and ``nonfinite`` options): they are param-group keys, checked as here.
         lr: step length; the update is lr * R * Phi.
         momentum, nesterov: EMA momentum coefficient beta (default 0.9) and the Nesterov input.
         radius_scale: r in R = r sqrt(d_out / d_in) (the paper's sweep found r = 2 slightly better).
@@ -303,6 +341,9 @@ class SSO(SpectralOptimizer):
             per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per run of
             equal blocks), blocks that fell back to lambda = 0 ("sso/fallbacks") and the largest |<Theta, Phi>|
             ("sso/max_abs_h", the tangency achieved).
+        flatten: None (default): conv kernels (tensors with >= 4 dims, and the 3-D weights of a model's
+            ``nn.Conv1d`` modules) are flattened, other tensors with 3 dims are stacks; True: every parameter
+            with more than 2 dims is flattened to (shape[0], rest); False: none is.
         adamw_lr: learning rate of the AdamW groups (3e-4 by default, as for Muon: ``lr`` is a spectral step
             length, far too large for AdamW; None = the group's lr).
         adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
@@ -325,60 +366,43 @@ class SSO(SpectralOptimizer):
                  solver_bracket_steps: int = 10, solver_sync: bool = True, batch: int = 64, power_iters: int = 10,
                  power_rank: int = 4, cold_power_iters: int = 50, msign_steps: int = 8,
                  msign_dtype: torch.dtype = torch.float32, track_stats: bool = False,
-                 split_sizes: Sequence[int] | None = None, heads: int | None = None,
+                 split_sizes: Sequence[int] | None = None, heads: int | None = None, flatten: bool | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
-        check_unit_interval(momentum, "momentum")
-        if not isinstance(nesterov, bool):
-            raise ValueError(f"nesterov must be a bool, got {nesterov!r}")
-        check_positive(radius_scale, "radius_scale")
-        check_choice(retraction, "retraction", RETRACTIONS)
-        check_positive(retraction_rate, "retraction_rate")
-        check_choice(solver, "solver", (*SOLVERS, None))
-        check_positive(solver_tol, "solver_tol")
-        for value, name in ((solver_max_iter, "solver_max_iter"), (solver_bracket_steps, "solver_bracket_steps"),
-                            (batch, "batch"), (power_iters, "power_iters"), (power_rank, "power_rank"),
-                            (cold_power_iters, "cold_power_iters"),
-                            (msign_steps, "msign_steps")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if msign_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
-            raise ValueError(f"msign_dtype must be a floating torch dtype, got {msign_dtype!r}")
-        _check_split_options(split_sizes, heads)
-        self.retraction, self.retraction_rate = retraction, retraction_rate
-        self.retraction_rate_times_lr = bool(retraction_rate_times_lr)
-        self.solver, self.solver_tol, self.solver_max_iter = solver, solver_tol, solver_max_iter
-        self.solver_bracket_steps, self.solver_sync = solver_bracket_steps, bool(solver_sync)
-        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
-        self.power_rank, self.batch = power_rank, batch
-        self.msign_steps, self.msign_dtype = msign_steps, msign_dtype
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
+                    "weight_decay": weight_decay, "retraction": retraction, "retraction_rate": retraction_rate,
+                    "retraction_rate_times_lr": bool(retraction_rate_times_lr), "solver": solver,
+                    "solver_tol": solver_tol, "solver_max_iter": solver_max_iter,
+                    "solver_bracket_steps": solver_bracket_steps, "solver_sync": bool(solver_sync), "batch": batch,
+                    "power_iters": power_iters, "power_rank": power_rank, "cold_power_iters": cold_power_iters,
+                    "msign_steps": msign_steps, "msign_dtype": msign_dtype, "split_sizes": split_sizes, "heads": heads,
+                    "flatten": flatten}
+        _check_settings(defaults)
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
         self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
-                    "weight_decay": weight_decay, "split_sizes": split_sizes, "heads": heads}
-        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
-                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
+        with self._conv_kernels_of(params):
+            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
+                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        check_unit_interval(param_group.get("momentum", self.defaults["momentum"]), "momentum")
-        check_positive(param_group.get("radius_scale", self.defaults["radius_scale"]), "radius_scale")
-        _check_split_options(param_group.get("split_sizes"), param_group.get("heads"))
+        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
+        _check_settings(param_group)
         super().add_param_group(param_group)
-        for group, name, p in self._spectral_matrices():
-            atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
+
+    def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
+        atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for state in self.state.values():  # torch casts state to the parameter's dtype; the solver's is float32
+            if not isinstance(state, dict):  # torch allows entries other than per-parameter dicts
+                continue
             for key in ("power_v", "lambda", "sigma"):
                 if key in state:
                     state[key] = state[key].float()
-
-    def _msign(self, X: Tensor) -> Tensor:
-        return msign(X, coefficients="polar_express", steps=self.msign_steps, dtype=self.msign_dtype)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
@@ -395,69 +419,79 @@ class SSO(SpectralOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         buckets: dict[tuple, list[_Piece]] = {}
         updated = []
+        copies = []  # (parameter, its matrix) where the matrix is a copy (a kernel whose layout has no flat view)
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
             state = self.state[p]
-            segments = atomic_segments(p.shape[-2], group["split_sizes"], group["heads"], name)
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             direction = ema_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
             if wd != 0:
                 p.mul_(1 - lr * wd)
+            flat = flattens(p, group["flatten"])
+            W, direction = matrix_view(p, flat), matrix_view(direction, flat)
+            if W.data_ptr() != p.data_ptr():
+                copies.append((p, W))
+            segments = atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
             cold = "power_v" not in state
             if cold:
                 blocks = sum(seg.count for seg in segments)
-                rank = min(self.power_rank, p.shape[-1], *(seg.rows for seg in segments))
-                state["power_v"] = torch.randn((*p.shape[:-2], blocks, p.shape[-1], rank), device=p.device,
+                rank = min(group["power_rank"], W.shape[-1], *(seg.rows for seg in segments))
+                state["power_v"] = torch.randn((*W.shape[:-2], blocks, W.shape[-1], rank), device=p.device,
                                                generator=torch.Generator(p.device).manual_seed(0))
-                state["lambda"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
-                state["sigma"] = torch.zeros((*p.shape[:-2], blocks), device=p.device)
+                state["lambda"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
+                state["sigma"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
             first = 0
             for seg in segments:
-                piece = _Piece(p, state, seg, slice(first, first + seg.count), direction)
+                piece = _Piece(W, state, seg, slice(first, first + seg.count), direction)
                 first += seg.count
-                key = (seg.rows, p.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
+                key = (seg.rows, W.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
                 buckets.setdefault(key, []).append(piece)
             updated.append((name, state))
         for (rows, cols, _, _, _, cold), pieces in buckets.items():
             chunk: list[_Piece] = []
             for piece in pieces:
-                if chunk and sum(c.blocks for c in chunk) + piece.blocks > self.batch:
-                    self._solve_chunk(chunk, lr, radius(rows, cols, group["radius_scale"]), cold)
+                if chunk and sum(c.blocks for c in chunk) + piece.blocks > group["batch"]:
+                    self._solve_chunk(chunk, group, radius(rows, cols, group["radius_scale"]), cold)
                     chunk = []
                 chunk.append(piece)
-            self._solve_chunk(chunk, lr, radius(rows, cols, group["radius_scale"]), cold)
+            self._solve_chunk(chunk, group, radius(rows, cols, group["radius_scale"]), cold)
+        for p, W in copies:
+            p.copy_(W.view(p.shape))
         if self.track_stats:
             for name, state in updated:
                 self._statistics[f"sso/sigma/{name}"] = state["sigma"].mean()
-                if self.solver is not None:
+                if group["solver"] is not None:
                     self._statistics[f"sso/lambda/{name}"] = state["lambda"].mean()
 
-    def _solve_chunk(self, chunk: list[_Piece], lr: float, R: float, cold: bool) -> None:
-        """Retract and step the stacked blocks of ``chunk`` (same block shape): one power iteration and one
-        multiplier solve for all of them, then the results are written back to each parameter."""
+    def _solve_chunk(self, chunk: list[_Piece], group: dict[str, Any], R: float, cold: bool) -> None:
+        """Retract and step the stacked blocks of ``chunk`` (same block shape) with ``group``'s settings: one
+        power iteration and one multiplier solve for all of them, then the results are written back to each
+        parameter."""
+        lr = group["lr"]
         W = torch.cat([piece.gather(piece.seg.view(piece.p), 2) for piece in chunk])
         M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in chunk]).float()
         V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in chunk])
-        iters = self.cold_power_iters if cold else self.power_iters
+        iters = group["cold_power_iters"] if cold else group["power_iters"]
         U, S, V = top_singular(W, V0.shape[-1], iters=iters, v0=V0)
         sigma, u, v = S[..., 0], U[..., 0], V[..., 0]
-        if self.retraction == "hard":
+        if group["retraction"] == "hard":
             W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(W.dtype))
         else:
-            rate = self.retraction_rate * (lr if self.retraction_rate_times_lr else 1.0)
+            rate = group["retraction_rate"] * (lr if group["retraction_rate_times_lr"] else 1.0)
             W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(W.dtype))
         M_hat = M / torch.linalg.matrix_norm(M, keepdim=True).clamp_min(_TINY)
-        if self.solver is None:
-            phi = self._msign(M_hat)
+        msign_fn = partial(msign, coefficients="polar_express", steps=group["msign_steps"], dtype=group["msign_dtype"])
+        if group["solver"] is None:
+            phi = msign_fn(M_hat)
             self.msign_calls += 1
         else:
             lam0 = torch.cat([piece.gather(piece.state["lambda"][..., piece.index], 0) for piece in chunk])
-            answer = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], lam0, method=self.solver,
-                                      tol=self.solver_tol, max_iter=self.solver_max_iter,
-                                      bracket_steps=self.solver_bracket_steps, msign_fn=self._msign,
-                                      sync=self.solver_sync)
+            answer = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], lam0, method=group["solver"],
+                                      tol=group["solver_tol"], max_iter=group["solver_max_iter"],
+                                      bracket_steps=group["solver_bracket_steps"], msign_fn=msign_fn,
+                                      sync=group["solver_sync"])
             phi = answer.phi
             self.msign_calls += answer.calls
             self.solves += 1
@@ -484,3 +518,9 @@ class MuonSphere(SSO):
         if "solver" in kwargs:
             raise ValueError("MuonSphere has no solver (lambda = 0); use SSO(..., solver=...) instead")
         super().__init__(params, lr, momentum, nesterov, solver=None, **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("solver") is not None:
+            raise ValueError("MuonSphere has no solver (lambda = 0): a param group cannot set solver; "
+                             "use SSO(..., solver=...) instead")
+        super().add_param_group(param_group)
