@@ -85,37 +85,6 @@ def _wrapper_over(inner: type[Optimizer], inner_kwargs: Mapping[str, Any],
     return factory
 
 
-# ------------------------------------------------------------------------------------------ known defects
-# Strict xfails for the defects of issue 13 (by item number) and for defects the suite found that the issue
-# does not list ("NEW"). Each maps a generic test to the reason.
-ITEM1 = "issue 13 item 1: settings live as instance attributes that Optimizer.__getstate__ drops"
-ITEM3 = "issue 13 item 3: SpikeAware crashes on float64 (vector_norm(..., dtype=float32) refuses to narrow)"
-ITEM4 = "issue 13 item 4: tensor lr accepted at construction, fails at step(); 2-element tensor not rejected"
-ITEM5 = "issue 13 item 5: complex parameters are not rejected at construction"
-ITEM6 = "issue 13 item 6: adamw_* defaults overwrite an explicit group lr / weight_decay of AdamW-routed params"
-ITEM7 = "issue 13 item 7: parameters with requires_grad=False are dropped at construction from an nn.Module"
-ITEM10 = ("issue 13 item 10: SpectraWrapper fires global step hooks twice; its own state_dict/load hooks "
-          "never run")
-ITEM11 = "issue 13 item 11: a group setting one AdEMAMix option without betas raises KeyError('betas')"
-ITEM12 = "issue 13 item 12: load_state_dict assumes every state entry is a per-parameter dict"
-ITEM13 = "issue 13 item 13: a plain-tensor state dict renames named parameters param0, param1, ..."
-
-# Failures every native class (the SpectralOptimizer subclasses) shows today. A 0-d tensor lr works; a 1-element
-# one does not.
-_NATIVE_XFAILS: dict[str, str] = {}
-# SSO, MuonSphere and SpikeAware step with a float alpha (one-element tensor lrs fail); SSO's load hook reads
-# every state entry as a dict.
-_FLOAT_ALPHA_XFAILS = {"test_tensor_lr_takes_the_float_lr_steps[1elem]": ITEM4,
-                       "test_tensor_lr_under_scheduler[1elem-LinearLR]": ITEM4,
-                       "test_tensor_lr_under_scheduler[1elem-OneCycleLR]": ITEM4}
-_SPHERE_XFAILS = {**_FLOAT_ALPHA_XFAILS, "test_load_post_hook_may_store_non_dict_state": ITEM12}
-# Muon, SSO and MuonSphere default adamw_lr=3e-4 (a group's lr=0 is overwritten); SSO, MuonSphere and SpikeAware
-# default adamw_weight_decay=0.1 (a group's weight_decay is overwritten).
-_ADAMW_LR_XFAIL: dict[str, str] = {}
-_ADAMW_WD_XFAIL: dict[str, str] = {}
-# SpectraWrapper over torch optimizers: torch rejects the 2-element lr, keeps frozen params and real names.
-_WRAPPER_XFAILS: dict[str, str] = {}
-
 SSO_RETRACTS = ("the hard retraction W <- W R / sigma rescales every hidden matrix onto its sphere at each step, "
                 "whatever the gradient or lr (SSO's design, Xie et al. 2026)")
 
@@ -123,7 +92,6 @@ SSO_RETRACTS = ("the hard retraction W <- W R / sigma rescales every hidden matr
 # -------------------------------------------------------------------------------------------- registry
 _BASE_GROUP_OPTIONS = {"adamw": {"betas": (0.8, 0.99)}, "signum": {"momentum": 0.5}, "mars": {"gamma": 0.5},
                        "ademamix": {"beta3_warmup": 10}, "momentum": {"momentum": 0.5}}
-_ITEM11: dict[str, str] = {}
 
 
 # Spectra: every base under the default soft clip, and every clip kind over the default AdamW base, plus
@@ -139,37 +107,33 @@ def _spectra_entries() -> list[OptimInfo]:
         kwargs = {"lr": 1e-2, "base": base, "clip": clip, "clip_c": 1.0}
         options = _BASE_GROUP_OPTIONS[base]
         group_options = {**options, "clip_c": 0.5} if clip is not None else options
-        xfails = {**_NATIVE_XFAILS, **(_ITEM11 if base == "ademamix" else {})}
-        out.append(OptimInfo(f"Spectra-{base}-{clip}", Spectra, Spectra, kwargs, group_options, xfails=xfails))
+        out.append(OptimInfo(f"Spectra-{base}-{clip}", Spectra, Spectra, kwargs, group_options))
     return out
 
 
 OPTIMIZERS: list[OptimInfo] = [
     *_spectra_entries(),
-    OptimInfo("Signum", Signum, Signum, {"lr": 1e-2}, {"momentum": 0.5}, xfails=_NATIVE_XFAILS),
-    OptimInfo("Mars", Mars, Mars, {"lr": 1e-2}, {"gamma": 0.5}, xfails=_NATIVE_XFAILS),
-    OptimInfo("AdEMAMix", AdEMAMix, AdEMAMix, {"lr": 1e-2}, {"beta3_warmup": 10},
-              xfails={**_NATIVE_XFAILS, **_ITEM11}),
-    OptimInfo("Muon", Muon, Muon, {"lr": 2e-2}, {"momentum": 0.5}, xfails={**_NATIVE_XFAILS, **_ADAMW_LR_XFAIL}),
+    OptimInfo("Signum", Signum, Signum, {"lr": 1e-2}, {"momentum": 0.5}),
+    OptimInfo("Mars", Mars, Mars, {"lr": 1e-2}, {"gamma": 0.5}),
+    OptimInfo("AdEMAMix", AdEMAMix, AdEMAMix, {"lr": 1e-2}, {"beta3_warmup": 10}),
+    OptimInfo("Muon", Muon, Muon, {"lr": 2e-2}, {"momentum": 0.5}),
     # A small solver budget (12 instead of up to 31 msign calls a step) keeps SSO's tests fast; no generic test
     # depends on the solver's accuracy.
     OptimInfo("SSO", SSO, SSO, {"lr": 2e-2, "solver_max_iter": 4, "solver_bracket_steps": 4}, {"radius_scale": 2.0},
               wd_args=("weight_decay", "adamw_weight_decay"),
-              retracts=SSO_RETRACTS, xfails={**_SPHERE_XFAILS, **_ADAMW_LR_XFAIL, **_ADAMW_WD_XFAIL},
+              retracts=SSO_RETRACTS,
               skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
     OptimInfo("MuonSphere", MuonSphere, MuonSphere, {"lr": 2e-2}, {"radius_scale": 2.0},
               wd_args=("weight_decay", "adamw_weight_decay"),
-              retracts=SSO_RETRACTS, xfails={**_SPHERE_XFAILS, **_ADAMW_LR_XFAIL, **_ADAMW_WD_XFAIL},
+              retracts=SSO_RETRACTS,
               skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
     OptimInfo("SpikeAware", SpikeAware, SpikeAware, {"lr": 1e-2}, {"momentum": 0.5},
-              wd_args=("weight_decay", "adamw_weight_decay"),
-              xfails={**_FLOAT_ALPHA_XFAILS, "test_float64_params": ITEM3,
-                      "test_mixed_dtype_params": ITEM3}),
+              wd_args=("weight_decay", "adamw_weight_decay")),
     OptimInfo("SpectraWrapper-AdamW", SpectraWrapper, _wrapper_over(torch.optim.AdamW, {}),
-              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "betas": (0.8, 0.99)}, xfails=_WRAPPER_XFAILS),
+              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "betas": (0.8, 0.99)}),
     OptimInfo("SpectraWrapper-SGD", SpectraWrapper,
               _wrapper_over(torch.optim.SGD, {"momentum": 0.9}, decoupled_weight_decay=False),
-              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "momentum": 0.5}, xfails=_WRAPPER_XFAILS,
+              {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "momentum": 0.5},
               skips={"test_sparse_grads_rejected": "torch.optim.SGD supports sparse gradients, and the wrapper "
                                                    "clips the dense direction it recovers from the parameter "
                                                    "change: sparse gradients are supported here, not rejected"}),

@@ -55,12 +55,17 @@ def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, flo
     return (m / bc1).div_(denom)
 
 
+def scalar_lr(lr: float | Tensor) -> float | Tensor:
+    """A group's lr as a number or a 0-d tensor (one-element tensors are reshaped; no host read)."""
+    return lr.detach().reshape(()) if isinstance(lr, Tensor) else lr
+
+
 def decoupled_step(p: Tensor, update: Tensor | None, lr: float | Tensor, weight_decay: float,
                    scale: float = 1.0) -> None:
     """X <- (1 - lr*wd) X - scale * lr * update, in place (update None: the decay alone); ``lr`` a number or a
     one-element tensor (no host read)."""
+    lr = scalar_lr(lr)
     if isinstance(lr, Tensor):
-        lr = lr.detach().reshape(())
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
         if update is not None:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_positive, check_unit_interval
-from .base import SpectralOptimizer
+from .base import SpectralOptimizer, scalar_lr
 
 _TINY = 1e-30
 
@@ -195,7 +195,7 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         return super().step(closure)
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = scalar_lr(group["lr"]), group["weight_decay"]
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue

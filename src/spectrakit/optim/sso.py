@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..linalg import msign, top_singular
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
-from .base import SpectralOptimizer
+from .base import SpectralOptimizer, decoupled_step, scalar_lr
 from .momentum import ema_momentum
 from .routing import SPECTRAL
 
@@ -416,7 +416,7 @@ class SSO(MatrixViews, SpectralOptimizer):
         return loss
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = scalar_lr(group["lr"]), group["weight_decay"]
         buckets: dict[tuple, list[_Piece]] = {}
         updated = []
         copies = []  # (parameter, its matrix) where the matrix is a copy (a kernel whose layout has no flat view)
@@ -469,7 +469,7 @@ class SSO(MatrixViews, SpectralOptimizer):
         """Retract and step the stacked blocks of ``chunk`` (same block shape) with ``group``'s settings: one
         power iteration and one multiplier solve for all of them, then the results are written back to each
         parameter."""
-        lr = group["lr"]
+        lr = scalar_lr(group["lr"])
         W = torch.cat([piece.gather(piece.seg.view(piece.p), 2) for piece in chunk])
         M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in chunk]).float()
         V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in chunk])
@@ -502,7 +502,7 @@ class SSO(MatrixViews, SpectralOptimizer):
                 stats["sso/fallbacks"] = stats.get("sso/fallbacks", 0) + answer.fallback.sum().float()
                 worst = answer.h.abs().amax().float()
                 stats["sso/max_abs_h"] = torch.maximum(stats.get("sso/max_abs_h", worst), worst)
-        W.add_(phi.to(W.dtype), alpha=-lr * R)
+        decoupled_step(W, phi.to(W.dtype), lr, 0.0, R)
         sizes = [c.blocks for c in chunk]
         for piece, w, vs, sg in zip(chunk, W.split(sizes), V.split(sizes), sigma.split(sizes)):
             piece.scatter(piece.seg.view(piece.p), w)
