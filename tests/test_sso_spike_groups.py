@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from spectrakit.optim.base import SpectralOptimizer
 from spectrakit.optim.spike_aware import SpikeAware
 from spectrakit.optim.sso import SSO, MuonSphere
 
@@ -90,8 +89,6 @@ def test_a_state_dict_carries_the_settings_of_each_group(cls: type) -> None:
         assert torch.equal(a.detach(), b.detach())
 
 
-@pytest.mark.skipif("__getstate__" not in vars(SpectralOptimizer),
-                    reason="needs SpectralOptimizer.__getstate__ to keep the instance attributes (base class)")
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copy_steps_exactly_like_the_original(cls: type, how: str) -> None:
