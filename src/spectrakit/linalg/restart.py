@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, schedule_table, steps_for_index
-from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor
+from .gram import gather_schedule, inverse_sqrt, polar_factor
 from .symmetric import symmetric_matmul
 
 #: Steps of the Gram phase before the restart (measured best of 1..4 at r = 1e3..1e5 in float32).
