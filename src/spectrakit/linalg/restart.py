@@ -29,10 +29,12 @@ sigma_max/c ~ 10 (BENCHMARKS.md has both modes' measured errors).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
-from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, schedule_table, steps_for_index
+from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, polar_schedule, steps_for_index
 from .gram import gather_schedule, inverse_sqrt, polar_factor
 from .symmetric import symmetric_matmul
 
@@ -54,14 +56,16 @@ WIDE = 4
 FAST_SHIFT = 2.0**-7
 
 
+@functools.cache
 def fixed_steps(max_ratio: float = MAX_RATIO, tol: float = TOL) -> tuple[int, int]:
     """(Gram-phase steps, factor-phase steps) of the fixed schedule: what the stack's lower end at
     sigma_max/c = max_ratio needs (the factor phase restarts from the grid point below l_K / u_K)."""
     l = 1 / ((1 + max_ratio**2) ** 0.5 * SAFETY)
     j = next(i for i, g in enumerate(grid_lower_ends()) if g <= l)
     head = min(RESTART_AFTER, steps_for_index(j, tol))
-    coeffs = schedule_table(tol)[j, :head]
-    lk = float(_lower_end_after(torch.tensor([grid_lower_ends()[j]], dtype=torch.float64), coeffs[:, None]))
+    lk = grid_lower_ends()[j]
+    for a, b, c in polar_schedule(lk, tol=tol)[:head]:
+        lk = lk * (a + b * lk**2 + c * lk**4)
     uk = 2 - lk if head else 1.0
     jk = next(i for i, g in enumerate(grid_lower_ends()) if g <= MARGIN * lk / uk)
     return head, steps_for_index(jk, tol)
@@ -73,9 +77,10 @@ def _gram(X: Tensor) -> Tensor:
 
 
 def _scale(X: Tensor) -> Tensor:
-    """||X||_F per matrix (B,) in float32 without overflow: max |x| first, then the norm of X / max |x|."""
+    """||X||_F per matrix (B,) in float32 without overflow (max |x| first, then the norm of X / max |x|),
+    at least 1e-37 (a zero matrix then maps to zero)."""
     amax = X.abs().amax(dim=(-2, -1)).float().clamp_min(1e-30)
-    return amax * torch.linalg.vector_norm(X.float() / amax[:, None, None], dim=(-2, -1))
+    return (amax * torch.linalg.vector_norm(X.float() / amax[:, None, None], dim=(-2, -1))).clamp_min(1e-37)
 
 
 def _lower_end_after(l: Tensor, coeffs: Tensor) -> Tensor:
@@ -96,15 +101,17 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     """
     s = _scale(X)
     Xn = (X.float() / s[:, None, None]).to(dtype)
-    cn = (c.float() / s).clamp_min(1e-18)
-    c2 = (cn * cn)[:, None, None]
+    c2 = ((c.float() / s) ** 2).clamp(max=1e30)[:, None, None]  # inf for X = 0; 0 (underflow) is handled
     G = _gram(Xn).float()
     G2 = symmetric_matmul(G, G)
     bound = torch.minimum(torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(G2).sqrt())
-    inv = 1 / ((1 + bound[:, None, None] / c2) * SAFETY)  # 1/alpha
-    R = G * (inv / c2)
+    # R_0 = (I + G/c^2)/alpha with alpha = (1 + bound/c^2) SAFETY: w = 1/(alpha c^2) and 1/alpha, formed so
+    # that neither under- nor overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0)
+    w = 1 / ((c2 + bound[:, None, None]) * SAFETY)
+    inv = w * c2  # 1/alpha
+    R = G * w
     R.diagonal(dim1=-2, dim2=-1).add_(inv[:, :, 0])
-    R2 = torch.addcmul(G2 * (inv * inv / (c2 * c2)), G, 2 * inv * inv / c2)
+    R2 = torch.addcmul(G2 * (w * w), G, 2 * w * inv)
     R2.diagonal(dim1=-2, dim2=-1).add_((inv * inv)[:, :, 0])
     idx = grid_index(inv.sqrt().flatten())
     fixed = fixed_steps() if steps is None and not adaptive else None
@@ -114,7 +121,7 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     Q = 0.5 * (Q + Q.mT)
     Y = (Q.to(dtype) @ Xn).float()
     Yd = Y.to(dtype)
-    RK = (_gram(Yd).float() / c2 + symmetric_matmul(Q, Q)) * inv
+    RK = _gram(Yd).float() * w + symmetric_matmul(Q, Q) * inv
     RK = 0.5 * (RK + RK.mT)
     # normalise by an upper bound of lambda_max(R_K); the factor phase's lower end is the image of the grid
     # point under the Gram phase's steps, over the square root of that bound
