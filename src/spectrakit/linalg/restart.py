@@ -56,10 +56,15 @@ WIDE = 4
 FAST_SHIFT = 2.0**-7
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile takes it as a constant instead of tracing the solve
 def fixed_steps(max_ratio: float = MAX_RATIO, tol: float = TOL) -> tuple[int, int]:
     """(Gram-phase steps, factor-phase steps) of the fixed schedule: what the stack's lower end at
-    sigma_max/c = max_ratio needs (the factor phase restarts from the grid point below l_K / u_K)."""
+    sigma_max/c = max_ratio needs (the factor phase restarts from MARGIN times the grid point below l_K / u_K)."""
+    return _fixed_steps(max_ratio, tol)
+
+
+@functools.cache
+def _fixed_steps(max_ratio: float, tol: float) -> tuple[int, int]:
     l = 1 / ((1 + max_ratio**2) ** 0.5 * SAFETY)
     j = next(i for i, g in enumerate(grid_lower_ends()) if g <= l)
     head = min(RESTART_AFTER, steps_for_index(j, tol))
