@@ -6,7 +6,8 @@ where nothing is computed, so full-size shapes cost nothing):
 - ``matmul_flops[dtype]``: 2 m k n per product (mm, bmm, addmm, baddbmm; what ``@`` dispatches to), by the
   dtype of its operands;
 - ``other_flops``: the dense factorisations, counted as Cholesky m^3/3 and triangular solve m^2 k;
-- ``host_reads``: ``.item()``/``bool()``/``tolist()`` (aten::_local_scalar_dense), each a device sync;
+- ``host_reads``: ``.item()``/``bool()``/``tolist()`` (aten::_local_scalar_dense), each a device sync (on
+  ``meta`` tensors, which hold no values, the read returns 0 / False so that the code runs on);
 - ``host_copies``: copies from a CPU tensor to another device (blocking when pageable);
 - ``ops``: aten ops dispatched (a proxy for kernel launches in eager mode).
 """
@@ -58,6 +59,8 @@ class OpAudit(TorchDispatchMode):
             self.other_flops += math.prod(B.shape[:-2]) * A.shape[-1] ** 2 * B.shape[-1]
         elif packet is _aten._local_scalar_dense:
             self.host_reads += 1
+            if args[0].device.type == "meta":  # nothing to read: answer 0 / False so the caller can go on
+                return False if args[0].dtype == torch.bool else 0
         if packet in _COPIES:
             src = args[1] if packet is _aten.copy_ else args[0]
             dst = args[0] if packet is _aten.copy_ else kwargs.get("device")
