@@ -17,6 +17,7 @@ from ._validate import batch_threshold, check_positive_int, check_tensor, check_
 from .exact import spectral_map_svd_with_norm
 from .newton_schulz import soft_clip_newton_schulz
 from .polar_clip import hard_clip_polar, soft_clip_polar
+from .restart import soft_clip_restart
 
 SOFT_METHODS = ("auto", "polar", "newton_schulz", "svd")
 HARD_METHODS = ("auto", "polar", "svd")
@@ -56,26 +57,39 @@ def _resolve_method(method: str, X: Tensor, kind: str) -> str:
     return "svd" if small else "polar"
 
 
-def _check_polar_dtype(dtype: torch.dtype | None) -> None:
-    if dtype is not None and dtype not in _POLAR_DTYPES:
-        raise ValueError(f"dtype for method 'polar' must be torch.float32 or torch.float64 (or None), got {dtype}")
+def _check_polar_dtype(dtype: torch.dtype | None, kind: str) -> None:
+    allowed = _POLAR_DTYPES + ((torch.bfloat16,) if kind == "soft" else ())
+    if dtype is not None and dtype not in allowed:
+        raise ValueError(f"dtype for method 'polar' must be one of {allowed} (or None), got {dtype}")
 
 
-def _run_polar(fn: Callable[..., tuple[Tensor, Tensor]], Xw: Tensor, c: float | Tensor, steps: int | None,
+def _run_polar(kind: str, Xw: Tensor, c: float | Tensor, steps: int | None,
                dtype: torch.dtype | None, adaptive: bool | None) -> tuple[Tensor, Tensor]:
-    """Flatten the batch, cast to the compute dtype, call a polar_clip function, restore shape and dtype."""
-    _check_polar_dtype(dtype)
+    """Flatten the batch, cast to the compute dtype, call a polar_clip function, restore shape and dtype.
+
+    The soft clip takes the accelerator policy (``restart.soft_clip_restart``: float32 products, no host read
+    unless ``adaptive``) for dtype float32 or bfloat16, and for dtype None when not ``adaptive`` (the
+    accelerator default) on float32/16 inputs; otherwise ``polar_clip``'s float64/mixed policy.
+    """
+    _check_polar_dtype(dtype, kind)
     batch_shape, (m, n) = Xw.shape[:-2], Xw.shape[-2:]
     if Xw.numel() == 0:
         return Xw.clone(), torch.zeros(batch_shape, dtype=torch.float32, device=Xw.device)
+    if adaptive is None:
+        adaptive = Xw.device.type == "cpu"
     Xf = Xw.reshape(-1, m, n)
     if Xf.dtype not in _POLAR_DTYPES:
         Xf = Xf.float()
-    cf = (c.to(device=Xw.device, dtype=torch.float64).expand(batch_shape) if isinstance(c, Tensor)
-          else torch.full(batch_shape, float(c), dtype=torch.float64, device=Xw.device)).reshape(-1)
-    if adaptive is None:
-        adaptive = Xw.device.type == "cpu"
-    Y, bound = fn(Xf, cf, steps=steps, adaptive=adaptive, dtype=dtype)
+    accelerator = kind == "soft" and (dtype in (torch.float32, torch.bfloat16)
+                                      or (dtype is None and not adaptive and Xf.dtype != torch.float64))
+    cdtype = torch.float32 if accelerator else torch.float64
+    cf = (c.to(device=Xw.device, dtype=cdtype).expand(batch_shape) if isinstance(c, Tensor)
+          else torch.full(batch_shape, float(c), dtype=cdtype, device=Xw.device)).reshape(-1)
+    if accelerator:
+        Y, bound = soft_clip_restart(Xf.float(), cf, steps=steps, adaptive=adaptive, dtype=dtype or torch.float32)
+    else:
+        fn = soft_clip_polar if kind == "soft" else hard_clip_polar
+        Y, bound = fn(Xf, cf, steps=steps, adaptive=adaptive, dtype=dtype)
     return Y.reshape(Xw.shape).to(Xw.dtype), bound.reshape(batch_shape).float()
 
 
@@ -101,7 +115,7 @@ def _clip(public: Callable[..., Any], kind: str, X: Tensor, c: float | Tensor, m
     if method == "svd":
         Y, bound = _svd_clip(Xw, c, hard=hard)
     elif method == "polar":
-        Y, bound = _run_polar(hard_clip_polar if hard else soft_clip_polar, Xw, c, steps, dtype, adaptive)
+        Y, bound = _run_polar(kind, Xw, c, steps, dtype, adaptive)
     else:
         cb = batch_threshold(c, Xw, dtype or torch.bfloat16)
         Y, bound = soft_clip_newton_schulz(Xw, cb, steps=steps or 10, dtype=dtype or torch.bfloat16)
@@ -127,24 +141,28 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
         method: "auto" | "polar" | "svd" (exact, float64) | "newton_schulz". "auto" is the exact SVD on CPU
             for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
-        dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
-            (forming X X^T squares the condition number: the eigenvalues near 1 of I + X X^T/c^2 carry
-            absolute errors ~ eps * sigma_max^2/c^2) and, with ``adaptive``, float32 where a power-iteration
-            estimate of sigma_max/c allows it (<= 16: all float32; <= 100: float64 X X^T and Cholesky factor,
-            float32 iteration on the factor), with a float64 redo if the computed bound shows the estimate
-            was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
-            no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
-            Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
-            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs. An explicit float32
-            meets 1e-3 only up to sigma_max/c ~ 40 (X X^T in float32); beyond that it is silently inaccurate.
+        dtype: compute dtype of the iteration. "polar": None (default), float32, bfloat16 or float64.
+            float32: the accelerator policy (spectrakit.linalg.restart): float32 products only, a Gram phase,
+            one restart from the stacked matrix and a Cholesky-factor phase; measured <= 4.3e-4 relative
+            error vs float64 SVD for sigma_max/c <= 1e4 (also with split-precision 3xTF32 products; plain
+            TF32 products miss 1e-3, so keep torch's float32 matmul precision at "highest"), finite beyond.
+            bfloat16: the fast mode (its n-sized products in bfloat16): ~1e-2 up to sigma_max/c ~ 10, 0.1
+            at 100, bounded and finite at every ratio. None = float32 as above when not ``adaptive`` (the
+            accelerator default); with ``adaptive`` (the CPU default) float64 (forming X X^T squares the
+            condition number) or float32 where a power-iteration estimate of sigma_max/c allows it
+            (<= 16: all float32; <= 100: float64 X X^T and Cholesky factor, float32 iteration on the
+            factor), with a float64 redo if the computed bound shows the estimate was wrong. Measured:
+            <= 1e-3 vs float64 SVD for sigma_max/c in [1e-2, 1e4], any scale of X. float64 inputs stay
+            float64 with dtype None.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
         adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
-            computed bound and a power-iteration estimate; this reads a few scalars on the host. None
-            (default) = True on CPU, where such reads cost nothing, and False on accelerators, where a fixed
-            worst-case schedule in float64 (enough for sigma_max/c up to ~1e7, hard clip ~2e4) keeps the
-            call free of host synchronisation (and torch.compile fullgraph-friendly).
+            computed bound (and a power-iteration estimate); this reads a few scalars on the host. None
+            (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
+            float32 accelerator policy runs a fixed schedule covering sigma_max/c <= 1e4 (9 steps), with no
+            host read, no float64 and no copy from the host (torch.compile fullgraph-friendly).
+            ``adaptive=False`` selects that same path on the CPU.
 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.

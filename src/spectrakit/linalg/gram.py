@@ -7,6 +7,7 @@ matrix's grid index, so one batched loop serves matrices with different spectra 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -28,18 +29,26 @@ def gather_schedule(idx: Tensor, steps: int | None, dtype: torch.dtype, tol: flo
 
     Loop length: ``steps`` if given; else the longest need in the batch when ``adaptive`` or the worst case of
     the whole table. The quintic flags are those of the rows in ``idx`` when ``adaptive``, else of all rows.
-    ``adaptive`` reads ``idx`` on the host once; otherwise nothing is synchronised.
+    ``adaptive`` reads ``idx`` on the host once; otherwise nothing is synchronised. The table lives on
+    ``idx``'s device (``device_table``): gathering copies nothing from the host.
     """
-    table = schedule_table(tol)
     rows = idx.tolist() if adaptive else None
     if steps is None:
         steps = (max((steps_for_index(j, tol) for j in rows), default=0) if rows is not None
-                 else table.shape[1])
+                 else schedule_table(tol).shape[1])
+    coeffs = device_table(tol, steps, idx.device, dtype)[idx].transpose(0, 1)
+    return Schedule(coeffs, quintic_steps(rows, steps, tol))
+
+
+@functools.lru_cache(maxsize=64)
+def device_table(tol: float, steps: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The schedule table cut or padded (with the cubic) to ``steps`` columns, in ``dtype`` on ``device``:
+    copied there once per (tol, steps, device, dtype) and cached, so no call copies it from the host again."""
+    table = schedule_table(tol)
     if steps > table.shape[1]:
         pad = torch.tensor(NEWTON_SCHULZ_CUBIC, dtype=table.dtype).expand(table.shape[0], steps - table.shape[1], 3)
         table = torch.cat([table, pad], dim=1)
-    coeffs = table[:, :steps].to(device=idx.device, dtype=dtype)[idx].transpose(0, 1)
-    return Schedule(coeffs, quintic_steps(rows, steps, tol))
+    return table[:, :steps].to(device=device, dtype=dtype)
 
 
 def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:

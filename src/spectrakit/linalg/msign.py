@@ -41,6 +41,8 @@ COEFFICIENT_SETS: dict[str, tuple[Coefficients, int]] = {
     "polar_express": (POLAR_EXPRESS, 8),
 }
 
+#: Keller's normalisation: X / (||X||_F + KELLER_EPS), as in the reference implementations.
+KELLER_EPS = 1e-7
 _SAFETY = 1.01  # Polar Express: divide (a, b, c) by (s, s^3, s^5) on all but the last step for bf16 safety.
 
 
@@ -72,8 +74,9 @@ def msign(
 
     Args:
         X: floating tensor with at least 2 dims; batched over the leading dims.
-        coefficients: ``"polar_express"`` (default, 8 steps), ``"keller"`` (5 steps) or an explicit
-            sequence of (a, b, c) triples (the last one repeats).
+        coefficients: ``"polar_express"`` (default, 8 steps), ``"keller"`` (5 steps, normalised by
+            ||X||_F + 1e-7 as in KellerJordan/Muon and torch.optim.Muon) or an explicit sequence of (a, b, c)
+            triples (the last one repeats; normalised by 1.01 ||X||_F, as Polar Express).
         steps: number of quintic steps (default: the set's own).
         dtype: compute dtype of the iteration. None (default): bfloat16 on CUDA (as in Muon), float32
             elsewhere (float64 inputs stay float64). The output has the input's dtype.
@@ -106,8 +109,11 @@ def msign(
     batch_shape = Y.shape[:-2]
     Y = Y.reshape(-1, *Y.shape[-2:])
     # Scale by the Frobenius norm (an upper bound on sigma_max), in float64 so that no input scale over- or
-    # underflows; msign is scale invariant, so any nonzero matrix is handled exactly the same.
-    norm = torch.linalg.matrix_norm(Y.double(), keepdim=True) * _SAFETY
+    # underflows; msign is scale invariant, so any nonzero matrix is handled exactly the same. Keller's quintic
+    # is not convergent (its fixed points spread over [0.7, 1.2]), so its result depends on the start: it uses
+    # the reference's ||X||_F + 1e-7 (KellerJordan/Muon, torch.optim.Muon) instead of the safety factor.
+    norm = torch.linalg.matrix_norm(Y.double(), keepdim=True)
+    norm = norm + KELLER_EPS if coefficients == "keller" else norm * _SAFETY
     Y = (Y.double() / norm.clamp_min(1e-300)).to(work_dtype)
     Y = polar_iterate(Y, _step_coefficients(coeffs, steps, safety=named_polar_express))
     Y = Y.reshape(*batch_shape, *Y.shape[-2:])

@@ -1,0 +1,149 @@
+"""The accelerator soft clip: float32 (or bfloat16) products only, no host reads, one restart.
+
+H_c(X) = (I + G/c^2)^{-1/2} X with G = X X^T (wide orientation, m <= n) is c times the top block of
+msign(A_0), A_0 = [X^T/c; I] / sqrt(alpha), whose singular values lie in [l, 1], l = alpha^{-1/2}, when alpha
+bounds lambda_max(I + G/c^2) (SPEC 1.2). Why not iterate on the Gram matrix alone: G rounded to float32 carries
+absolute errors ~ eps sigma_max^2, i.e. relative errors ~ eps r^2 (r = sigma_max/c) in the eigenvalues of
+R_0 = A_0^T A_0 = (I + G/c^2)/alpha near 1/alpha, and a converged Gram-space iteration passes them to the
+result (8e-3 at r = 1e3, overflow at 1e4). Three phases keep every error at ~ eps r instead:
+
+1. Gram phase: K = RESTART_AFTER Polar Express steps of ``gram.inverse_sqrt`` on the float32 R_0 give
+   Q = prod_t p_t(R_t), symmetrised. While the iteration is far from converged Q is a polynomial of moderate
+   slope in R_0, so the rounding of G perturbs A_K = A_0 Q only by ~ eps times that slope (measured: the
+   restart after K = 3 steps gives 1.5e-4 at r = 1e3 and 3.4e-4 at r = 1e4; after 5-7 steps, 2e-3 at 1e3).
+2. Restart: Y = Q X and R_K = A_K^T A_K = (Y Y^T/c^2 + Q^2)/alpha, formed from O(1) quantities (absolute
+   errors ~ eps against eigenvalues >= l_K^2, l_K the schedule's lower end after K steps).
+3. Factor phase: R_K = L L^T (float32 Cholesky, no error check, so no host read), msign(L^T) by
+   ``gram.polar_factor`` for the remaining steps (it recomputes its Gram matrix from the iterate: errors
+   ~ eps/l_K), and R_K^{-1/2} = L^{-T} msign(L^T) (a triangular solve). Then
+   msign(A_0) = A_K R_K^{-1/2}, so H_c(X) = R_K^{-1/2} Y / sqrt(alpha).
+
+Matmul cost, counting 2 m^2 n per m x n product with an m x m or n x m one: X X^T, Y = Q X, Y Y^T and the final
+product (8 m^2 n; the two Gram products use 4 row blocks when n >= 4 m, 62.5% of the work each:
+``symmetric.symmetric_matmul``), plus ~ 3 m x m products per step, against the authors' 10-step method's
+4 m^2 n + 60 m^3 (SPEC 1.3). ``dtype=torch.bfloat16`` (the fast mode) runs the four n-sized products in
+bfloat16 (the bulk of the work for wide matrices) and the m x m iteration in float32, with R_K shifted by
+FAST_SHIFT before its factorisation: bounded and finite at every ratio, but only ~1e-2 accurate up to
+sigma_max/c ~ 10 (BENCHMARKS.md has both modes' measured errors).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, polar_schedule, steps_for_index
+from .gram import gather_schedule, inverse_sqrt, polar_factor
+from .symmetric import symmetric_matmul
+
+#: Steps of the Gram phase before the restart (measured best of 1..4 at r = 1e3..1e5 in float32).
+RESTART_AFTER = 3
+#: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly; beyond it the result stays
+#: finite but loses accuracy (measured 7e-3 at 1e5).
+MAX_RATIO = 1e4
+#: The factor phase assumes its lower end is this fraction of l_K / sqrt(bound): the rounding of G moves the
+#: small eigenvalues of R_K (measured: without it, 1.4e-3 on a flat spectrum at 1e4; with it, 4e-6).
+MARGIN = 0.5
+#: Tolerance of the schedules (the iteration's own relative error), below the 1e-3 target.
+TOL = 3e-4
+#: Upper bounds are inflated by this factor (as in polar_clip: rounding must not push a value above 1).
+SAFETY = 1.01
+#: Wide Gram products X X^T (n >= WIDE * m) use row blocks on every device (each block is a large product).
+WIDE = 4
+#: Fast mode: R_K is shifted by this before its Cholesky factorisation (keeps L^{-1} bounded by FAST_SHIFT^-1/2).
+FAST_SHIFT = 2.0**-7
+
+
+@torch.compiler.assume_constant_result  # torch.compile takes it as a constant instead of tracing the solve
+def fixed_steps(max_ratio: float = MAX_RATIO, tol: float = TOL) -> tuple[int, int]:
+    """(Gram-phase steps, factor-phase steps) of the fixed schedule: what the stack's lower end at
+    sigma_max/c = max_ratio needs (the factor phase restarts from MARGIN times the grid point below l_K / u_K)."""
+    return _fixed_steps(max_ratio, tol)
+
+
+@functools.cache
+def _fixed_steps(max_ratio: float, tol: float) -> tuple[int, int]:
+    l = 1 / ((1 + max_ratio**2) ** 0.5 * SAFETY)
+    j = next(i for i, g in enumerate(grid_lower_ends()) if g <= l)
+    head = min(RESTART_AFTER, steps_for_index(j, tol))
+    lk = grid_lower_ends()[j]
+    for a, b, c in polar_schedule(lk, tol=tol)[:head]:
+        lk = lk * (a + b * lk**2 + c * lk**4)
+    uk = 2 - lk if head else 1.0
+    jk = next(i for i, g in enumerate(grid_lower_ends()) if g <= MARGIN * lk / uk)
+    return head, steps_for_index(jk, tol)
+
+
+def _gram(X: Tensor) -> Tensor:
+    m, n = X.shape[-2:]
+    return symmetric_matmul(X, X.mT, blocks=4 if n >= WIDE * m else None)
+
+
+def _scale(X: Tensor) -> Tensor:
+    """||X||_F per matrix (B,) in float32 without overflow (max |x| first, then the norm of X / max |x|),
+    at least 1e-37 (a zero matrix then maps to zero)."""
+    amax = X.abs().amax(dim=(-2, -1)).float().clamp_min(1e-30)
+    return (amax * torch.linalg.vector_norm(X.float() / amax[:, None, None], dim=(-2, -1))).clamp_min(1e-37)
+
+
+def _lower_end_after(l: Tensor, coeffs: Tensor) -> Tensor:
+    """Image of the lower end l (B,) under the schedule's steps coeffs (steps, B, 3): l <- l p(l^2)."""
+    for step in coeffs.unbind(0):
+        a, b, c = step.unbind(-1)
+        l = l * (a + l * l * (b + c * l * l))
+    return l
+
+
+def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
+                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """(H_c(X), sigma_bound) for a (B, m <= n) batch X and c of shape (B,); result in float32.
+
+    ``dtype``: float32 (accurate mode) or bfloat16 (fast mode: the n-sized products in bfloat16).
+    ``steps``: total steps (Gram phase + factor phase); default: the longest need in the batch when
+    ``adaptive`` (one host read), else ``fixed_steps()`` (covers sigma_max/c <= MAX_RATIO).
+    """
+    s = _scale(X)
+    Xn = (X.float() / s[:, None, None]).to(dtype)
+    c2 = ((c.float() / s) ** 2).clamp(max=1e30)[:, None, None]  # inf for X = 0; 0 (underflow) is handled
+    G = _gram(Xn).float()
+    G2 = symmetric_matmul(G, G)
+    bound = torch.minimum(torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(G2).sqrt())
+    # R_0 = (I + G/c^2)/alpha with alpha = (1 + bound/c^2) SAFETY: w = 1/(alpha c^2) and 1/alpha, formed so
+    # that neither under- nor overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0)
+    w = 1 / ((c2 + bound[:, None, None]) * SAFETY)
+    inv = w * c2  # 1/alpha
+    R = G * w
+    R.diagonal(dim1=-2, dim2=-1).add_(inv[:, :, 0])
+    R2 = torch.addcmul(G2 * (w * w), G, 2 * w * inv)
+    R2.diagonal(dim1=-2, dim2=-1).add_((inv * inv)[:, :, 0])
+    idx = grid_index(inv.sqrt().flatten())
+    fixed = fixed_steps() if steps is None and not adaptive else None
+    k = min(RESTART_AFTER, steps) if steps is not None else (fixed[0] if fixed else RESTART_AFTER)
+    head = gather_schedule(idx, k, torch.float32, TOL, adaptive=False)
+    Q = inverse_sqrt(R, R2, head)
+    Q = 0.5 * (Q + Q.mT)
+    Y = (Q.to(dtype) @ Xn).float()
+    Yd = Y.to(dtype)
+    RK = _gram(Yd).float() * w + symmetric_matmul(Q, Q) * inv
+    RK = 0.5 * (RK + RK.mT)
+    # normalise by an upper bound of lambda_max(R_K); the factor phase's lower end is the image of the grid
+    # point under the Gram phase's steps, over the square root of that bound
+    beta = torch.minimum(torch.linalg.vector_norm(RK, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(RK)) * SAFETY
+    RK = RK / beta[:, None, None]
+    lk = _lower_end_after(torch.pow(10.0, idx.float() / -GRID_PER_DECADE), head.coeffs)
+    tail_steps = fixed[1] if fixed else (None if steps is None else steps - k)
+    tail = gather_schedule(grid_index(MARGIN * lk / beta.sqrt()), tail_steps, torch.float32, TOL, adaptive)
+    # Cholesky without error check (no host read); where it fails (R_K singular to working precision, far
+    # beyond MAX_RATIO), the factor of R_K + delta I is used instead
+    eye = torch.eye(RK.shape[-1], dtype=RK.dtype, device=RK.device)
+    if dtype == torch.bfloat16:  # fast mode: R_K's rounding (~2^-8) would reach its small eigenvalues
+        RK = RK + FAST_SHIFT * eye
+    L, info = torch.linalg.cholesky_ex(RK)
+    L = torch.where((info == 0)[:, None, None], L, torch.linalg.cholesky_ex(RK + 2**-16 * eye).L)
+    Rt = L @ L.mT
+    U = polar_factor(L.mT, Rt, symmetric_matmul(Rt, Rt), tail)
+    M = torch.linalg.solve_triangular(L.mT, U, upper=True)
+    out = (M.to(dtype) @ Yd).float() * ((inv / beta[:, None, None]).sqrt() * s[:, None, None])
+    return out, bound.sqrt() * s
