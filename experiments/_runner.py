@@ -23,6 +23,7 @@ from _study import Budget, RunSpec
 from spectrakit.train.config import TrainConfig
 from spectrakit.train.data import prepare_data
 from spectrakit.train.metrics import read_jsonl
+from spectrakit.train.optimizers import optimizer_arguments, optimizer_class
 from spectrakit.train.trainer import Trainer
 
 RESULTS = "results.jsonl"
@@ -78,6 +79,37 @@ def gradient_spectra(diagnostics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def multiplier_groups(named: Iterable[tuple[str, torch.Tensor]], multiplier: Callable[[str, tuple[int, ...]], float],
+                      lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Param groups with lr m*lr and weight decay wd/m per multiplier m = multiplier(name, shape), so a tensor's
+    step is X <- (1 - lr*wd) X - m*lr*U: the multiplier scales the update, not the decay (as SPECTRA's scale)."""
+    by_mult: dict[float, list[tuple[str, torch.Tensor]]] = {}
+    for name, p in named:
+        by_mult.setdefault(float(multiplier(name, tuple(p.shape))), []).append((name, p))
+    return [{"params": members, "lr": m * lr, "weight_decay": weight_decay / m} for m, members in by_mult.items()]
+
+
+class MultiplierTrainer(Trainer):
+    """The harness's Trainer with a per-tensor lr multiplier (``multiplier_groups``): the optimizer it built is
+    replaced by the same class and arguments over multiplier param groups; the schedule scales every group."""
+
+    def __init__(self, cfg: TrainConfig, multiplier: Callable[[str, tuple[int, ...]], float], **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        lr, wd = self.optimizer.param_groups[0]["lr"], self.optimizer.param_groups[0]["weight_decay"]
+        kwargs = optimizer_arguments(cfg.optimizer, lr=lr, weight_decay=wd, clip_c=cfg.clip_c, extra=cfg.opt)
+        groups = multiplier_groups(self.module.named_parameters(), multiplier, lr, wd)
+        self.optimizer = optimizer_class(cfg.optimizer)(groups, **kwargs)
+        self.peak_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+
+def optimizer_statistics(diagnostics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per diagnostics step: the optimizer's statistics() (SPECTRA: clip_c/group<i>, sigma_max/<name>,
+    clipped_fraction/<name>), when it recorded any."""
+    return [{"step": r["step"], **r["optimizer"]} for r in diagnostics if r.get("optimizer")]
+
+
 def run_one(spec: RunSpec, budget: Budget, out_dir: Path, cache_dir: str | None, data=None) -> dict[str, Any]:
     """Train ``spec`` and return its record (a diverged run is a record with diverged=True, not an error)."""
     name, opt = spec.optimizer(budget)
@@ -86,7 +118,9 @@ def run_one(spec: RunSpec, budget: Budget, out_dir: Path, cache_dir: str | None,
     run_dir = Path(cfg.out_dir) / spec.name
     if run_dir.exists():  # a run interrupted earlier: start it again
         shutil.rmtree(run_dir)
-    trainer = Trainer(cfg, data=data if data is not None else load_data(cfg), log=lambda _m: None)
+    multiplier = spec.multiplier()
+    kw = dict(data=data if data is not None else load_data(cfg), log=lambda _m: None)
+    trainer = Trainer(cfg, **kw) if multiplier is None else MultiplierTrainer(cfg, multiplier, **kw)
     start = time.perf_counter()
     error = None
     try:
@@ -104,13 +138,14 @@ def run_one(spec: RunSpec, budget: Budget, out_dir: Path, cache_dir: str | None,
     final = final if final is not None else math.nan
     diverged = error is not None or not math.isfinite(final) or final > initial
     warmup_logs = max(1, trainer.cfg.warmup // trainer.cfg.log_every)
+    diagnostics = read_jsonl(run_dir / "diagnostics.jsonl")
     record = {"name": spec.name, "spec": asdict(spec), "optimizer": name, "opt": {k: repr(v) for k, v in opt.items()},
               "budget": budget.name, "parameters": trainer.model.num_parameters(),
               "tokens": trainer.tokens, "final_val_loss": final, "initial_val_loss": initial, "diverged": diverged,
               "error": error, "spikes": count_spikes([loss for _, loss in train], skip=warmup_logs),
               "train_curve": train, "val_curve": val, "tokens_per_s": tokens_per_s, "wall_s": wall,
               "weights": weight_norms(trainer.model),
-              "grad_spectra": gradient_spectra(read_jsonl(run_dir / "diagnostics.jsonl"))}
+              "grad_spectra": gradient_spectra(diagnostics), "optimizer_stats": optimizer_statistics(diagnostics)}
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the record holds what the report needs
     return json.loads(json.dumps(record, default=float))
 

@@ -8,8 +8,11 @@ study skips finished runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from spectrakit.optim.scale import shape_scale
 
 # Optimizer variants: label -> (spectrakit train optimizer name, fixed constructor arguments).
 # The base of each SPECTRA pair is the same class with clip=None, so the clip is the only difference
@@ -21,6 +24,7 @@ BASE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ademamix": ("ademamix", {"betas": (0.9, 0.999, 0.999), "alpha": 8.0}),  # + warmups = steps (paper recipe)
 }
 SPECTRAL_OPTIMIZERS = ("muon", "sso", "muon-sphere", "spike-aware")
+EMBED_HEAD = ("embed.weight", "lm_head.weight")  # the harness model's embedding and output head
 
 # Grid centres; each grid is centre * 10**(k/2), k symmetric around 0 (same width for every optimizer).
 LR_CENTRES: dict[str, float] = {"adamw": 1e-2, "signum": 10**-2.5, "mars": 1e-2, "ademamix": 1e-2,
@@ -49,6 +53,7 @@ class Budget:
     other_grid_points: int = 5  # grid of experiment 6 (same width as grid_points, fewer points when short of time)
     stability_points: int = 2  # experiment 2: extra lrs above the grid, sqrt(10) apart
     workers: int = 2
+    warmup_steps: int | None = None  # None: the harness's default (5% of steps)
 
     @property
     def tokens_per_step(self) -> int:
@@ -60,7 +65,7 @@ class Budget:
                     seq_len=self.seq_len, batch_size=self.batch_size, steps=self.steps, eval_every=self.eval_every,
                     eval_batches=self.eval_batches, diag_every=self.diag_every, corpus_fraction=self.corpus_fraction,
                     schedule="cosine", weight_decay=0.1, grad_clip=1.0, ckpt_every=0, progress=False, plots=False,
-                    threads=1, dtype="float32", device="cpu")
+                    threads=1, dtype="float32", device="cpu", warmup_steps=self.warmup_steps)
 
 
 BUDGETS: dict[str, Budget] = {
@@ -77,6 +82,15 @@ BUDGETS: dict[str, Budget] = {
                     grid_points=2, seeds=(0, 1), eval_every=3, eval_batches=2, diag_every=3, corpus_fraction=0.02,
                     c_values=(1.0, 10.0), other_grid_points=2, stability_points=1, workers=1),
 }
+# The clip-vs-scale study (issue 17, experiments/clip_vs_scale.py): each base budget has a twice as wide model
+# (d_model 128 for reduced, head size kept) and a stability setting (no warmup, twice the steps).
+for _base in ("reduced", "quick"):
+    _b = BUDGETS[_base]
+    BUDGETS[f"{_base}-wide"] = replace(_b, name=f"{_base}-wide", d_model=2 * _b.d_model, n_heads=2 * _b.n_heads,
+                                       c_values=(1.0, 3.0, 10.0, 30.0, 100.0) if _base == "reduced" else _b.c_values,
+                                       workers=1)
+    BUDGETS[f"{_base}-stability"] = replace(_b, name=f"{_base}-stability", steps=2 * _b.steps, warmup_steps=0,
+                                            workers=1)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,9 @@ class RunSpec:
     pre_clip: float | None = None  # spectral pre-clipping threshold (None: off)
     grad_clip: float = 1.0  # global L2 clipping (0: off)
     extra: tuple[tuple[str, Any], ...] = field(default=())  # further optimizer arguments (e.g. adamw_lr)
+    # per-tensor lr multiplier (``multiplier``): None, a number m for the embedding and the head, or "shape"
+    # (sqrt(max(1, rows/cols)) on every matrix: SPECTRA's rectangular scale as an lr multiplier, without the clip)
+    lr_mult: float | str | None = None
 
     @property
     def name(self) -> str:
@@ -101,7 +118,20 @@ class RunSpec:
         if self.grad_clip != 1.0:
             parts.append(f"gc{self.grad_clip:g}")
         parts += [f"{key}{value:.3g}" if isinstance(value, float) else f"{key}-{value}" for key, value in self.extra]
+        if self.lr_mult is not None:
+            parts.append(f"mult-{self.lr_mult}" if isinstance(self.lr_mult, str) else f"mult{self.lr_mult:.3g}")
         return "-".join(parts)
+
+    def multiplier(self) -> Callable[[str, tuple[int, ...]], float] | None:
+        """The run's per-tensor lr multiplier m(name, shape), or None (one lr for every tensor)."""
+        mult = self.lr_mult
+        if mult is None:
+            return None
+        if mult == "shape":
+            return lambda _name, shape: shape_scale(shape, "keller")
+        if isinstance(mult, str) or not mult > 0:
+            raise ValueError(f"lr_mult must be None, 'shape' or a number > 0, got {mult!r}")
+        return lambda name, _shape: float(mult) if name in EMBED_HEAD else 1.0
 
     def optimizer(self, budget: Budget) -> tuple[str, dict[str, Any]]:
         """(spectrakit train optimizer name, constructor arguments) of this run."""

@@ -4,6 +4,8 @@
     python experiments/reproduce.py run --budget full             # the designed ~2 h study (2 free CPU cores)
     python experiments/reproduce.py run --quick --out DIR         # every experiment in seconds (test suite)
     python experiments/reproduce.py report --out DIR              # tables (DIR/summary.md) and figures
+    python experiments/reproduce.py run --study clip-vs-scale --workers 1   # issue 17 (see _clip_vs_scale)
+    python experiments/reproduce.py report --study clip-vs-scale          # its tables from experiments/results
 
 Experiments (numbers as in the issue):
   1 base vs SPECTRA per base optimizer: an lr grid (same width for all), extra seeds at each best lr
@@ -36,6 +38,8 @@ from _runner import run_all  # noqa: E402
 from _study import BUDGETS, SPECTRAL_OPTIMIZERS, Budget, RunSpec, lr_grid, pairs, stability_lrs  # noqa: E402
 
 EXPERIMENTS = (1, 2, 3, 4, 5, 6, 7)
+STUDIES = ("reproduction", "clip-vs-scale")
+CLIP_VS_SCALE_OUT = Path(__file__).resolve().parent / "results" / "clip-vs-scale"
 BASES = ("adamw", "signum", "mars", "ademamix")
 
 
@@ -116,40 +120,86 @@ def run_study(budget: Budget, out: Path, exps: set[int], bases: list[str], cache
         records = run_all(phase(exps, bases, budget, records), budget, out, cache_dir)
 
 
+def parse_experiments(parser: argparse.ArgumentParser, text: str | None, allowed: tuple[int, ...]) -> set[int]:
+    if text is None:
+        return set(allowed)
+    try:
+        exps = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        parser.error(f"--experiments must be comma-separated integers, got {text!r}")
+    if not exps or not exps <= set(allowed):
+        parser.error(f"--experiments must be a subset of {allowed}, got {text!r}")
+    return exps
+
+
+def run_clip_vs_scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The clip-vs-scale study (issue 17): budget 'reduced' (default) or 'quick'; one worker unless told."""
+    from _clip_vs_scale import EXPERIMENTS as CVS_EXPERIMENTS
+    from _clip_vs_scale import run_study as run_cvs
+
+    if args.bases is not None:
+        parser.error("--bases applies to the reproduction study only (clip-vs-scale compares AdamW variants)")
+    base = "quick" if args.quick else args.budget
+    if base not in ("reduced", "quick"):
+        parser.error(f"--budget must be 'reduced' or 'quick' for --study clip-vs-scale, got {base!r}")
+    exps = parse_experiments(parser, args.experiments, CVS_EXPERIMENTS)
+    out = args.out or (Path("runs/clip-vs-scale-quick") if args.quick else CLIP_VS_SCALE_OUT)
+    start = time.time()
+    run_cvs(base, out, exps, args.cache_dir, workers=args.workers or 1)
+    print(f"study done in {(time.time() - start) / 60:.1f} min: {out}")
+    if args.quick:
+        print(write_clip_vs_scale_report(out))
+    return 0
+
+
+def write_clip_vs_scale_report(out: Path) -> Path:
+    from _clip_vs_scale_report import write_report
+
+    return write_report(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train the runs of the chosen experiments (skipping finished ones)")
+    run.add_argument("--study", choices=STUDIES, default=STUDIES[0],
+                     help="reproduction (issue 8, experiments 1-7) or clip-vs-scale (issue 17, experiments 1-4)")
     run.add_argument("--budget", choices=sorted(BUDGETS), default="reduced", help="model and token budget")
     run.add_argument("--quick", action="store_true", help="the 'quick' budget, then the report (smoke test)")
-    run.add_argument("--experiments", default="1,2,3,4,5,6,7", help="comma-separated experiment numbers")
-    run.add_argument("--bases", default="adamw,signum,mars,ademamix",
-                     help=f"base optimizers of experiments 1-4, from {', '.join(BASES)}")
+    run.add_argument("--experiments", default=None, help="comma-separated experiment numbers (default: all)")
+    run.add_argument("--bases", default=None,
+                     help=f"base optimizers of experiments 1-4, from {', '.join(BASES)} (default: all; "
+                          "reproduction study only)")
     run.add_argument("--workers", type=int, default=None, help="parallel training processes (default: budget's)")
     run.add_argument("--cache-dir", default=None, help="tokenizer and token cache (default: the harness's)")
-    run.add_argument("--out", type=Path, default=None, help="results folder (default runs/reproduction-BUDGET)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="results folder (default runs/reproduction-BUDGET; clip-vs-scale: "
+                          f"{CLIP_VS_SCALE_OUT}, or runs/clip-vs-scale-quick with --quick)")
     report = sub.add_parser("report", help="write DIR/summary.md and DIR/figures/*.png from DIR/results.jsonl")
-    report.add_argument("--out", type=Path, default=Path("runs/reproduction-reduced"), help="results folder")
+    report.add_argument("--study", choices=STUDIES, default=STUDIES[0], help="which study's tables")
+    report.add_argument("--out", type=Path, default=None,
+                        help=f"results folder (default runs/reproduction-reduced; clip-vs-scale: {CLIP_VS_SCALE_OUT})")
     report.add_argument("--figures", type=Path, default=None, help="figure folder (default DIR/figures)")
     args = parser.parse_args(argv)
 
     if args.command == "report":
+        if args.study == "clip-vs-scale":
+            print(write_clip_vs_scale_report(args.out or CLIP_VS_SCALE_OUT))
+            return 0
         from _analysis import write_report
 
-        write_report(args.out, args.figures or args.out / "figures")
+        out = args.out or Path("runs/reproduction-reduced")
+        write_report(out, args.figures or out / "figures")
         return 0
+    if args.study == "clip-vs-scale":
+        return run_clip_vs_scale(parser, args)
     budget = BUDGETS["quick" if args.quick else args.budget]
     if args.workers is not None:
         if args.workers < 1:
             parser.error(f"--workers must be >= 1, got {args.workers}")
         budget = Budget(**{**budget.__dict__, "workers": args.workers})
-    try:
-        exps = {int(x) for x in args.experiments.split(",") if x.strip()}
-    except ValueError:
-        parser.error(f"--experiments must be comma-separated integers, got {args.experiments!r}")
-    if not exps or not exps <= set(EXPERIMENTS):
-        parser.error(f"--experiments must be a subset of {EXPERIMENTS}, got {args.experiments!r}")
-    bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    exps = parse_experiments(parser, args.experiments, EXPERIMENTS)
+    bases = [b.strip() for b in (args.bases or ",".join(BASES)).split(",") if b.strip()]
     if not bases or not set(bases) <= set(BASES):
         parser.error(f"--bases must be a subset of {BASES}, got {args.bases!r}")
     out = args.out or Path(f"runs/reproduction-{budget.name}")
