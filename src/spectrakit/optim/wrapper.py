@@ -102,14 +102,14 @@ class SpectraWrapper(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer (if it is not one of its groups already) with SPECTRA's keys."""
+        groups = self.optimizer.param_groups
+        index = next((i for i, g in enumerate(groups) if g is param_group), len(groups))
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
-        names = param_group.get("param_names") or [f"group{len(self.optimizer.param_groups)}.param{j}"
-                                                   for j in range(len(params))]
-        for name, p in zip(names, params):
+        for name, p in self._named(index, {**param_group, "params": params}):
             if isinstance(p, Tensor):
                 check_real_floating(name, p, "SpectraWrapper")
-        if not any(param_group is g for g in self.optimizer.param_groups):
+        if index == len(groups):
             _check_group({**self.optimizer.defaults, **param_group})  # before the wrapped optimizer keeps it
             self.optimizer.add_param_group(param_group)
             param_group = self.optimizer.param_groups[-1]
