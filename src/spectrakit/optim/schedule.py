@@ -144,6 +144,14 @@ class ClipSchedule:
         return threshold_factor(step, float(lr), float(peak_lr), warmup_done, prev_lr, **self._values())
 
 
+def set_schedule(defaults: dict[str, Any], groups: list[dict[str, Any]], schedule: ClipSchedule) -> None:
+    """Write ``schedule`` into an optimizer's defaults (groups added later) and into every one of its groups."""
+    options = schedule.group_options()
+    defaults.update(options)
+    for group in groups:
+        group.update(options)
+
+
 def prepare_group(group: dict[str, Any], lr: float) -> None:
     """Add the schedule's bookkeeping keys to a param group (they round-trip through state_dict)."""
     group.setdefault("clip_step", 0)

@@ -31,7 +31,7 @@ from ._validate import check_choice
 from .base import SpectralOptimizer, decoupled_step
 from .directions import BASE_DEFAULTS, BASES, base_direction, base_options, validate_base_options
 from .scale import shape_scale
-from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group
+from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 from .stats import record_clip_statistics
 from .transforms import spectral_transform
 
@@ -137,10 +137,8 @@ class Spectra(SpectralOptimizer):
                           warmup_steps: int | None = None) -> None:
         """Replace the threshold schedule of every group (see ``schedule.ClipSchedule``), e.g. once the run
         length is known; per group, set the ``clip_*`` schedule keys of that group instead."""
-        settings = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale).group_options()
-        self.defaults.update(settings)
-        for group in self.param_groups:
-            group.update(settings)
+        set_schedule(self.defaults, self.param_groups,
+                     ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale))
 
     @property
     def clip_schedule(self) -> ClipSchedule:

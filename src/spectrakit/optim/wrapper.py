@@ -26,7 +26,7 @@ from ._options import check_clip_options, exclude_patterns
 from ._selection import ClipSelection
 from .base import check_real_floating
 from .scale import shape_scale
-from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group
+from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 from .stats import record_clip_statistics
 from .transforms import spectral_transform
 
@@ -119,10 +119,8 @@ class SpectraWrapper(Optimizer):
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
                           warmup_steps: int | None = None) -> None:
         """Replace the threshold schedule of every group and of groups added later (``schedule.ClipSchedule``)."""
-        options = ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale).group_options()
-        self.defaults.update(options)
-        for group in self.param_groups:
-            group.update(options)
+        set_schedule(self.defaults, self.param_groups,
+                     ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale))
 
     def statistics(self) -> dict[str, Tensor]:
         """As ``Spectra.statistics()`` (empty unless ``track_stats=True``)."""
