@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
-from ._selection import ClipSelection
+from ._selection import ClipSelection, is_clipped
 from ._validate import check_choice, check_positive
+from .directions import Direction
+from .engine import StepPlan
 from .scale import SCALE_CONVENTIONS
 from .schedule import ClipSchedule, check_peak_lr
-from .transforms import CLIP_KINDS, VECTOR_RULES, check_method
+from .transforms import CLIP_KINDS, VECTOR_RULES, TransformOptions, check_method, transform_named
 
 CLIP_METHODS = ("auto", "polar", "newton_schulz", "svd")
 CLIP_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
@@ -45,3 +47,12 @@ def check_clip_options(group: dict[str, Any]) -> None:
     check_choice(group["scale"], "scale", SCALE_CONVENTIONS)
     check_peak_lr(group)
     ClipSchedule.from_group(group)
+
+
+def clip_plan(group: dict[str, Any], direction: Direction | None, batch: int) -> StepPlan:
+    """The engine's plan for a group's clip settings (``direction`` None: the caller supplies the directions)."""
+    clip, apply_to, exclude = group["clip"], group["clip_apply_to"], group["clip_exclude"]
+    return StepPlan(direction, None if clip is None else transform_named(clip),
+                    TransformOptions(group["clip_method"], group["clip_steps"], group["clip_dtype"],
+                                     vector_rule=group["vector_rule"]),
+                    batch, group["scale"], lambda name, p: is_clipped(name, p, apply_to, exclude), record_c=True)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._validate import check_betas, check_choice, check_lr, check_nonnegative, check_positive
+from .directions import adamw_moments
 from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -33,26 +34,6 @@ _HOOK_ATTRIBUTES = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or Inf; raised before any parameter is changed."""
-
-
-def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float) -> Tensor:
-    """Advance AdamW's moments and return U = m_hat / (sqrt(v_hat) + eps) (torch.optim.AdamW's direction).
-
-    m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;  bias corrections 1 - beta^t.
-    """
-    if "step" not in state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    state["step"] += 1
-    beta1, beta2 = betas
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    m.lerp_(grad, 1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bc1 = 1 - beta1 ** state["step"]
-    bc2_sqrt = (1 - beta2 ** state["step"]) ** 0.5
-    denom = (v.sqrt() / bc2_sqrt).add_(eps)
-    return (m / bc1).div_(denom)
 
 
 def scalar_lr(lr: float | Tensor) -> float | Tensor:
@@ -74,6 +55,17 @@ def decoupled_step(p: Tensor, update: Tensor | None, lr: float | Tensor, weight_
     p.mul_(1 - lr * weight_decay)
     if update is not None:
         p.add_(update, alpha=-lr * scale)
+
+
+def decoupled_steps(params: list[Tensor], updates: list[Tensor], lr: float | Tensor, weight_decay: float) -> None:
+    """:func:`decoupled_step` with scale 1 for lists of parameters and updates (``torch._foreach_*`` ops)."""
+    lr = scalar_lr(lr)
+    if isinstance(lr, Tensor):
+        for p, update in zip(params, updates):
+            decoupled_step(p, update, lr, weight_decay)
+        return
+    torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_add_(params, updates, alpha=-lr)
 
 
 def check_real_floating(name: str, p: Tensor, owner: str) -> None:
@@ -186,7 +178,8 @@ class SpectralOptimizer(Optimizer):
 
     def statistics(self) -> dict[str, Tensor]:
         """Diagnostics of the last step as a flat dict of scalar tensors (no host sync; empty unless the
-        subclass was asked to track them, e.g. ``track_stats=True``). Subclasses fill ``self._statistics``."""
+        subclass was asked to track them, e.g. ``track_stats=True``, and after a skipped step). Subclasses fill
+        ``self._statistics``, which every ``step()`` starts empty."""
         return dict(self._statistics)
 
     # -------------------------------------------------------------------------------------------- step
@@ -197,6 +190,7 @@ class SpectralOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._statistics = {}  # statistics() describes the last step only (empty after a skipped one)
         if not self._gradients_usable():
             self.skipped_steps += 1
             return loss
@@ -211,12 +205,11 @@ class SpectralOptimizer(Optimizer):
         raise NotImplementedError
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            direction = adamw_direction(p.grad, self.state[p], group["adamw_betas"], group["adamw_eps"])
-            decoupled_step(p, direction, lr, wd)
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            directions = adamw_moments([p.grad for p in params], [self.state[p] for p in params],
+                                       group["adamw_betas"], group["adamw_eps"])
+            decoupled_steps(params, directions, group["lr"], group["weight_decay"])
 
     def _named_grads(self) -> list[tuple[str, Tensor]]:
         out = []

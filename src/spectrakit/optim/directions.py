@@ -1,111 +1,198 @@
-"""Base directions U_k of the optimizers SPECTRA wraps (SPEC section 3), as functions of (grad, state).
+"""Base directions U of the optimizers the step engine drives (SPEC section 3), as registered objects.
 
-Each function advances the optimizer state of one parameter in place and returns the direction U that a
-plain optimizer would step along: X <- (1 - lr*wd) X - lr * U. SPECTRA replaces U by clip_c(U).
+A :class:`Direction` advances the optimizer state of a list of parameters in place and returns, for each, the
+direction U that the plain optimizer would step along: X <- (1 - lr*wd) X - lr * U. SPECTRA replaces U by
+clip_c(U); Muon by msign(U). The hyperparameters a direction reads from its param group, with their
+defaults, are ``Direction.defaults``; :func:`check_hyperparameters` validates them all, by key.
 
-- AdamW:    U = m_hat / (sqrt(v_hat) + eps)                                (``adamw_direction``, in base.py)
-- Signum:   buf <- mu buf + (1 - dampening) g (Nesterov: g + mu buf);  U = sign(buf)
-- MARS:     c = g + gamma * beta1/(1 - beta1) * (g - g_prev) (g_prev = 0 at the first step);
-            c <- c / max(1, ||c||_F);  U = AdamW direction of c (moments of c, bias corrected).
-            1-D tensors use the plain AdamW direction with ``vector_betas`` (Yuan et al. 2024).
-- AdEMAMix: m1 = EMA_beta1(g) (bias corrected), m2 = EMA_beta3(g) (no correction), v = EMA_beta2(g^2)
-            (bias corrected);  U = (m1_hat + alpha_t m2) / (sqrt(v_hat) + eps)  (Pagliardini et al. 2024)
-            with optional warmups alpha_t = alpha * min(1, t/T_alpha) and the half-life warmup of beta3.
-- momentum: EMA momentum (Muon's, Nesterov by default), U = the momentum itself.
+- adamw:    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  U = m_hat / (sqrt(v_hat) + eps)
+            (bias corrections 1 - b^t; torch.optim.AdamW's direction)
+- signum:   buf <- mu buf + (1 - dampening) g (Nesterov: g + mu buf);  U = sign(buf)   (momentum 0: sign(g))
+- mars:     c = g + gamma * b1/(1 - b1) * (g - g_prev) (g_prev = 0 at the first step);
+            c <- c / max(1, ||c||_F);  U = the AdamW direction of c.  1-D tensors: AdamW with ``vector_betas``
+            (Yuan et al. 2024)
+- ademamix: m1 = EMA_b1(g) (bias corrected), m2 = EMA_b3(g) (no correction), v = EMA_b2(g^2) (bias corrected);
+            U = (m1_hat + alpha_t m2) / (sqrt(v_hat) + eps), with the optional warmups
+            alpha_t = alpha * min(1, t/T_alpha) and the half-life warmup of b3 (Pagliardini et al. 2024)
+- momentum: EMA momentum buf <- b buf + (1 - b) g;  U = buf, or with Nesterov (1 - b) g + b buf (Muon's)
+- lion:     U = sign(b1 m + (1 - b1) g), then m <- b2 m + (1 - b2) g   (Chen et al. 2023)
+
+Every direction works on a list of parameters at once with ``torch._foreach_*`` ops (one fused kernel per op
+on accelerators; on CPU the same per-tensor kernels, so the numbers do not depend on how parameters are
+grouped). A returned U may BE a state buffer (momentum without Nesterov): callers must not modify it in place.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._validate import check_betas, check_nonnegative, check_unit_interval
-from .base import adamw_direction
-from .momentum import ema_momentum, heavy_ball_momentum
 
-BASES = ("adamw", "signum", "mars", "ademamix", "momentum")
-
-#: Hyperparameters each base reads from its param group, with their defaults.
-BASE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
-    "signum": {"momentum": 0.9, "dampening": 0.0, "nesterov": False},
-    "mars": {"betas": (0.95, 0.99), "eps": 1e-8, "gamma": 0.025, "vector_betas": (0.9, 0.95)},
-    "ademamix": {"betas": (0.9, 0.999, 0.9999), "eps": 1e-8, "alpha": 2.0, "alpha_warmup": None,
-                 "beta3_warmup": None},
-    "momentum": {"momentum": 0.95, "nesterov": True},
-}
+#: (grads, states, group) -> directions, one per parameter; ``states`` are the parameters' state dicts.
+DirectionFn = Callable[[list[Tensor], list[dict[str, Any]], Mapping[str, Any]], list[Tensor]]
 
 
-def base_options(base: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The base's hyperparameters: its defaults overridden by ``given`` (None = default), validated.
+@dataclass(frozen=True)
+class Direction:
+    """A base direction: its name, its hyperparameters with their defaults, and the update of its state.
+
+    ``betas_length``: how many coefficients its ``betas`` holds (for validation).
+    """
+
+    name: str
+    defaults: Mapping[str, Any]
+    compute: DirectionFn
+    betas_length: int = 2
+
+    def __call__(self, grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+        return self.compute(grads, states, group) if grads else []
+
+
+#: The registered directions by name (``register_direction`` adds one).
+DIRECTIONS: dict[str, Direction] = {}
+
+
+def register_direction(direction: Direction) -> Direction:
+    """Make ``direction`` available as ``Spectra(base=direction.name)``; returns it."""
+    if not isinstance(direction, Direction):
+        raise TypeError(f"register_direction needs a Direction, got {type(direction).__name__}")
+    DIRECTIONS[direction.name] = direction
+    return direction
+
+
+def direction_named(name: object, key: str = "base") -> Direction:
+    """The registered direction ``name``; ValueError naming ``key`` and the registered names otherwise."""
+    if name not in DIRECTIONS:
+        raise ValueError(f"{key} must be one of {tuple(DIRECTIONS)}, got {name!r}")
+    return DIRECTIONS[name]  # type: ignore[index]
+
+
+def base_options(base: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of ``base``: its defaults overridden by ``given`` (None = default), validated.
 
     A hyperparameter the base does not use raises ValueError naming it.
     """
-    defaults = BASE_DEFAULTS[base]
+    defaults = direction_named(base).defaults
     for key, value in given.items():
         if value is not None and key not in defaults:
             raise ValueError(f"{key} is not a hyperparameter of base={base!r} (it uses {sorted(defaults)})")
     options = {k: (given[k] if given.get(k) is not None else v) for k, v in defaults.items()}
-    validate_base_options(base, options)
+    check_hyperparameters(base, options)
     return options
 
 
-def validate_base_options(base: str, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+def check_hyperparameters(base: str, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
     """Check the hyperparameters of ``base`` in ``options`` (a param group or a dict of options), read over
     ``defaults`` (the optimizer's; then the base's own) so that a group setting one option is checked together
-    with the values it will step with."""
-    options = {**BASE_DEFAULTS[base], **(defaults or {}), **options}
-    if "betas" in options:
-        check_betas(options["betas"], "betas", length=3 if base == "ademamix" else 2)
-    if "vector_betas" in options:
+    with the values it will step with. Errors name the key."""
+    direction = direction_named(base)
+    options = {**direction.defaults, **(defaults or {}), **options}
+    if "betas" in direction.defaults:
+        check_betas(options["betas"], "betas", length=direction.betas_length)
+    if "vector_betas" in direction.defaults:
         check_betas(options["vector_betas"], "vector_betas")
-    if "eps" in options:
-        check_nonnegative(options["eps"], "eps")
-    if "momentum" in options:
-        check_unit_interval(options["momentum"], "momentum")
-    if "dampening" in options:
-        check_unit_interval(options["dampening"], "dampening")
-    if "nesterov" in options and not isinstance(options["nesterov"], bool):
+    for key in ("eps", "gamma", "alpha"):
+        if key in direction.defaults:
+            check_nonnegative(options[key], key)
+    for key in ("momentum", "dampening"):
+        if key in direction.defaults:
+            check_unit_interval(options[key], key)
+    if "nesterov" in direction.defaults and not isinstance(options["nesterov"], bool):
         raise ValueError(f"nesterov must be True or False, got {options['nesterov']!r}")
-    if "gamma" in options:
-        check_nonnegative(options["gamma"], "gamma")
-    if "alpha" in options:
-        check_nonnegative(options["alpha"], "alpha")
     for key in ("alpha_warmup", "beta3_warmup"):
-        value = options.get(key)
+        value = options.get(key) if key in direction.defaults else None
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be None or an integer >= 1 (steps), got {value!r}")
-    if options.get("beta3_warmup") is not None and options["betas"][0] == 0:
+    if "beta3_warmup" in direction.defaults and options["beta3_warmup"] is not None and options["betas"][0] == 0:
         raise ValueError("beta3_warmup needs betas[0] > 0 (the warmup starts beta3 at beta1)")
 
 
-def signum_direction(grad: Tensor, state: dict[str, Any], momentum: float, dampening: float,
-                     nesterov: bool) -> Tensor:
-    """U = sign(buf) with heavy-ball momentum started at zero (sign(g) when momentum is 0)."""
-    if momentum == 0:
-        return grad.sign()
-    if "momentum_buffer" not in state:
-        state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    return heavy_ball_momentum(grad, state["momentum_buffer"], momentum, dampening, nesterov).sign()
+# ------------------------------------------------------------------------------------------- state
+def _buffers(grads: list[Tensor], states: list[dict[str, Any]], key: str) -> list[Tensor]:
+    """The state buffer ``key`` of every parameter, created as zeros like its gradient on first use."""
+    for g, state in zip(grads, states):
+        if key not in state:
+            state[key] = torch.zeros_like(g, memory_format=torch.preserve_format)
+    return [state[key] for state in states]
 
 
-def mars_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float, gamma: float,
-                   vector_betas: tuple[float, float]) -> Tensor:
-    """MARS-AdamW: variance-reduced, norm-capped gradient fed to the AdamW direction (1-D: plain AdamW)."""
-    if grad.dim() < 2:
-        return adamw_direction(grad, state, vector_betas, eps)
-    if "last_grad" not in state:
-        state["last_grad"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    last = state["last_grad"]
-    beta1 = betas[0]
-    corrected = torch.sub(grad, last).mul_(gamma * beta1 / (1 - beta1)).add_(grad)
-    norm = torch.linalg.vector_norm(corrected.to(torch.promote_types(corrected.dtype, torch.float32)))
-    corrected.div_(norm.clamp_min(1.0).to(corrected.dtype))
-    last.copy_(grad)
-    return adamw_direction(corrected, state, betas, eps)
+def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: list[Tensor]) -> list[int]:
+    """Advance each parameter's step count t (starting the ``buffers`` at zero); returns the new t's."""
+    for g, state in zip(grads, states):
+        if "step" not in state:
+            state["step"] = 0
+            for key in buffers:
+                state[key] = torch.zeros_like(g, memory_format=torch.preserve_format)
+        state["step"] += 1
+    return [state["step"] for state in states]
+
+
+# -------------------------------------------------------------------------------------- directions
+def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tuple[float, float],
+                  eps: float) -> list[Tensor]:
+    """Advance AdamW's moments of every parameter and return U = m_hat / (sqrt(v_hat) + eps)."""
+    if not grads:
+        return []
+    beta1, beta2 = betas
+    steps = _count_steps(states, ("exp_avg", "exp_avg_sq"), grads)
+    m = [state["exp_avg"] for state in states]
+    v = [state["exp_avg_sq"] for state in states]
+    torch._foreach_lerp_(m, grads, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    torch._foreach_add_(denom, eps)
+    out = torch._foreach_div(m, [1 - beta1**t for t in steps])
+    torch._foreach_div_(out, denom)
+    return out
+
+
+def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float) -> Tensor:
+    """The AdamW direction of one parameter (see :func:`adamw_moments`)."""
+    return adamw_moments([grad], [state], betas, eps)[0]
+
+
+def _adamw(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    return adamw_moments(grads, states, group["betas"], group["eps"])
+
+
+def _signum(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    mu = group["momentum"]
+    if mu == 0:
+        return torch._foreach_sign(grads)
+    bufs = _buffers(grads, states, "momentum_buffer")
+    torch._foreach_mul_(bufs, mu)
+    torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
+    out = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+    return torch._foreach_sign(out)
+
+
+def _mars(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    out: list[Tensor | None] = [None] * len(grads)
+    vectors = [i for i, g in enumerate(grads) if g.dim() < 2]
+    matrices = [i for i, g in enumerate(grads) if g.dim() >= 2]
+    for i, u in zip(vectors, adamw_moments([grads[i] for i in vectors], [states[i] for i in vectors],
+                                           group["vector_betas"], group["eps"])):
+        out[i] = u
+    beta1 = group["betas"][0]
+    corrected = []
+    for i in matrices:
+        grad, last = grads[i], _buffers([grads[i]], [states[i]], "last_grad")[0]
+        c = torch.sub(grad, last).mul_(group["gamma"] * beta1 / (1 - beta1)).add_(grad)
+        norm = torch.linalg.vector_norm(c.to(torch.promote_types(c.dtype, torch.float32)))
+        c.div_(norm.clamp_min(1.0).to(c.dtype))
+        last.copy_(grad)
+        corrected.append(c)
+    for i, u in zip(matrices, adamw_moments(corrected, [states[i] for i in matrices], group["betas"], group["eps"])):
+        out[i] = u
+    return out  # type: ignore[return-value]
 
 
 def beta3_at(step: int, beta1: float, beta3: float, warmup: int | None) -> float:
@@ -120,42 +207,54 @@ def beta3_at(step: int, beta1: float, beta3: float, warmup: int | None) -> float
     return min(math.exp(log1 * log3 / ((1 - frac) * log3 + frac * log1)), beta3)
 
 
-def ademamix_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float, float], eps: float,
-                       alpha: float, alpha_warmup: int | None, beta3_warmup: int | None) -> Tensor:
-    """U = (m1_hat + alpha_t m2) / (sqrt(v_hat) + eps), t = 1, 2, ... the step count of this parameter."""
-    if "step" not in state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-        state["exp_avg_slow"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    state["step"] += 1
-    t = state["step"]
-    beta1, beta2, beta3 = betas
-    alpha_t = alpha * min(1.0, t / alpha_warmup) if alpha_warmup is not None else alpha
-    m1, m2, v = state["exp_avg"], state["exp_avg_slow"], state["exp_avg_sq"]
-    m1.lerp_(grad, 1 - beta1)
-    m2.lerp_(grad, 1 - beta3_at(t, beta1, beta3, beta3_warmup))
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
-    return (m1 / (1 - beta1**t)).add_(m2, alpha=alpha_t).div_(denom)
+def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    beta1, beta2, beta3 = group["betas"]
+    alpha, alpha_warmup, beta3_warmup = group["alpha"], group["alpha_warmup"], group["beta3_warmup"]
+    steps = _count_steps(states, ("exp_avg", "exp_avg_slow", "exp_avg_sq"), grads)
+    m1 = [state["exp_avg"] for state in states]
+    v = [state["exp_avg_sq"] for state in states]
+    torch._foreach_lerp_(m1, grads, 1 - beta1)
+    for state, g, t in zip(states, grads, steps):  # beta3_t may differ per parameter (its own step count)
+        state["exp_avg_slow"].lerp_(g, 1 - beta3_at(t, beta1, beta3, beta3_warmup))
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    torch._foreach_add_(denom, group["eps"])
+    out = torch._foreach_div(m1, [1 - beta1**t for t in steps])
+    for u, state, t in zip(out, states, steps):
+        u.add_(state["exp_avg_slow"], alpha=alpha * min(1.0, t / alpha_warmup) if alpha_warmup is not None else alpha)
+    torch._foreach_div_(out, denom)
+    return out
 
 
-def momentum_direction(grad: Tensor, state: dict[str, Any], momentum: float, nesterov: bool) -> Tensor:
-    """EMA momentum (Muon's): U = buf or, with Nesterov, (1 - beta) g + beta buf."""
-    if "momentum_buffer" not in state:
-        state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-    return ema_momentum(grad, state["momentum_buffer"], momentum, nesterov)
+def _momentum(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    beta = group["momentum"]
+    bufs = _buffers(grads, states, "momentum_buffer")
+    torch._foreach_lerp_(bufs, grads, 1 - beta)
+    return torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
 
 
-def base_direction(base: str, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
-    """Dispatch to the direction of ``base`` with the hyperparameters stored in ``group``."""
-    if base == "adamw":
-        return adamw_direction(grad, state, group["betas"], group["eps"])
-    if base == "signum":
-        return signum_direction(grad, state, group["momentum"], group["dampening"], group["nesterov"])
-    if base == "mars":
-        return mars_direction(grad, state, group["betas"], group["eps"], group["gamma"], group["vector_betas"])
-    if base == "ademamix":
-        return ademamix_direction(grad, state, group["betas"], group["eps"], group["alpha"], group["alpha_warmup"],
-                                  group["beta3_warmup"])
-    return momentum_direction(grad, state, group["momentum"], group["nesterov"])
+def _lion(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+    beta1, beta2 = group["betas"]
+    m = _buffers(grads, states, "exp_avg")
+    out = torch._foreach_lerp(m, grads, 1 - beta1)
+    torch._foreach_sign_(out)
+    torch._foreach_lerp_(m, grads, 1 - beta2)
+    return out
+
+
+for _direction in (
+    Direction("adamw", {"betas": (0.9, 0.999), "eps": 1e-8}, _adamw),
+    Direction("signum", {"momentum": 0.9, "dampening": 0.0, "nesterov": False}, _signum),
+    Direction("mars", {"betas": (0.95, 0.99), "eps": 1e-8, "gamma": 0.025, "vector_betas": (0.9, 0.95)}, _mars),
+    Direction("ademamix", {"betas": (0.9, 0.999, 0.9999), "eps": 1e-8, "alpha": 2.0, "alpha_warmup": None,
+                           "beta3_warmup": None}, _ademamix, betas_length=3),
+    Direction("momentum", {"momentum": 0.95, "nesterov": True}, _momentum),
+    Direction("lion", {"betas": (0.9, 0.99)}, _lion),
+):
+    register_direction(_direction)
+del _direction
+
+#: The built-in bases (``DIRECTIONS`` also holds any registered later).
+BASES = tuple(DIRECTIONS)

@@ -18,17 +18,16 @@ from typing import Any
 
 import torch
 
-from ._chunks import chunks_by_key, stack_key
-from ._validate import check_choice, check_unit_interval
-from .base import SpectralOptimizer, decoupled_step
-from .directions import momentum_direction
-from .scale import SCALE_CONVENTIONS, shape_scale
-from .transforms import spectral_transform
+from ._validate import check_choice, check_positive, check_unit_interval
+from .directions import direction_named
+from .engine import SpectralEngine, StepPlan
+from .scale import SCALE_CONVENTIONS
+from .transforms import TransformOptions, transform_named
 
 _MUON_FALLBACK = ("vectors", "embeddings", "head")
 
 
-class Muon(SpectralOptimizer):
+class Muon(SpectralEngine):
     """Muon for a whole model: hidden matrices take the msign rule, the rest the internal AdamW rule.
 
     Args:
@@ -62,7 +61,7 @@ class Muon(SpectralOptimizer):
                     "ns_steps": ns_steps, "ns_dtype": ns_dtype, "ns_method": ns_method, "batch": batch}
         _check_settings(settings)
         self.track_stats = track_stats
-        defaults = {"lr": lr, "weight_decay": weight_decay, **settings}
+        defaults = {"lr": lr, "weight_decay": weight_decay, **settings, **self._rule_settings()}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite)
@@ -74,25 +73,23 @@ class Muon(SpectralOptimizer):
         _check_settings({k: merged[k] for k in _SETTING_KEYS})
         super().add_param_group(param_group)
 
-    def _spectral_step(self, group: dict[str, Any]) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
-        vectors = [[item] for item in named if item[1].dim() < 2]
-        matrices = chunks_by_key([item for item in named if item[1].dim() >= 2],
-                                 lambda item: stack_key(item[1]), group["batch"])
-        method = "svd" if group["ns_method"] == "svd" else "polar"
-        for chunk in vectors + matrices:
-            directions = [momentum_direction(p.grad, self.state[p], group["momentum"], group["nesterov"])
-                          for _, p in chunk]
-            stacked = directions[0] if len(chunk) == 1 else torch.stack(directions)
-            orthogonal, bound = spectral_transform(
-                stacked, "normalize", 1.0, method=method, steps=group["ns_steps"], dtype=group["ns_dtype"],
-                coefficients=group["ns_coefficients"], vector=chunk[0][1].dim() < 2, need_bound=self.track_stats)
-            for i, (name, p) in enumerate(chunk):
-                decoupled_step(p, orthogonal if len(chunk) == 1 else orthogonal[i], lr, wd,
-                               shape_scale(p.shape, group["scale"]))
-                if self.track_stats:
-                    self._statistics[f"sigma_max/{name}"] = (bound if len(chunk) == 1 else bound[i]).amax()
+    def _rule_settings(self) -> dict[str, Any]:
+        """Settings of a subclass's rule added to the defaults (checked by its ``add_param_group``)."""
+        return {}
+
+    def _plan(self, group: dict[str, Any]) -> StepPlan:
+        return StepPlan(direction_named("momentum"), transform_named("normalize"), _ns_options(group),
+                        group["batch"], group["scale"], _every_parameter)
+
+
+def _ns_options(group: dict[str, Any]) -> TransformOptions:
+    """The msign iteration of a Muon-family group (ns_method, ns_steps, ns_dtype, ns_coefficients)."""
+    return TransformOptions("svd" if group["ns_method"] == "svd" else "polar", group["ns_steps"], group["ns_dtype"],
+                            group["ns_coefficients"])
+
+
+def _every_parameter(name: str, p: torch.Tensor) -> bool:
+    return True
 
 
 _SETTING_KEYS = ("momentum", "nesterov", "scale", "ns_coefficients", "ns_steps", "ns_dtype", "ns_method", "batch")
@@ -121,3 +118,54 @@ def _check_settings(settings: dict[str, Any]) -> None:
     batch = settings["batch"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+
+
+class NorMuon(Muon):
+    """NorMuon (Li et al. 2025, arXiv 2510.05491): Muon with per-row second-moment normalisation of the
+    orthogonalised update, rescaled to a fixed update RMS.
+
+        M <- b1 M + (1 - b1) G                       (EMA momentum; Nesterov optional, off as in the paper)
+        O = msign(M)
+        v <- b2 v + (1 - b2) mean_cols(O * O)        (one second moment per row / neuron, starting at 0)
+        O' = O / (sqrt(v) + eps)
+        X <- (1 - lr*wd) X - lr * update_scale * sqrt(m n) * O' / ||O'||_F
+
+    The update RMS is ``update_scale * lr`` (0.2, as Moonlight's Muon), so AdamW-like learning rates and weight
+    decay carry over and the rule needs no rectangular scale. Routing, the msign iteration (``ns_*``), ``batch``
+    and the AdamW options are Muon's; embeddings, the head and vectors go to the internal AdamW rule by default.
+
+    Args:
+        lr: learning rate (AdamW-like; default 3e-3).
+        momentum: b1 (0.95). beta2: b2 of the row second moments (0.95). nesterov: Muon's Nesterov direction.
+        eps: added to sqrt(v). update_scale: the update RMS per unit lr (0.2).
+        adamw_lr: learning rate of the AdamW groups (None: the group's lr, since lr is AdamW-like here).
+        The other arguments are :class:`Muon`'s (``scale`` is fixed to "none": the RMS matching replaces it).
+    """
+
+    def __init__(self, params: Any, lr: float = 3e-3, momentum: float = 0.95, beta2: float = 0.95,
+                 nesterov: bool = False, weight_decay: float = 0.0, *, eps: float = 1e-8, update_scale: float = 0.2,
+                 adamw_lr: float | None = None, **kwargs: Any) -> None:
+        if "scale" in kwargs:
+            raise ValueError("NorMuon takes no scale: its update RMS is update_scale * lr whatever the shape")
+        self._normuon = {"beta2": beta2, "eps": eps, "update_scale": update_scale}
+        _check_normuon(self._normuon)
+        super().__init__(params, lr, momentum, nesterov, weight_decay, scale="none", adamw_lr=adamw_lr, **kwargs)
+        del self._normuon
+
+    def _rule_settings(self) -> dict[str, Any]:
+        return dict(self._normuon)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking the settings it overrides (Muon's, beta2, eps and update_scale)."""
+        _check_normuon({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def _plan(self, group: dict[str, Any]) -> StepPlan:
+        return StepPlan(direction_named("momentum"), transform_named("normalize_rows"), _ns_options(group),
+                        group["batch"], "none", _every_parameter)
+
+
+def _check_normuon(settings: dict[str, Any]) -> None:
+    check_unit_interval(settings["beta2"], "beta2")
+    check_positive(settings["eps"], "eps")
+    check_positive(settings["update_scale"], "update_scale")

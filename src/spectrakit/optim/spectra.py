@@ -2,7 +2,7 @@
 
 Update of every clipped parameter X (SPEC 1.1):
 
-    U_k     = base direction (AdamW, Signum, MARS, AdEMAMix or momentum; see ``directions``)
+    U_k     = base direction (AdamW, Signum, MARS, AdEMAMix, momentum or Lion; see ``directions``)
     X_{k+1} = (1 - lr*wd) X_k - alpha_shape * lr * clip_{c_t}(U_k)
 
 computed natively: U_k comes straight from the base rule (no parameter copy, no recovery by subtraction),
@@ -22,21 +22,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from ._chunks import chunks_by_key, stack_key
-from ._options import check_clip_options, exclude_patterns
-from ._selection import is_clipped
-from ._validate import check_choice
-from .base import SpectralOptimizer, decoupled_step
-from .directions import BASE_DEFAULTS, BASES, base_direction, base_options, validate_base_options
-from .scale import shape_scale
+from ._options import check_clip_options, clip_plan, exclude_patterns
+from .directions import base_options, check_hyperparameters, direction_named
+from .engine import SpectralEngine, StepPlan
 from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
-from .stats import record_clip_statistics
-from .transforms import spectral_transform
 
 
-class Spectra(SpectralOptimizer):
+class Spectra(SpectralEngine):
     """SPECTRA over a base optimizer, for a whole model in one object.
 
     Args:
@@ -46,10 +39,11 @@ class Spectra(SpectralOptimizer):
             ``state_dict`` and kept by ``copy.deepcopy``).
         lr: learning rate, a number or a one-element tensor (the peak lr of the threshold warmup unless a group
             sets ``peak_lr`` or a torch LR scheduler set ``initial_lr``).
-        base: "adamw" | "signum" | "mars" | "ademamix" | "momentum".
+        base: a registered direction (``directions.DIRECTIONS``): "adamw" | "signum" | "mars" | "ademamix" |
+            "momentum" | "lion".
         weight_decay: decoupled weight decay lambda (X <- (1 - lr*lambda) X).
         betas, eps, momentum, dampening, nesterov, gamma, vector_betas, alpha, alpha_warmup, beta3_warmup:
-            the base's hyperparameters (None = the base's default, see ``directions.BASE_DEFAULTS``); passing
+            the base's hyperparameters (None = the base's default, ``DIRECTIONS[base].defaults``); passing
             one the base does not use raises ValueError.
         clip: "soft" | "hard" | "normalize" | None (None: the plain base optimizer).
         clip_c: threshold c > 0 (per group via ``clip_c`` in a param group).
@@ -95,7 +89,7 @@ class Spectra(SpectralOptimizer):
                  track_stats: bool = False, fallback: Iterable[str] = (), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str = "raise") -> None:
-        check_choice(base, "base", BASES)
+        direction_named(base)
         given = {"betas": betas, "eps": eps, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
                  "gamma": gamma, "vector_betas": vector_betas, "alpha": alpha, "alpha_warmup": alpha_warmup,
                  "beta3_warmup": beta3_warmup}
@@ -122,13 +116,12 @@ class Spectra(SpectralOptimizer):
         if "clip_exclude" in group:
             group["clip_exclude"] = exclude_patterns(group["clip_exclude"])
         base = group.get("base", self.defaults["base"])
-        check_choice(base, "base", BASES)
         if base != self.defaults["base"]:
-            for key, value in BASE_DEFAULTS[base].items():
+            for key, value in direction_named(base).defaults.items():
                 group.setdefault(key, value)
         merged = {**self.defaults, **group}
         _check_settings({k: merged[k] for k in _SETTING_KEYS})
-        validate_base_options(base, group, self.defaults)
+        check_hyperparameters(base, group, self.defaults)
         prepare_group(group, group.get("lr", self.defaults["lr"]))
         super().add_param_group(group)
 
@@ -146,45 +139,11 @@ class Spectra(SpectralOptimizer):
         return ClipSchedule.from_group(self.defaults)
 
     # ---------------------------------------------------------------------------------------------- step
-    def _spectral_step(self, group: dict[str, Any]) -> None:
-        c = group_threshold(None, group)
-        if self.track_stats and group["clip"] is not None:
-            index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
-        lr, wd = group["lr"], group["weight_decay"]
-        clipped = []
-        for name, p in zip(group["param_names"], group["params"]):
-            if p.grad is None:
-                continue
-            if group["clip"] is None or not is_clipped(name, p, group["clip_apply_to"], group["clip_exclude"]):
-                decoupled_step(p, base_direction(group["base"], p.grad, self.state[p], group), lr, wd)
-            else:
-                clipped.append((name, p))
-        vectors = [[item] for item in clipped if item[1].dim() < 2]
-        matrices = chunks_by_key([item for item in clipped if item[1].dim() >= 2],
-                                 lambda item: stack_key(item[1]), group["clip_batch"])
-        for chunk in vectors + matrices:
-            self._clipped_step(group, chunk, c)
+    def _plan(self, group: dict[str, Any]) -> StepPlan:
+        return clip_plan(group, direction_named(group["base"]), group["clip_batch"])
 
-    def _clipped_step(self, group: dict[str, Any], chunk: list[tuple[str, Tensor]], c: float) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        directions = [base_direction(group["base"], p.grad, self.state[p], group) for _, p in chunk]
-        if c == 0:  # the decay phase reached c = 0: the clipped direction is zero
-            for _, p in chunk:
-                decoupled_step(p, None, lr, wd)
-            return
-        stacked = directions[0] if len(chunk) == 1 else torch.stack(directions)
-        del directions
-        vector = chunk[0][1].dim() < 2
-        Y, bound = spectral_transform(stacked, group["clip"], c, method=group["clip_method"],
-                                      steps=group["clip_steps"], dtype=group["clip_dtype"],
-                                      vector_rule=group["vector_rule"], vector=vector, need_bound=self.track_stats)
-        for i, (name, p) in enumerate(chunk):
-            update = Y if len(chunk) == 1 else Y[i]
-            decoupled_step(p, update, lr, wd, shape_scale(p.shape, group["scale"]))
-            if self.track_stats:
-                record_clip_statistics(self._statistics, name, update, bound if len(chunk) == 1 else bound[i],
-                                       group["clip"], c)
+    def _threshold(self, group: dict[str, Any]) -> float:
+        return group_threshold(None, group)
 
 
 #: The settings of ``Spectra`` that live in param groups (besides lr, weight_decay and the base's options).
@@ -194,7 +153,7 @@ _SETTING_KEYS = ("base", "clip", "clip_c", "clip_method", "clip_steps", "clip_dt
 
 def _check_settings(settings: dict[str, Any]) -> None:
     """Validate Spectra's settings (the constructor's, or a param group's merged over the defaults)."""
-    check_choice(settings["base"], "base", BASES)
+    direction_named(settings["base"])
     check_clip_options(settings)
     batch = settings["clip_batch"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

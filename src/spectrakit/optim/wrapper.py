@@ -22,13 +22,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._options import check_clip_options, exclude_patterns
+from ._options import check_clip_options, clip_plan, exclude_patterns
 from ._selection import ClipSelection
 from .base import check_real_floating
-from .scale import shape_scale
+from .engine import transform_and_step
 from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
-from .stats import record_clip_statistics
-from .transforms import spectral_transform
 
 
 class SpectraWrapper(Optimizer):
@@ -155,6 +153,7 @@ class SpectraWrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._statistics = {}  # statistics() describes the last step only
         saved = []
         for index, group in enumerate(self.param_groups):
             if group["clip"] is None:
@@ -174,15 +173,9 @@ class SpectraWrapper(Optimizer):
             if group["clip_decoupled_weight_decay"]:
                 previous.mul_(1 - lr * group.get("weight_decay", 0.0))
             direction = previous.sub(p).div_(lr)
-            if c == 0:
-                p.copy_(previous)
-                continue
-            update, bound = spectral_transform(direction, group["clip"], c, method=group["clip_method"],
-                                               steps=group["clip_steps"], dtype=group["clip_dtype"],
-                                               vector_rule=group["vector_rule"], need_bound=self.track_stats)
-            p.copy_(previous).add_(update, alpha=-lr * shape_scale(p.shape, group["scale"]))
-            if self.track_stats:
-                record_clip_statistics(self._statistics, name, update, bound, group["clip"], c)
+            p.copy_(previous)  # the decay is in ``previous``: the step below adds the clipped direction only
+            transform_and_step(clip_plan(group, None, 1), c, [(name, p)], [direction], None, group, lr, 0.0,
+                               self._statistics if self.track_stats else None)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

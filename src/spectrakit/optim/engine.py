@@ -1,0 +1,132 @@
+"""The step engine: ``direction -> spectral transform -> decoupled step``, written once for every optimizer that
+is a configuration of it (Spectra and its bases, Muon, NorMuon; SpectraWrapper reuses its transform stage).
+
+For each spectral param group, an optimizer gives a :class:`StepPlan` (which registered direction and transform,
+the transform's options, the stack size and the rectangular scale) and the threshold c_t of the step
+(``_threshold(group)``, 1 by default), and the engine does:
+
+    1. U = direction(g, state) for every parameter with a gradient (``torch._foreach_*`` over a list);
+    2. parameters the transform skips (or every one, without a transform):  X <- (1 - lr wd) X - lr U;
+    3. the others, vectors one at a time and matrices in same-shape stacks of at most ``batch``:
+       Y = T(U) on the stack (one matrix-function call), then per parameter the transform's ``finish`` stage
+       (if it has one) and  X <- (1 - lr wd) X - alpha_shape lr Y;
+    4. statistics of the transformed parameters (``track_stats``): "sigma_max/<name>" and, for the clips,
+       "clipped_fraction/<name>" (see ``stats``); with ``StepPlan.record_c``, "clip_c/group<i>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._chunks import chunks_by_key, stack_key
+from .base import SpectralOptimizer, decoupled_step, decoupled_steps
+from .directions import Direction
+from .scale import shape_scale
+from .stats import record_clip_statistics
+from .transforms import Transform, TransformOptions
+
+
+class StepPlan(NamedTuple):
+    """How the engine steps one param group.
+
+    direction: None when the caller supplies the directions (SpectraWrapper recovers them).
+    transform: None takes the plain step along the direction for every parameter.
+    selected: (name, param) -> whether the transform applies to it.
+    record_c: record "clip_c/group<i>" in the statistics.
+    """
+
+    direction: Direction | None
+    transform: Transform | None
+    options: TransformOptions
+    batch: int
+    scale: str
+    selected: Callable[[str, Tensor], bool]
+    record_c: bool = False
+
+
+def transform_and_step(plan: StepPlan, c: float, named: list[tuple[str, Tensor]], directions: list[Tensor],
+                       states: list[dict[str, Any]] | None, group: dict[str, Any], lr: Any, weight_decay: float,
+                       statistics: dict[str, Tensor] | None) -> None:
+    """Steps 3-4 for one chunk (same shape, at most ``plan.batch``) at threshold ``c``: Y = T(stack(U)), finish,
+    decoupled step, statistics (when ``statistics`` is a dict). c = 0 (a decayed threshold): the parameters only
+    decay."""
+    assert plan.transform is not None
+    if c == 0:  # the decay phase reached c = 0: the clipped direction is zero
+        for _, p in named:
+            decoupled_step(p, None, lr, weight_decay)
+        return
+    stacked = directions[0] if len(named) == 1 else torch.stack(directions)
+    del directions
+    Y, bound = plan.transform(stacked, c, plan.options, vector=named[0][1].dim() < 2,
+                              need_bound=statistics is not None)
+    for i, (name, p) in enumerate(named):
+        update = Y if len(named) == 1 else Y[i]
+        if plan.transform.finish is not None:
+            assert states is not None
+            update = plan.transform.finish(update, states[i], group)
+        decoupled_step(p, update, lr, weight_decay, shape_scale(p.shape, plan.scale))
+        if statistics is not None:
+            record_clip_statistics(statistics, name, update, bound if len(named) == 1 else bound[i],
+                                   plan.transform.name, c)
+
+
+class SpectralEngine(SpectralOptimizer):
+    """A :class:`SpectralOptimizer` whose spectral rule is the engine's step; subclasses give ``_plan(group)``.
+
+    ``track_stats`` (an attribute, set by the subclass) turns the statistics on.
+    """
+
+    track_stats: bool = False
+
+    def _plan(self, group: dict[str, Any]) -> StepPlan:
+        """How ``group`` steps (read from its settings; no side effects)."""
+        raise NotImplementedError
+
+    def _threshold(self, group: dict[str, Any]) -> float:
+        """c_t of the step about to be taken (called once per group and step; may advance a schedule)."""
+        return 1.0
+
+    def _spectral_step(self, group: dict[str, Any]) -> None:
+        plan, c = self._plan(group), self._threshold(group)
+        statistics = self._statistics if self.track_stats else None
+        if statistics is not None and plan.record_c and plan.transform is not None:
+            index = next(i for i, g in enumerate(self.param_groups) if g is group)
+            statistics[f"clip_c/group{index}"] = torch.tensor(c)
+        lr, wd = group["lr"], group["weight_decay"]
+        named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
+        if plan.transform is None:
+            plain, transformed = named, []
+        else:
+            plain = [(n, p) for n, p in named if not plan.selected(n, p)]
+            transformed = [(n, p) for n, p in named if plan.selected(n, p)]
+        if plain:
+            params = [p for _, p in plain]
+            decoupled_steps(params, plan.direction([p.grad for p in params], [self.state[p] for p in params], group),
+                            lr, wd)
+        vectors = [[item] for item in transformed if item[1].dim() < 2]
+        matrices = chunks_by_key([item for item in transformed if item[1].dim() >= 2],
+                                 lambda item: stack_key(item[1]), plan.batch)
+        for chunk in vectors + matrices:
+            states = [self.state[p] for _, p in chunk]
+            directions = plan.direction([p.grad for _, p in chunk], states, group)
+            transform_and_step(plan, c, chunk, directions, states, group, lr, wd, statistics)
+
+    def transform_flops(self, group: dict[str, Any], p: Tensor) -> float:
+        """Estimated matmul FLOPs of the transform of ``p`` in ``group`` (0 when it takes the plain step); the
+        distributed partition balances ranks by it."""
+        if group["rule"] != "spectral":
+            return float(p.numel())
+        plan = self._plan(group)
+        if plan.transform is None:
+            return float(p.numel())
+        return plan.transform.flops(tuple(p.shape), plan.options)
+
+    def rows_capable(self, group: dict[str, Any]) -> bool:
+        """Whether this group's spectral rule runs unchanged on row-sharded matrices (elementwise math around a
+        unitarily invariant transform of each whole parameter)."""
+        plan = self._plan(group)
+        return plan.transform is None or plan.transform.rows_capable
