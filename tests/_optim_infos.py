@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from spectrakit.optim import SSO, AdEMAMix, Mars, Muon, MuonSphere, Signum, Spectra, SpectraWrapper, SpikeAware
+from spectrakit.optim import Spectra, SpectraWrapper, available, create, registration
 
 
 @dataclass(frozen=True)
@@ -91,20 +92,58 @@ SSO_RETRACTS = ("the hard retraction W <- W R / sigma rescales every hidden matr
 
 # -------------------------------------------------------------------------------------------- registry
 _BASE_GROUP_OPTIONS = {"adamw": {"betas": (0.8, 0.99)}, "signum": {"momentum": 0.5}, "mars": {"gamma": 0.5},
-                       "ademamix": {"beta3_warmup": 10}, "momentum": {"momentum": 0.5}}
+                       "ademamix": {"beta3_warmup": 10}, "momentum": {"momentum": 0.5}, "lion": {"betas": (0.8, 0.9)}}
+_SPECTRA_KWARGS = {"lr": 1e-2, "clip_c": 1.0}
+
+#: Test settings of the registered optimizers (``spectrakit.optim.available()``): keyword arguments, the options
+#: one param group sets for itself, the weight-decay arguments and skips. A registered name missing here takes
+#: lr 1e-2 and no group options, so registering an optimizer enrols it in every generic test.
+_REGISTERED: dict[str, dict[str, Any]] = {
+    **{f"spectra-{base}": {"kwargs": _SPECTRA_KWARGS, "group_options": {**_BASE_GROUP_OPTIONS[base], "clip_c": 0.5}}
+       for base in ("adamw", "signum", "mars", "ademamix", "lion")},
+    "signum": {"group_options": {"momentum": 0.5}},
+    "mars": {"group_options": {"gamma": 0.5}},
+    "ademamix": {"group_options": {"beta3_warmup": 10}},
+    "lion": {"group_options": {"betas": (0.8, 0.9)}},
+    "muon": {"kwargs": {"lr": 2e-2}, "group_options": {"momentum": 0.5}},
+    "normuon": {"group_options": {"beta2": 0.5}},
+    # A small solver budget (12 instead of up to 31 msign calls a step) keeps SSO's tests fast; no generic test
+    # depends on the solver's accuracy.
+    "sso": {"kwargs": {"lr": 2e-2, "solver_max_iter": 4, "solver_bracket_steps": 4},
+            "group_options": {"radius_scale": 2.0}, "wd_args": ("weight_decay", "adamw_weight_decay"),
+            "retracts": SSO_RETRACTS, "skips": {"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}},
+    "muon-sphere": {"kwargs": {"lr": 2e-2}, "group_options": {"radius_scale": 2.0},
+                    "wd_args": ("weight_decay", "adamw_weight_decay"), "retracts": SSO_RETRACTS,
+                    "skips": {"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}},
+    "spike-aware": {"group_options": {"momentum": 0.5}, "wd_args": ("weight_decay", "adamw_weight_decay")},
+}
 
 
-# Spectra: every base under the default soft clip, and every clip kind over the default AdamW base, plus
-# momentum + normalize (Muon's limit). The direction and the clip are independent stages, so this covers each
-# of both; clip=None over signum/mars/ademamix is the Signum, Mars and AdEMAMix entries below.
-_SPECTRA_CONFIGS = [(base, "soft") for base in _BASE_GROUP_OPTIONS] + [("adamw", "hard"), ("adamw", "normalize"),
-                                                                      ("adamw", None), ("momentum", "normalize")]
+def _registered_entries() -> list[OptimInfo]:
+    """One entry per registered optimizer but torch's own AdamW (the source of the contract, not its subject)."""
+    out = []
+    for name in available():
+        entry = registration(name)
+        if entry.is_torch_adamw:
+            continue
+        settings = _REGISTERED.get(name, {})
+        out.append(OptimInfo(name, entry.resolve(), partial(create, name), settings.get("kwargs", {"lr": 1e-2}),
+                             settings.get("group_options", {}), settings.get("wd_args", ("weight_decay",)),
+                             settings.get("retracts"), settings.get("skips", {})))
+    return out
+
+
+# Spectra configurations beyond the registered ones: every clip kind over the default AdamW base, and the
+# momentum base with the soft clip and with normalize (Muon's limit). The direction and the clip are independent
+# stages, so with the registered spectra-* entries this covers each of both.
+_SPECTRA_CONFIGS = [("adamw", "hard"), ("adamw", "normalize"), ("adamw", None), ("momentum", "soft"),
+                    ("momentum", "normalize")]
 
 
 def _spectra_entries() -> list[OptimInfo]:
     out = []
     for base, clip in _SPECTRA_CONFIGS:
-        kwargs = {"lr": 1e-2, "base": base, "clip": clip, "clip_c": 1.0}
+        kwargs = {**_SPECTRA_KWARGS, "base": base, "clip": clip}
         options = _BASE_GROUP_OPTIONS[base]
         group_options = {**options, "clip_c": 0.5} if clip is not None else options
         out.append(OptimInfo(f"Spectra-{base}-{clip}", Spectra, Spectra, kwargs, group_options))
@@ -112,23 +151,8 @@ def _spectra_entries() -> list[OptimInfo]:
 
 
 OPTIMIZERS: list[OptimInfo] = [
+    *_registered_entries(),
     *_spectra_entries(),
-    OptimInfo("Signum", Signum, Signum, {"lr": 1e-2}, {"momentum": 0.5}),
-    OptimInfo("Mars", Mars, Mars, {"lr": 1e-2}, {"gamma": 0.5}),
-    OptimInfo("AdEMAMix", AdEMAMix, AdEMAMix, {"lr": 1e-2}, {"beta3_warmup": 10}),
-    OptimInfo("Muon", Muon, Muon, {"lr": 2e-2}, {"momentum": 0.5}),
-    # A small solver budget (12 instead of up to 31 msign calls a step) keeps SSO's tests fast; no generic test
-    # depends on the solver's accuracy.
-    OptimInfo("SSO", SSO, SSO, {"lr": 2e-2, "solver_max_iter": 4, "solver_bracket_steps": 4}, {"radius_scale": 2.0},
-              wd_args=("weight_decay", "adamw_weight_decay"),
-              retracts=SSO_RETRACTS,
-              skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
-    OptimInfo("MuonSphere", MuonSphere, MuonSphere, {"lr": 2e-2}, {"radius_scale": 2.0},
-              wd_args=("weight_decay", "adamw_weight_decay"),
-              retracts=SSO_RETRACTS,
-              skips={"test_zero_grads_with_zero_weight_decay_do_not_move": SSO_RETRACTS}),
-    OptimInfo("SpikeAware", SpikeAware, SpikeAware, {"lr": 1e-2}, {"momentum": 0.5},
-              wd_args=("weight_decay", "adamw_weight_decay")),
     OptimInfo("SpectraWrapper-AdamW", SpectraWrapper, _wrapper_over(torch.optim.AdamW, {}),
               {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "betas": (0.8, 0.99)}),
     OptimInfo("SpectraWrapper-SGD", SpectraWrapper,

@@ -107,6 +107,15 @@ def test_registry_covers_every_public_optimizer():
     assert public and public <= {info.cls for info in OPTIMIZERS}
 
 
+def test_every_registered_optimizer_is_under_the_contract():
+    from spectrakit.optim import available, registration
+
+    names = {info.name for info in OPTIMIZERS}
+    registered = {n for n in available() if not registration(n).is_torch_adamw}
+    assert registered and registered <= names
+    assert "lion" in registered and "normuon" in registered
+
+
 def test_registry_skips_and_xfails_name_real_tests():
     tests = {name for name, _ in inspect.getmembers(sys.modules[__name__], inspect.isfunction)
              if name.startswith("test_")}

@@ -10,11 +10,12 @@ import torch
 
 import spectrakit.train.checkpoint as checkpoint_mod
 import spectrakit.train.trainer as trainer_mod
+from spectrakit.registry import available
 from spectrakit.train import TrainConfig, Trainer
 from spectrakit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spectrakit.train.data import prepare_data
 from spectrakit.train.metrics import read_jsonl
-from spectrakit.train.optimizers import OPTIMIZERS, build_optimizer, optimizer_class
+from spectrakit.train.optimizers import build_optimizer, optimizer_class
 from spectrakit.train.schedule import lr_factor
 
 QUIET = dict(log=lambda _msg: None)
@@ -187,7 +188,7 @@ def test_checkpoints_load_without_unpickling_code(tmp_path, cache_dir, data):
         load_checkpoint(tmp_path / "evil.pt")
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", available())
 def test_every_optimizer_name_trains_three_steps(tmp_path, cache_dir, data, name):
     try:
         optimizer_class(name)

@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 
 # public name -> the submodule that defines it
 _LAZY = {**{name: "spectrakit.optim" for name in ("SSO", "AdEMAMix", "ClipSchedule", "Mars", "Muon", "MuonSphere",
-                                                   "Signum", "Spectra", "SpectraWrapper", "SpikeAware",
+                                                   "NorMuon", "Signum", "Spectra", "SpectraWrapper", "SpikeAware",
                                                    "spectral_init_")},
          "clip_grad_spectral_": "spectrakit.preclip"}
 _SUBMODULES = ("linalg", "optim")
 
-__all__ = ["SSO", "AdEMAMix", "ClipSchedule", "Mars", "Muon", "MuonSphere", "Signum", "Spectra", "SpectraWrapper",
-           "SpikeAware", "__version__", "clip_grad_spectral_", "linalg", "optim", "spectral_init_"]
+__all__ = ["SSO", "AdEMAMix", "ClipSchedule", "Mars", "Muon", "MuonSphere", "NorMuon", "Signum", "Spectra",
+           "SpectraWrapper", "SpikeAware", "__version__", "clip_grad_spectral_", "linalg", "optim", "spectral_init_"]
 
 if TYPE_CHECKING:
     from . import linalg, optim
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         Mars,
         Muon,
         MuonSphere,
+        NorMuon,
         Signum,
         Spectra,
         SpectraWrapper,

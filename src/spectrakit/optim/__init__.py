@@ -1,5 +1,6 @@
 """Optimizers: torch.optim.Optimizer classes with spectral update rules and internal AdamW routing."""
 
+from ..registry import Registration, available, create, register, registration
 from .base import NonFiniteGradientError, SpectralOptimizer
 from .bases import AdEMAMix, Mars, Signum
 from .directions import BASES, DIRECTIONS, Direction, adamw_direction, register_direction
@@ -17,7 +18,8 @@ from .wrapper import SpectraWrapper
 
 __all__ = ["BASES", "CLIP_KINDS", "DECAY_SHAPES", "DIRECTIONS", "SCALE_CONVENTIONS", "TRANSFORMS", "AdEMAMix",
            "ClipSchedule", "Direction", "Mars", "Muon", "NorMuon", "SpectralEngine", "StepPlan", "Transform",
-           "TransformOptions", "register_direction", "register_transform",
+           "TransformOptions", "register_direction", "register_transform", "Registration", "available", "create",
+           "register", "registration",
            "NonFiniteGradientError", "Route", "Signum", "Spectra", "SpectraWrapper", "SpectralOptimizer",
            "adamw_direction", "ema_momentum", "heavy_ball_momentum", "shape_scale", "spectral_transform",
            "MuonSphere", "SSO", "SpikeAware", "spectral_init_"]

@@ -190,7 +190,7 @@ class SpectralOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._statistics = {}  # statistics() describes the last step only (empty after a skipped one)
+        self._statistics.clear()  # statistics() describes the last step only (empty after a skipped one)
         if not self._gradients_usable():
             self.skipped_steps += 1
             return loss

@@ -128,7 +128,7 @@ def check_method(kind: str, method: str, name: str = "clip_method") -> None:
 # ------------------------------------------------------------------------------------------- vectors
 def _vector_rule(kind: str) -> Callable[[Tensor, float, TransformOptions], tuple[Tensor, Tensor]]:
     def rule(u: Tensor, c: float, options: TransformOptions) -> tuple[Tensor, Tensor]:
-        uf = u.float()
+        uf = u.to(torch.promote_types(u.dtype, torch.float32))  # float64 vectors stay float64
         norm = torch.linalg.vector_norm(uf)
         if kind == "normalize":
             scale = 1 / norm.clamp_min(1e-30)

@@ -153,7 +153,7 @@ class SpectraWrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._statistics = {}  # statistics() describes the last step only
+        self._statistics.clear()  # statistics() describes the last step only
         saved = []
         for index, group in enumerate(self.param_groups):
             if group["clip"] is None:

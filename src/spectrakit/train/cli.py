@@ -132,12 +132,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.list_optimizers:
-        from .optimizers import OPTIMIZERS, available_optimizers
+        from ..registry import available, registration
+        from .optimizers import available_optimizers
 
         ready = set(available_optimizers())
-        for name, (cls, fixed) in OPTIMIZERS.items():
-            extra = f" {fixed}" if fixed else ""
-            print(f"{name:<18} {cls}{extra}{'' if name in ready else '  (not available in this installation)'}")
+        for name in available():
+            entry = registration(name)
+            extra = f" {dict(entry.fixed)}" if entry.fixed else ""
+            print(f"{name:<18} {entry.class_name}{extra}  {entry.summary}"
+                  f"{'' if name in ready else '  (not available in this installation)'}")
         return 0
     ctx = None
     try:

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..registry import available, registration
 from .corpus import pretokenized_folder
 from .model_config import PRESETS, ModelConfig
-from .optimizers import OPTIMIZERS
 from .tokenizer import check_bpe_vocab_size
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -102,7 +102,7 @@ class TrainConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}")
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}")
+        need(self.optimizer in available(), "optimizer", f"one of {sorted(available())}")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.parallel in PARALLEL, "parallel", f"one of {PARALLEL}")
@@ -140,7 +140,7 @@ class TrainConfig:
 
     def _check_opt_conflicts(self) -> None:
         """An ``opt`` key may not set what a setting of its own or the optimizer's name already sets."""
-        fixed = OPTIMIZERS[self.optimizer][1]
+        fixed = registration(self.optimizer).fixed
         for key, value in self.opt.items():
             if key in _OWN_SETTINGS:
                 flag, own = "--" + key.replace("_", "-"), getattr(self, key)

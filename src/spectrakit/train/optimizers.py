@@ -1,8 +1,9 @@
-"""Optimizers by name, for the command line and configs.
+"""The harness's view of the optimizer registry (``spectrakit.registry``): arguments checked against the class's
+signature, and the optimizer built over a model.
 
-Each name maps to a class in ``spectrakit.optim`` (looked up when used, so a missing class is a clear error rather
-than an import failure) or to ``torch.optim.AdamW``, plus the fixed arguments that make the named variant.
-Learning rates and other hyperparameters default to the class's own defaults (the papers' values) unless given.
+Each name maps to a class (looked up when used, so a missing class is a clear error rather than an import
+failure) plus the fixed arguments that make the named variant. Learning rates and other hyperparameters default
+to the class's own defaults (the papers' values) unless given.
 """
 
 from __future__ import annotations
@@ -10,52 +11,21 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from ..registry import available, create, registration
+
 if TYPE_CHECKING:  # torch loads when an optimizer is built, not when settings are checked
     import torch
     from torch import nn
 
-# name -> (class name in spectrakit.optim, or "torch.AdamW"; fixed constructor arguments)
-OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "adamw": ("torch.AdamW", {}),
-    "spectra-adamw": ("Spectra", {"base": "adamw"}),
-    "spectra-signum": ("Spectra", {"base": "signum"}),
-    "spectra-mars": ("Spectra", {"base": "mars"}),
-    "spectra-ademamix": ("Spectra", {"base": "ademamix"}),
-    "signum": ("Signum", {}),
-    "mars": ("Mars", {}),
-    "ademamix": ("AdEMAMix", {}),
-    "muon": ("Muon", {}),
-    "sso": ("SSO", {}),
-    "muon-sphere": ("MuonSphere", {}),
-    "spike-aware": ("SpikeAware", {}),
-}
-
-# torch.optim.AdamW's settings for LLM pre-training (its own defaults target other workloads).
-_ADAMW_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8}
-
-
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The class behind ``name``; a clear error when the name is unknown or its class is not available."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    cls_name = OPTIMIZERS[name][0]
-    if cls_name == "torch.AdamW":
-        import torch
-
-        return torch.optim.AdamW
-    import spectrakit.optim as optim
-
-    cls = getattr(optim, cls_name, None)
-    if cls is None:
-        raise ValueError(f"optimizer {name!r} needs spectrakit.optim.{cls_name}, which this installation does not "
-                         f"provide yet")
-    return cls
+    return registration(name).resolve()
 
 
 def available_optimizers() -> list[str]:
     """Names whose classes can be constructed in this installation."""
     out = []
-    for name in OPTIMIZERS:
+    for name in available():
         try:
             optimizer_class(name)
         except ValueError:
@@ -70,19 +40,16 @@ def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: flo
     """The constructor arguments ``build_optimizer`` passes for these settings (with ``with_defaults``, every
     argument of the class, its defaults filled in), checked against the class's signature: a ValueError naming
     the optimizer and the argument it does not take."""
-    cls = optimizer_class(name)
-    kwargs: dict[str, Any] = dict(OPTIMIZERS[name][1])
-    kwargs["weight_decay"] = weight_decay
+    entry = registration(name)
+    cls = entry.resolve()
+    kwargs: dict[str, Any] = {"weight_decay": weight_decay}
     if lr is not None:
         kwargs["lr"] = lr
     if clip_c is not None:
         if not name.startswith("spectra-"):
             raise ValueError(f"clip_c applies to the spectra-* optimizers, not to {name!r}")
         kwargs["clip_c"] = clip_c
-    kwargs.update(extra or {})
-    adamw = OPTIMIZERS[name][0] == "torch.AdamW"
-    if adamw:
-        kwargs = {**_ADAMW_DEFAULTS, **kwargs}
+    kwargs = entry.arguments({**kwargs, **(extra or {})})
     signature = inspect.signature(cls)
     try:
         signature.bind(None, **kwargs)
@@ -104,15 +71,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float | None = None, wei
     where their defaults say so). ``clip_c`` applies to the spectra-* variants only; ``extra`` holds any other
     constructor arguments.
     """
-    cls = optimizer_class(name)
     kwargs = optimizer_arguments(name, lr=lr, weight_decay=weight_decay, clip_c=clip_c, extra=extra)
     try:
-        if OPTIMIZERS[name][0] == "torch.AdamW":
-            wd = kwargs.pop("weight_decay")
-            params = [p for p in model.parameters() if p.requires_grad]
-            groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
-                      {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-            return cls([g for g in groups if g["params"]], **kwargs)
-        return cls(model, **kwargs)
+        return create(name, model, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"bad arguments for optimizer {name!r} ({cls.__name__}): {exc}") from exc
+        raise ValueError(f"bad arguments for optimizer {name!r} ({registration(name).class_name}): {exc}") from exc
