@@ -86,7 +86,9 @@ def test_frank_wolfe_bound_on_spectral_norms(clip):
     assert oracle.spectral_norm(W).item() > 0.9 * bound
 
 
-def test_resume_from_state_dict_equals_uninterrupted_run():
+def test_resume_inside_the_threshold_decay_equals_uninterrupted_run():
+    """Resumed at the start of the clip threshold's decay (clip_total_steps, clip_decay_fraction), which the
+    generic resume contract (test_optim_contract.py) does not schedule; model and optimizer through one file."""
     model = small_model()
     full, part = clone(model), clone(model)
     kwargs = dict(clip_c=1.0, clip_method="svd", clip_total_steps=20, clip_decay_fraction=0.5, **HYPER)
