@@ -1,4 +1,4 @@
-"""Shared pieces of the optimizer tests: a small model, a deterministic loss, exact SVD clips."""
+"""Shared pieces of the optimizer tests: a small model, a deterministic loss (exact SVD clips: _svd_oracle)."""
 
 from __future__ import annotations
 
@@ -40,14 +40,6 @@ def run(model: nn.Module, opt, steps: int, start: int = 0, loss_scale: float = 1
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
-
-
-def soft_clip_exact(U: torch.Tensor, c: float) -> torch.Tensor:
-    """U diag(s / sqrt(1 + s^2/c^2)) V^T through torch.linalg.svd in float64 (vectors: the 1 x n case)."""
-    if U.dim() < 2:
-        return U * (1 / math.sqrt(1 + float(U.double().norm()) ** 2 / c**2))
-    L, S, Vh = torch.linalg.svd(U.double(), full_matrices=False)
-    return ((L * (S / torch.sqrt(1 + (S / c) ** 2))) @ Vh).to(U.dtype)
 
 
 def rect_scale(shape: torch.Size) -> float:

@@ -149,28 +149,6 @@ def test_sparse_gradients_are_rejected_with_the_name():
         opt.step()
 
 
-def test_state_dict_round_trip_continues_identically():
-    torch.manual_seed(1)
-    a = _Tiny()
-    b = _Tiny()
-    b.load_state_dict(a.state_dict())
-    opt_a = _SGDSpectral(a, fallback=("vectors", "embeddings"))
-    for step in range(3):
-        opt_a.zero_grad()
-        _loss(a, step).backward()
-        opt_a.step()
-    b.load_state_dict(a.state_dict())
-    opt_b = _SGDSpectral(b, fallback=("vectors", "embeddings"))
-    opt_b.load_state_dict(opt_a.state_dict())
-    for step in range(3, 6):
-        for m, opt in ((a, opt_a), (b, opt_b)):
-            opt.zero_grad()
-            _loss(m, step).backward()
-            opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -392,18 +370,6 @@ def test_frozen_parameters_of_a_module_are_kept_and_train_once_unfrozen():
         model.proj.weight.requires_grad_(True)
         _train(opt, model, 1)
         assert not torch.equal(model.proj.weight, before)
-
-
-def test_load_state_dict_accepts_state_entries_that_are_not_per_parameter_dicts():
-    from spectrakit import Spectra
-
-    model = _Tiny()
-    opt = Spectra(model)
-    opt.register_load_state_dict_post_hook(lambda o: o.state.__setitem__("loaded", True))
-    _train(opt, model, 1)
-    opt.load_state_dict(opt.state_dict())
-    opt.load_state_dict(opt.state_dict())  # the flag is now part of the saved state
-    assert opt.state["loaded"] is True
 
 
 def test_loading_an_unnamed_state_dict_keeps_the_real_names():

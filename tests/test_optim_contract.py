@@ -279,19 +279,60 @@ def _round_trip_weights_only(sd: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize(("info", "via"), cases("test_state_dict_resume_is_bitwise",
-                                                 {"deepcopy": "deepcopy", "torch.save": "torch.save"}))
-def test_state_dict_resume_is_bitwise(info, via):
-    """Resuming a fresh optimizer from a state dict continues exactly as the uninterrupted run."""
-    full, part = make_model(), make_model()
-    train(full, info.make(full), 2 * STEPS)
-    opt = info.make(part)
-    train(part, opt)
-    sd = copy.deepcopy(opt.state_dict()) if via == "deepcopy" else _round_trip_weights_only(opt.state_dict())
-    resumed = info.make(part)
-    resumed.load_state_dict(sd)
-    train(part, resumed, start=STEPS)
+def make_resume_model() -> nn.Module:
+    """make_model's matrices and vectors plus what the routers treat apart: an embedding table ("embed.weight",
+    10 x 6), an output head ("lm_head.weight", 10 x 6) and stacked matrices ("experts", 2 x 8 x 6)."""
+    model = make_model()
+    model.add_module("embed", nn.Embedding(10, 6))
+    model.add_module("lm_head", nn.Linear(6, 10, bias=False))
+    model.register_parameter("experts", nn.Parameter(torch.randn(2, 8, 6) / 3))
+    return model
+
+
+# How the state travels (deepcopy, or torch.save/torch.load(weights_only=True)), with or without an LR
+# scheduler's state, and whether statistics are tracked (they must then match too).
+RESUME = {"deepcopy": ("deepcopy", None, False), "torch.save": ("torch.save", None, False),
+          "torch.save-OneCycleLR": ("torch.save", "OneCycleLR", False),
+          "torch.save-LambdaLR-track_stats": ("torch.save", "LambdaLR", True)}
+
+
+@pytest.mark.parametrize(("info", "how"), cases("test_state_dict_resume_is_bitwise", RESUME))
+def test_state_dict_resume_is_bitwise(info, how):
+    """The resume contract: STEPS steps, state_dict() (with the scheduler's), a fresh optimizer (and scheduler)
+    loads it, STEPS more steps; the weights, the optimizer's state dict and its statistics are bitwise those of
+    the uninterrupted run."""
+    via, scheduler, track_stats = how
+    kwargs = {"track_stats": True} if track_stats else {}
+
+    def make(model):
+        opt = info.make(model, **kwargs)
+        return opt, SCHEDULERS[scheduler](opt, info.lr) if scheduler else None
+
+    def steps(model, opt, sched, start):
+        for k in range(start, start + STEPS):
+            backward(model, k)
+            opt.step()
+            if sched is not None:
+                sched.step()
+
+    full, part = make_resume_model(), make_resume_model()
+    full_opt, full_sched = make(full)
+    steps(full, full_opt, full_sched, 0)
+    steps(full, full_opt, full_sched, STEPS)
+    opt, sched = make(part)
+    steps(part, opt, sched, 0)
+    saved = {"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None}
+    saved = copy.deepcopy(saved) if via == "deepcopy" else _round_trip_weights_only(saved)
+    del opt, sched
+    resumed, resumed_sched = make(part)
+    resumed.load_state_dict(saved["opt"])
+    if resumed_sched is not None:
+        resumed_sched.load_state_dict(saved["sched"])
+    steps(part, resumed, resumed_sched, STEPS)
     assert_same(part, full)
+    assert_equal_trees(resumed.state_dict(), full_opt.state_dict())
+    if track_stats:  # (the unclipped configurations record none)
+        assert_equal_trees(resumed.statistics(), full_opt.statistics(), "statistics")
 
 
 @pytest.mark.parametrize("info", cases("test_state_dict_is_deterministic"))
@@ -647,30 +688,6 @@ def test_every_trained_param_has_state(info):
     train(model, opt, 1)
     for n, p in model.named_parameters():
         assert opt.state.get(p), f"no optimizer state for {n}"
-
-
-@pytest.mark.parametrize("info", cases("test_resume_under_scheduler_is_bitwise"))
-def test_resume_under_scheduler_is_bitwise(info):
-    """Optimizer and OneCycleLR (the SPECTRA authors' scheduler) saved mid-run and reloaded through
-    torch.save/torch.load(weights_only=True) continue exactly as the uninterrupted run."""
-    def make(model):
-        opt = info.make(model)
-        return opt, SCHEDULERS["OneCycleLR"](opt, info.lr)
-
-    full, part = make_model(), make_model()
-    opt, sched = make(full)
-    drive(full, opt, sched, 2 * STEPS)
-    opt, sched = make(part)
-    drive(part, opt, sched, STEPS)
-    saved = _round_trip_weights_only({"opt": opt.state_dict(), "sched": sched.state_dict()})
-    opt, sched = make(part)
-    opt.load_state_dict(saved["opt"])
-    sched.load_state_dict(saved["sched"])
-    for k in range(STEPS, 2 * STEPS):
-        backward(part, k)
-        opt.step()
-        sched.step()
-    assert_same(part, full)
 
 
 @pytest.mark.parametrize("info", cases("test_param_group_sets_its_own_hyperparameter"))
