@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from _optim_helpers import backward, clone
+from _svd_oracle import polar
 
 from spectrakit.optim import Muon, NorMuon, create
 
@@ -16,12 +17,6 @@ def model_of_matrices(dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 12, bias=False), torch.nn.Tanh(),
                                torch.nn.Linear(12, 3, bias=False)).to(dtype)
-
-
-def polar(M: torch.Tensor) -> torch.Tensor:
-    """msign(M) = U V^T by SVD in float64."""
-    U, _, Vh = torch.linalg.svd(M.double(), full_matrices=False)
-    return (U @ Vh).to(M.dtype)
 
 
 def reference_normuon(model, steps, lr, wd, beta1, beta2, eps, update_scale):
@@ -34,7 +29,7 @@ def reference_normuon(model, steps, lr, wd, beta1, beta2, eps, update_scale):
         with torch.no_grad():
             for n, p in model.named_parameters():
                 M[n] = beta1 * M[n] + (1 - beta1) * p.grad
-                O = polar(M[n])
+                O = polar(M[n]).to(p.dtype)
                 v[n] = beta2 * v[n] + (1 - beta2) * (O * O).mean(dim=1)
                 O_hat = O / (v[n].sqrt()[:, None] + eps)
                 m, n_cols = p.shape
