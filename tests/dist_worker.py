@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spectrakit.distributed import ROWS_CAPABLE
+import spectrakit.distributed  # noqa: F401  (registers the sharded evaluation of linalg functions)
 from spectrakit.linalg import soft_clip
 from spectrakit.optim.base import SpectralOptimizer
 
@@ -45,8 +45,8 @@ class ClipMomentum(SpectralOptimizer):
             update = soft_clip(state["buf"], group["c"], method="svd")
             p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
 
-
-ROWS_CAPABLE.add("ClipMomentum")
+    def rows_capable(self, group):
+        return True  # elementwise math around the soft clip of each whole parameter
 
 
 def optimizer_kinds() -> dict[str, Callable]:

@@ -127,3 +127,28 @@ def test_lr_scheduler_drives_the_wrapped_optimizer(one_rank_group):
     assert wrapped_lr == plain_lr == pytest.approx(0.05 / 5)
     for a, b in zip(plain, wrapped):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_partition_balances_the_costs_it_is_given():
+    shapes = [(4, 4), (4, 4), (4, 4)]
+    assert balanced_owners(shapes, 2) == [0, 1, 0]
+    assert balanced_owners(shapes, 2, costs=[1.0, 1.0, 5.0]) == [1, 1, 0]  # the costly one gets a rank alone
+    with pytest.raises(ValueError, match="costs must have one entry per shape"):
+        balanced_owners(shapes, 2, costs=[1.0])
+
+
+def test_optimizers_report_their_transform_cost_and_row_capability():
+    from spectrakit.optim import SSO, Muon, NorMuon, Spectra
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32, bias=False), torch.nn.Linear(32, 8, bias=False))
+    W = model[0].weight
+    soft, muon, normuon, sso = Spectra(model), Muon(model), NorMuon(model), SSO(model)
+    q, p = 8, 32
+    assert soft.transform_flops(soft.param_groups[0], W) == 4 * q * q * p + 112 * q**3
+    assert muon.transform_flops(muon.param_groups[0], W) == 8 * (4 * q * q * p + 2 * q**3)  # Polar Express, 8
+    assert Muon(model, ns_coefficients="keller").transform_flops(muon.param_groups[0], W) == 8 * (
+        4 * q * q * p + 2 * q**3)  # the group's own settings count, not the constructor's
+    assert sso.transform_flops(sso.param_groups[0], W) is None  # unknown: the partition's estimate
+    assert soft.rows_capable(soft.param_groups[0]) and muon.rows_capable(muon.param_groups[0])
+    assert not normuon.rows_capable(normuon.param_groups[0])  # its Frobenius norm spans every row
+    assert not sso.rows_capable(sso.param_groups[0])

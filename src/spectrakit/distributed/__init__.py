@@ -9,10 +9,10 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .launch import DistContext, init_from_env, parallelize, shutdown
-from .optimizer import ROWS_CAPABLE, DistributedSpectral, canonical_name
+from .optimizer import DistributedSpectral, canonical_name
 from .partition import balanced_owners, matrix_cost
 from .rows import sharded_call
 
-__all__ = ["ROWS_CAPABLE", "DistContext", "DistributedSpectral", "balanced_owners", "canonical_name",
+__all__ = ["DistContext", "DistributedSpectral", "balanced_owners", "canonical_name",
            "init_from_env", "load_checkpoint", "matrix_cost", "parallelize", "save_checkpoint", "sharded_call",
            "shutdown"]

@@ -48,11 +48,6 @@ PARALLEL_MODES = ("auto", "ddp", "fsdp")
 ROWS_PATH_CHOICES = ("auto", "never", "always")
 REPLICATED, LOCAL, ROWS, OWNER = "replicated", "local", "rows", "owner"
 
-#: Names of optimizer classes whose spectral rule is elementwise math around soft_clip / hard_clip / msign of
-#: each whole parameter, so it runs unchanged on row-sharded DTensors (the "rows" path). Add a class of your
-#: own when that holds for it.
-ROWS_CAPABLE: set[str] = {"Spectra", "Muon"}
-
 _WRAPPER_PREFIX = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 
 
@@ -98,8 +93,9 @@ class DistributedSpectral(Optimizer):
             (fsdp when any parameter is a DTensor).
         group: the process group (DDP; default: the world). FSDP2 uses the parameters' 1-D device mesh.
         rows_path: FSDP2 only: "auto" (row-sharded evaluation where supported and cheaper), "never", or
-            "always" (every matrix the optimizer supports it for). Supported: optimizer classes named in
-            ``ROWS_CAPABLE``, for matrices sharded on dim 0.
+            "always" (every matrix the optimizer supports it for). Supported: matrices sharded on dim 0 in
+            groups for which the optimizer's ``rows_capable(group)`` is True (the step engine: when the group's
+            transform is a unitarily invariant map of each whole matrix).
 
     The update equals the wrapped optimizer's single-process update up to floating-point round-off (DDP and
     the FSDP2 owner path run the identical computation on the full matrix; the rows path evaluates f(X) as
@@ -168,7 +164,8 @@ class DistributedSpectral(Optimizer):
         self.optimizer.add_param_group(param_group)
         self._plan()
 
-    def _path(self, p: Tensor, rule: str) -> str:
+    def _path(self, p: Tensor, group: dict[str, Any]) -> str:
+        rule = group["rule"]
         if self.parallel == "ddp":
             return REPLICATED if rule == ADAMW else OWNER
         if not is_dtensor(p):
@@ -177,7 +174,7 @@ class DistributedSpectral(Optimizer):
             return LOCAL
         if p.dim() < 2 or any(type(pl).__name__ != "Shard" or pl.dim != 0 for pl in p.placements):
             return OWNER
-        if self.rows_path == "never" or type(self.optimizer).__name__ not in ROWS_CAPABLE:
+        if self.rows_path == "never" or not self.optimizer.rows_capable(group):
             return OWNER
         if self.rows_path == "always":
             return ROWS
@@ -192,11 +189,13 @@ class DistributedSpectral(Optimizer):
         members = []
         for gi, group in enumerate(self.param_groups):
             for pi, (name, p) in enumerate(zip(group["param_names"], group["params"])):
-                path = self._path(p, group["rule"])
+                path = self._path(p, group)
+                cost = self.optimizer.transform_flops(group, p)
                 members.append(Member(gi, pi, canonical_name(name), p, group["rule"], path, None,
-                                      matrix_cost(tuple(p.shape))))
+                                      matrix_cost(tuple(p.shape)) if cost is None else cost))
         owned = [m for m in members if m.path == OWNER]
-        for m, rank in zip(owned, balanced_owners([tuple(m.param.shape) for m in owned], self._world)):
+        for m, rank in zip(owned, balanced_owners([tuple(m.param.shape) for m in owned], self._world,
+                                                  [m.cost for m in owned])):
             m.owner = rank
         self._members = members
 

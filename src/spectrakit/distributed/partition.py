@@ -6,7 +6,9 @@ The cost of one spectral update of a (..., m, n) matrix is dominated by products
 
     cost(m, n) = batch * (4 q^2 p + 2 q^3)        (one step; constant factors cancel in the balance)
 
-and vectors cost their length. Parameters are assigned greedily, most expensive first, to the least loaded
+and vectors cost their length. An optimizer that knows the real cost of its transform (the step engine's
+``transform_flops``: e.g. ~4 q^2 p + 112 q^3 for the accelerator soft clip) replaces this estimate.
+Parameters are assigned greedily, most expensive first, to the least loaded
 rank (longest-processing-time rule, within 4/3 of the optimal makespan). Ties keep the input order, so
 same-shape matrices are dealt out round-robin and each rank holds a batch of every shape it has. The result
 depends only on shapes and order, so every rank computes the same partition without communicating.
@@ -27,17 +29,21 @@ def matrix_cost(shape: Sequence[int]) -> float:
     return float(math.prod(shape[:-2])) * (4.0 * q * q * p + 2.0 * q**3)
 
 
-def balanced_owners(shapes: Sequence[Sequence[int]], world_size: int) -> list[int]:
+def balanced_owners(shapes: Sequence[Sequence[int]], world_size: int,
+                    costs: Sequence[float] | None = None) -> list[int]:
     """Owner rank of each shape: longest processing time first onto the least loaded rank.
 
     Args:
         shapes: one shape per item, in a fixed order shared by all ranks.
         world_size: number of ranks (>= 1).
+        costs: the cost of each item (e.g. the FLOPs its optimizer's transform reports); None: ``matrix_cost``.
     Returns a list of ranks, one per item.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
-    costs = [matrix_cost(s) for s in shapes]
+    if costs is not None and len(costs) != len(shapes):
+        raise ValueError(f"costs must have one entry per shape ({len(shapes)}), got {len(costs)}")
+    costs = [matrix_cost(s) for s in shapes] if costs is None else [float(c) for c in costs]
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     load = [0.0] * world_size
     owners = [0] * len(costs)

@@ -204,6 +204,16 @@ class SpectralOptimizer(Optimizer):
     def _spectral_step(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def rows_capable(self, group: dict[str, Any]) -> bool:
+        """Whether the spectral rule of ``group`` runs unchanged on row-sharded (FSDP2) matrices: elementwise math
+        around unitarily invariant matrix functions of each whole parameter. False unless a subclass says so."""
+        return False
+
+    def transform_flops(self, group: dict[str, Any], p: Tensor) -> float | None:
+        """Estimated FLOPs of the spectral rule on ``p`` (the distributed partition balances ranks by them);
+        None: unknown (the partition's generic estimate is used)."""
+        return None
+
     def _adamw_step(self, group: dict[str, Any]) -> None:
         params = [p for p in group["params"] if p.grad is not None]
         if params:

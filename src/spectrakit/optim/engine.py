@@ -116,8 +116,8 @@ class SpectralEngine(SpectralOptimizer):
             transform_and_step(plan, c, chunk, directions, states, group, lr, wd, statistics)
 
     def transform_flops(self, group: dict[str, Any], p: Tensor) -> float:
-        """Estimated matmul FLOPs of the transform of ``p`` in ``group`` (0 when it takes the plain step); the
-        distributed partition balances ranks by it."""
+        """Estimated matmul FLOPs of the transform of ``p`` in ``group`` (its element count when it takes the
+        plain step); the distributed partition balances ranks by it."""
         if group["rule"] != "spectral":
             return float(p.numel())
         plan = self._plan(group)
