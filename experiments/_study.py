@@ -89,7 +89,9 @@ for _base in ("reduced", "quick"):
     BUDGETS[f"{_base}-wide"] = replace(_b, name=f"{_base}-wide", d_model=2 * _b.d_model, n_heads=2 * _b.n_heads,
                                        c_values=(1.0, 3.0, 10.0, 30.0, 100.0) if _base == "reduced" else _b.c_values,
                                        workers=1)
+    # reduced: lrs up to 10 (two more points than the first pass), looking for a setting where AdamW diverges
     BUDGETS[f"{_base}-stability"] = replace(_b, name=f"{_base}-stability", steps=2 * _b.steps, warmup_steps=0,
+                                            stability_points=4 if _base == "reduced" else _b.stability_points,
                                             workers=1)
 
 

@@ -125,4 +125,4 @@ def test_plan_order_and_sizes():
     budget = study.BUDGETS["reduced"]
     core = cvs.core(budget)
     assert core[0].lr == 1e-2 and len({s.name for s in core[:4]}) == 4  # the grid centre first, all four variants
-    assert cvs.plan_sizes("reduced") == {"1": 20 + 10 + 5 * 2, "2": 40, "4": 4, "3": 3 * 3 * 3}
+    assert cvs.plan_sizes("reduced") == {"1": 20 + 10 + 5 * 2, "2": 40, "4": 4, "3": 3 * 5 * 3}  # 3 variants, 5 lrs
