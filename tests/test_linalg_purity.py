@@ -41,7 +41,7 @@ def test_importing_linalg_and_every_module_in_it_loads_no_other_layer():
         for info in pkgutil.walk_packages(spectrakit.linalg.__path__, "spectrakit.linalg."):
             importlib.import_module(info.name)
     """)
-    assert "spectrakit.linalg.power" in loaded
+    assert "spectrakit.linalg.power" in loaded and "spectrakit.linalg.multiplier" in loaded
     assert _other_layers(loaded) == []
 
 
@@ -58,7 +58,9 @@ def test_plain_calls_load_no_other_layer():
         linalg.msign(X)
         linalg.soft_clip_svd(X, 1.0), linalg.hard_clip_svd(X, 1.0), linalg.msign_svd(X)
         linalg.spectral_norm(X)
-        linalg.top_singular(X, 2)
+        U, S, V = linalg.top_singular(X, 2)
+        Theta = U[..., :1] @ V[..., :1].mT
+        linalg.solve_multiplier(X / torch.linalg.matrix_norm(X, keepdim=True), Theta)
     """)
     assert _other_layers(loaded) == []
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectrakit.linalg import hard_clip, msign, soft_clip, spectral_norm, top_singular
+from spectrakit.linalg import (
+    hard_clip,
+    msign,
+    soft_clip,
+    solve_multiplier,
+    spectral_norm,
+    top_singular,
+)
 
 X = torch.randn(4, 6)
 
@@ -69,3 +76,8 @@ def test_power_iteration_arguments():
             top_singular(X, k)
     with pytest.raises(ValueError, match="v0 must"):
         top_singular(X, 2, v0=torch.randn(6, 3))
+
+
+def test_multiplier_arguments():
+    with pytest.raises(ValueError, match="method must be one of"):
+        solve_multiplier(X, X, method="newton")
