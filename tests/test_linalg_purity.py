@@ -59,6 +59,7 @@ def test_plain_calls_load_no_other_layer():
         linalg.soft_clip_svd(X, 1.0), linalg.hard_clip_svd(X, 1.0), linalg.msign_svd(X)
         linalg.spectral_norm(X)
         U, S, V = linalg.top_singular(X, 2)
+        linalg.block_power_iteration(X, V, 2)
         Theta = U[..., :1] @ V[..., :1].mT
         linalg.solve_multiplier(X / torch.linalg.matrix_norm(X, keepdim=True), Theta)
     """)
