@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectrakit.linalg import hard_clip, msign, soft_clip, spectral_norm, top_singular
+from spectrakit.linalg import (
+    block_power_iteration,
+    hard_clip,
+    msign,
+    soft_clip,
+    solve_multiplier,
+    spectral_norm,
+    top_singular,
+)
 
 X = torch.randn(4, 6)
 
@@ -69,3 +77,13 @@ def test_power_iteration_arguments():
             top_singular(X, k)
     with pytest.raises(ValueError, match="v0 must"):
         top_singular(X, 2, v0=torch.randn(6, 3))
+    for V in (torch.randn(6, 0), torch.randn(6, 5), torch.randn(4, 2), torch.randn(2, 6, 2)):
+        with pytest.raises(ValueError, match="V must have shape"):
+            block_power_iteration(X, V, 1)
+    with pytest.raises(ValueError, match="iters must"):
+        block_power_iteration(X, torch.randn(6, 2), 0)
+
+
+def test_multiplier_arguments():
+    with pytest.raises(ValueError, match="method must be one of"):
+        solve_multiplier(X, X, method="newton")

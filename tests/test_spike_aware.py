@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spectrakit.optim.spike_aware import SpikeAware, block_power_iteration, spike_rank
+from spectrakit.linalg import block_power_iteration
+from spectrakit.optim.spike_aware import SpikeAware, spike_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

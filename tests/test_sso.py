@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spectrakit.linalg import msign_svd
-from spectrakit.optim.sso import SSO, MuonSphere, atomic_segments, solve_multiplier, spectral_init_
+from spectrakit.linalg import msign_svd, solve_multiplier
+from spectrakit.optim.sso import SSO, MuonSphere, atomic_segments, spectral_init_
 
 TOL = 2e-4
 

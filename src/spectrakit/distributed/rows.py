@@ -23,6 +23,9 @@ work in the n x n Gram space (the polar soft/hard clips) the per-rank compute is
 
 Other layouts (replicated, sharded over a batch dim) are evaluated locally; anything else falls back to
 gathering the full matrix on every rank.
+
+Importing this module (``import spectrakit.distributed`` does) registers :func:`sharded_call` with
+``spectrakit.linalg``, whose functions hand it their DTensor inputs; linalg itself never imports this layer.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..linalg import _sharded
 from . import _comm
 
 
 def _plain(value: Any) -> Any:
-    return value.full_tensor() if type(value).__name__ == "DTensor" else value
+    return value.full_tensor() if _sharded.is_sharded(value) else value
 
 
 def _tsqr_apply(local: Tensor, fn: Callable[..., Any], group: Any, args: tuple, kwargs: dict,
@@ -107,3 +111,6 @@ def sharded_call(fn: Callable[..., Any], X: Any, *args: Any, **kwargs: Any) -> A
     if not return_bound:
         return Y
     return Y, distribute_tensor(bound, mesh, [Replicate()] * mesh.ndim, src_data_rank=None)
+
+
+_sharded.register(sharded_call)

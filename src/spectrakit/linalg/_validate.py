@@ -45,3 +45,8 @@ def batch_threshold(c: float | Tensor, X: Tensor, dtype: torch.dtype) -> Tensor 
     if isinstance(c, Tensor):
         return c.to(device=X.device, dtype=dtype)[..., None, None]
     return float(c)
+
+
+def check_choice(value: object, name: str, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validate import batch_threshold, check_positive_int, check_tensor, check_threshold
+from . import _sharded
+from ._validate import batch_threshold, check_choice, check_positive_int, check_tensor, check_threshold
 from .exact import spectral_map_svd_with_norm
 from .newton_schulz import soft_clip_newton_schulz
 from .polar_clip import hard_clip_polar, soft_clip_polar
@@ -26,11 +27,6 @@ _POLAR_DTYPES = (torch.float32, torch.float64)
 #: (2 shared AVX2 cores; soft clip: svd ~ polar from 64 to 384; hard clip: svd 4-8x faster up to 384, polar
 #: ~2x faster at 768, see BENCHMARKS.md); the polar iteration above it and always on accelerators.
 _AUTO_SVD_MAX_SIDE_CPU = {"soft": 64, "hard": 512}
-
-
-def _check_method(method: str, allowed: tuple[str, ...]) -> None:
-    if method not in allowed:
-        raise ValueError(f"method must be one of {allowed}, got {method!r}")
 
 
 def _vector_rule(u: Tensor, c: float | Tensor, hard: bool) -> tuple[Tensor, Tensor]:
@@ -97,14 +93,13 @@ def _clip(public: Callable[..., Any], kind: str, X: Tensor, c: float | Tensor, m
           dtype: torch.dtype | None, return_bound: bool, adaptive: bool | None) -> Tensor | tuple[Tensor, Tensor]:
     """The body of soft_clip / hard_clip (``kind`` "soft" / "hard"; ``public`` is the function itself, which the
     sharded path calls back): validation, the vector rule, the wide orientation and the method dispatch."""
-    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
-        from ..distributed.rows import sharded_call
-        return sharded_call(public, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
-                            adaptive=adaptive)
+    if _sharded.is_sharded(X):  # FSDP2 / tensor-parallel input: evaluated by spectrakit.distributed (see _sharded)
+        return _sharded.call(public, X, c, method=method, steps=steps, dtype=dtype, return_bound=return_bound,
+                             adaptive=adaptive)
     check_tensor(X, "X", min_dim=1)
     check_threshold(c, "c")
     check_positive_int(steps, "steps")
-    _check_method(method, SOFT_METHODS if kind == "soft" else HARD_METHODS)
+    check_choice(method, "method", SOFT_METHODS if kind == "soft" else HARD_METHODS)
     hard = kind == "hard"
     if X.dim() == 1:
         Y, norm = _vector_rule(X, c, hard=hard)

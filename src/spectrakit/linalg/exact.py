@@ -7,12 +7,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from . import _sharded
+
 
 def spectral_map_svd(X: Tensor, f: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
     """U f(S) V^T for X = U S V^T, computed in ``dtype`` (float64 by default); output in X's dtype."""
-    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
-        from ..distributed.rows import sharded_call
-        return sharded_call(spectral_map_svd, X, f, dtype)
+    if _sharded.is_sharded(X):  # FSDP2 / tensor-parallel input: evaluated by spectrakit.distributed (see _sharded)
+        return _sharded.call(spectral_map_svd, X, f, dtype)
     return spectral_map_svd_with_norm(X, f, dtype)[0]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import _sharded
 from ._validate import check_positive_int, check_tensor
 from .symmetric import gram, symmetric_matmul
 
@@ -85,9 +86,8 @@ def msign(
     upper bound on the spectral norm, so no host synchronisation happens. The CPU default is float32 because on
     CPUs without bfloat16 matmul units (e.g. AVX2-only) bfloat16 matmuls are ~20-300x slower than float32.
     """
-    if type(X).__name__ == "DTensor":  # sharded (FSDP2 / tensor-parallel) input: see spectrakit.distributed.rows
-        from ..distributed.rows import sharded_call
-        return sharded_call(msign, X, coefficients=coefficients, steps=steps, dtype=dtype)
+    if _sharded.is_sharded(X):  # FSDP2 / tensor-parallel input: evaluated by spectrakit.distributed (see _sharded)
+        return _sharded.call(msign, X, coefficients=coefficients, steps=steps, dtype=dtype)
     check_tensor(X, "X", min_dim=2)
     check_positive_int(steps, "steps")
     if isinstance(coefficients, str):

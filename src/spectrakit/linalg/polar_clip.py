@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .coefficients import grid_index
 from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
+from .power import block_power_iteration
 from .symmetric import gram, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
@@ -68,16 +69,13 @@ FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
 
-def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 4) -> float:
-    """Largest sigma_max/c in the batch from a few power-iteration steps on G = X X^T (O(m^2) each; a lower
-    estimate, which ``_missed_large_ratio`` backs up); reads the host. NaN gives inf."""
+def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 2) -> float:
+    """Largest sigma_max/c in the batch from ``iters`` steps of :func:`power.block_power_iteration` (k = 1) on
+    G = X X^T: lambda = ||G^(2 iters) v|| / ||G^(2 iters - 1) v|| <= lambda_max(G) = sigma_max^2 (O(m^2) per
+    product; a lower estimate, which ``_missed_large_ratio`` backs up); reads the host. NaN gives inf."""
     gen = torch.Generator(device=G.device).manual_seed(0)
     v = torch.randn(G.shape[0], G.shape[-1], 1, generator=gen, dtype=G.dtype, device=G.device)
-    lam = torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
-    for _ in range(iters):
-        v = G @ v
-        lam = v.norm(dim=(-2, -1))
-        v = v / lam.clamp_min(1e-30)[:, None, None]
+    lam = block_power_iteration(G, v, iters, rayleigh_ritz=False)[1][:, 0]
     return float((lam.double().sqrt() / cn).nan_to_num(float("inf")).max())
 
 

@@ -1,7 +1,21 @@
-"""Warm-startable power iteration (top singular value) and block power iteration (top-k triplets).
+"""Warm-startable power iterations: the block power iteration (top-k triplets) and its k = 1 case, and
+top_singular.
 
-Both run a fixed number of iterations (no host synchronisation) and return the right vectors a caller
-passes back as ``v0`` next time, so a slowly drifting matrix needs only one or two iterations per call.
+:func:`block_power_iteration` runs T steps from V (..., n, k):  P = X V;  U = QR(P);  W = X^T U;
+s = column norms of W;  V = W / s  (with an optional Rayleigh-Ritz rotation of (U, W) inside the block).
+Then U diag(s) V^T = U U^T X, s <= sigma_max (with the rotation, s_i <= sigma_i), and U spans the power
+subspace span(X (X^T X)^(T-1) V_0). :func:`spectral_norm` is its k = 1 case (u = X v / ||X v||,
+v = X^T u / ||X^T u||) with a last half step, sigma = ||X v|| <= sigma_max; polar_clip's ratio estimate runs
+the k = 1 case on the symmetric G = X X^T.
+
+:func:`top_singular` is the same subspace iteration with its own rounding: V is re-orthonormalised by a QR
+each step (V = QR(X^T U)) and the triplets come from an SVD of the k x n matrix U^T X after one more
+half step (the Rayleigh-Ritz step above, by SVD instead of an eigendecomposition). In exact arithmetic
+top_singular(X, k, iters=T) = block_power_iteration(X.float(), V_0, T + 1) up to signs; it keeps its own
+rounding because SSO's retraction divides by its sigma, and SSO's trajectories are pinned bitwise.
+
+All run a fixed number of iterations (no host synchronisation) and return the right vectors a caller
+passes back next time, so a slowly drifting matrix needs only one or two iterations per call.
 """
 
 from __future__ import annotations
@@ -14,21 +28,50 @@ from ._validate import check_positive_int, check_tensor
 _TINY = 1e-30
 
 
-def _normalize(x: Tensor, dim: int = -1) -> Tensor:
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(_TINY)
-
-
 def _random_start(X: Tensor, shape: tuple[int, ...], seed: int = 0) -> Tensor:
     gen = torch.Generator(device=X.device).manual_seed(seed)
     return torch.randn(shape, generator=gen, device=X.device, dtype=torch.float32)
 
 
+def block_power_iteration(X: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool = True
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` block power steps on X (..., m, n) from V (..., n, k): P = X V; U = QR(P); W = X^T U;
+    s = ||W columns||; V = W / s. Returns (U (..., m, k) orthonormal, s (..., k), V (..., n, k) unit columns)
+    with U diag(s) V^T = U U^T X. Warm-start the next call with the returned V.
+
+    The products run in X's dtype (no float32 copy of a low-precision X), the rest in float32 or wider.
+
+    The QR basis U spans the top-k subspace long before its columns align with the individual singular
+    vectors (they converge at the rates s_{i+1}/s_i, slow for spikes of similar size), and until they do,
+    s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
+    of the k x k matrix W^T W (= U^T X X^T U) so that (U, s, V) are the exact singular triplets of U U^T X.
+    """
+    check_tensor(X, "X", min_dim=2)
+    check_positive_int(iters, "iters", allow_none=False)
+    if not isinstance(V, Tensor) or V.dim() != X.dim() or V.shape[:-1] != (*X.shape[:-2], X.shape[-1]) \
+            or not 1 <= V.shape[-1] <= min(X.shape[-2:]):
+        raise ValueError(f"V must have shape {(*X.shape[:-2], X.shape[-1])} + (k,) with 1 <= k <= min(m, n) = "
+                         f"{min(X.shape[-2:])}, got {tuple(V.shape) if isinstance(V, Tensor) else type(V).__name__}")
+    dtype = torch.promote_types(X.dtype, torch.float32)
+    for _ in range(iters):  # products in X's dtype, the rest in >= float32
+        U = torch.linalg.qr((X @ V.to(X.dtype)).to(dtype)).Q
+        W = (X.mT @ U.to(X.dtype)).to(dtype)
+        if rayleigh_ritz:
+            _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
+            Z = Z.flip(-1).to(W.dtype)
+            U, W = U @ Z, W @ Z
+        s = torch.linalg.vector_norm(W, dim=-2)
+        V = W / s.clamp_min(_TINY)[..., None, :]
+    return U, s, V
+
+
 def spectral_norm(X: Tensor, *, iters: int = 10, v0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Estimate sigma_max of each trailing matrix of X (..., m, n) by power iteration in float32.
 
-    Iterates v <- X^T X v / ||X^T X v|| ``iters`` times from ``v0`` (shape (..., n); a fixed-seed Gaussian
-    when None). Returns (sigma, u, v) with sigma = ||X v|| <= sigma_max, u = X v / sigma; pass ``v`` back as
-    ``v0`` to warm-start. A zero matrix gives sigma = 0.
+    The k = 1 case of :func:`block_power_iteration` (``iters`` times u = X v / ||X v||, v = X^T u / ||X^T u||,
+    from ``v0`` of shape (..., n); a fixed-seed Gaussian when None), then a last half step. Returns
+    (sigma, u, v) with sigma = ||X v|| <= sigma_max, u = X v / sigma; pass ``v`` back as ``v0`` to
+    warm-start. A zero matrix gives sigma = 0.
     """
     check_tensor(X, "X", min_dim=2)
     check_positive_int(iters, "iters", allow_none=False)
@@ -40,13 +83,10 @@ def spectral_norm(X: Tensor, *, iters: int = 10, v0: Tensor | None = None) -> tu
         if v0.shape != (*X.shape[:-2], n):
             raise ValueError(f"v0 must have shape {(*X.shape[:-2], n)}, got {tuple(v0.shape)}")
         v = v0.float()
-    v = _normalize(v)
-    for _ in range(iters):
-        u = _normalize((Xf @ v.unsqueeze(-1)).squeeze(-1))
-        v = _normalize((Xf.mT @ u.unsqueeze(-1)).squeeze(-1))
+    v = block_power_iteration(Xf, v[..., None], iters, rayleigh_ritz=False)[2][..., 0]
     Xv = (Xf @ v.unsqueeze(-1)).squeeze(-1)
     sigma = Xv.norm(dim=-1)
-    return sigma, _normalize(Xv), v
+    return sigma, Xv / sigma.clamp_min(_TINY)[..., None], v
 
 
 def top_singular(X: Tensor, k: int, *, iters: int = 2, v0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..linalg import block_power_iteration
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_positive, check_unit_interval
 from .base import SpectralOptimizer, scalar_lr
@@ -53,30 +54,6 @@ _TINY = 1e-30
 def spike_rank(shape: tuple[int, ...], rank_fraction: float) -> int:
     """k = max(1, round(rank_fraction * min(m, n))) for a (..., m, n) matrix."""
     return max(1, round(rank_fraction * min(shape[-2], shape[-1])))
-
-
-def block_power_iteration(M: Tensor, V: Tensor, iters: int, rayleigh_ritz: bool = True) -> tuple[Tensor, Tensor,
-                                                                                                  Tensor]:
-    """``iters`` block power steps on M (..., m, n) from V (..., n, k): P = M V; U = QR(P); W = M^T U;
-    s = ||W columns||; V = W / s. Returns (U (..., m, k) orthonormal, s (..., k), V (..., n, k) unit columns)
-    with U diag(s) V^T = U U^T M. Warm-start the next call with the returned V.
-
-    The QR basis U spans the top-k subspace long before its columns align with the individual singular
-    vectors (they converge at the rates s_{i+1}/s_i, slow for spikes of similar size), and until they do,
-    s are not singular values and V is not orthogonal. ``rayleigh_ritz`` rotates (U, W) by the eigenvectors
-    of the k x k matrix W^T W (= U^T M M^T U) so that (U, s, V) are the exact singular triplets of U U^T M.
-    """
-    dtype = torch.promote_types(M.dtype, torch.float32)
-    for _ in range(iters):  # products in M's dtype (no float32 copy of a low-precision M), the rest in >= float32
-        U = torch.linalg.qr((M @ V.to(M.dtype)).to(dtype)).Q
-        W = (M.mT @ U.to(M.dtype)).to(dtype)
-        if rayleigh_ritz:
-            _, Z = torch.linalg.eigh((W.mT @ W).double())  # ascending eigenvalues
-            Z = Z.flip(-1).to(W.dtype)
-            U, W = U @ Z, W @ Z
-        s = torch.linalg.vector_norm(W, dim=-2)
-        V = W / s.clamp_min(_TINY)[..., None, :]
-    return U, s, V
 
 
 def spike_shaped(M: Tensor, U: Tensor, s: Tensor, V: Tensor, tol: float) -> Tensor:
@@ -146,7 +123,8 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         power_iters: block power iterations per step (warm-started from the cached V).
         cold_power_iters: iterations of the first step (a randomized range finder from a Gaussian block).
         rayleigh_ritz: rotate the power iteration's basis to the exact singular triplets of its subspace (a k x k
-            eigendecomposition; see :func:`block_power_iteration`). False is the quoted Algorithm 1 as is.
+            eigendecomposition; see :func:`spectrakit.linalg.block_power_iteration`). False is the quoted Algorithm 1
+            as is.
         update_scale: the 0.2 in 0.2 lr O / RMS(O). eps: added to RMS(O).
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
         exact_svd: take the top-k triplets from a full SVD (float32; float64 for float64 parameters) instead of

@@ -13,9 +13,9 @@ takes the steepest unit-spectral-norm step tangent to it. Per step and atomic bl
     Phi = msign(M_hat + lambda* Theta)        (||Phi||_2 = 1, <Theta, Phi> = 0)
     W <- W - lr R Phi
 
-h is the derivative of the convex function lambda -> ||M_hat + lambda Theta||_* (msign(X) is a subgradient of
-the nuclear norm at X), so it is non-decreasing, from -1 to 1, and its root is found by bracketing then
-bisection. MuonSphere is the lambda = 0 variant (``solver=None``).
+h is non-decreasing (the derivative of the convex lambda -> ||M_hat + lambda Theta||_*), from -1 to 1, and its
+root is found by bracketing then bisection (:func:`spectrakit.linalg.solve_multiplier`). MuonSphere is the
+lambda = 0 variant (``solver=None``).
 
 What the hard retraction guarantees: at the start of every step (after the retraction, before the update)
 each block has ||W||_2 = R up to the power iteration's accuracy. The update then moves it off the sphere
@@ -29,12 +29,13 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..linalg import msign, top_singular
+from ..linalg import msign, solve_multiplier, top_singular
+from ..linalg.multiplier import SOLVERS
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
 from .base import SpectralOptimizer, decoupled_step, scalar_lr
@@ -42,7 +43,6 @@ from .momentum import ema_momentum
 from .routing import SPECTRAL
 
 RETRACTIONS = ("hard", "dynamic")
-SOLVERS = ("bisection", "illinois")
 
 _TINY = 1e-30
 
@@ -124,117 +124,6 @@ def _check_split_options(split_sizes: object, heads: object) -> None:
 def radius(rows: int, cols: int, radius_scale: float) -> float:
     """R = radius_scale * sqrt(d_out / d_in), the spectral muP radius of a d_out x d_in block."""
     return radius_scale * math.sqrt(rows / cols)
-
-
-# ------------------------------------------------------------------------------------ the multiplier
-class Multiplier(NamedTuple):
-    """The solver's answer for a batch of blocks (all tensors batched over the blocks' leading dims)."""
-
-    lam: Tensor  # lambda* (float64 for float64 inputs, else float32)
-    phi: Tensor  # msign(M_hat + lambda* Theta)
-    h: Tensor  # <Theta, phi>, float32
-    calls: int  # msign evaluations (each one batched over all blocks)
-    fallback: Tensor  # bool: bracketing failed, lambda = 0 was used
-
-
-def _evaluate(msign_fn: Callable[[Tensor], Tensor], M_hat: Tensor, Theta: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
-    phi = msign_fn(M_hat + lam[..., None, None].to(M_hat.dtype) * Theta)
-    return phi, (Theta.to(lam.dtype) * phi.to(lam.dtype)).sum(dim=(-2, -1))
-
-
-def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *, method: str = "bisection",
-                     tol: float = 2e-4, max_iter: int = 20, bracket_steps: int = 10, bracket_start: float = 1e-3,
-                     msign_fn: Callable[[Tensor], Tensor] = msign, sync: bool = True) -> Multiplier:
-    """Root of h(lambda) = <Theta, msign(M_hat + lambda Theta)> for every matrix of a batch (..., m, n).
-
-    From lambda_0 (``lam0``, the previous step's root; 0 when None): if |h(lambda_0)| <= tol stop; else step
-    away against sign(h(lambda_0)) by ``bracket_start`` * 2^j, j < ``bracket_steps``, until h changes sign,
-    then shrink the bracket up to ``max_iter`` times until |h| <= tol: by bisection (``method="bisection"``,
-    Xie et al. 2026, Alg. 1) or by false position with the Illinois modification (``method="illinois"``: the
-    secant point of the bracket, halving the stored h of an end kept twice in a row; superlinear where h is
-    smooth). The evaluated lambda with the smallest |h| is returned. A matrix whose bracketing fails takes
-    lambda = 0 (as in the paper).
-
-    h can jump: where M_hat + lambda Theta loses rank (one lambda always does for square matrices), msign
-    jumps and h has no zero, only a sign change. When the budget ends on such a bracket [lo, hi] with
-    |h| > tol, the answer is the convex combination Phi = w Phi(lo) + (1 - w) Phi(hi) with w h(lo) +
-    (1 - w) h(hi) = 0: still ||Phi||_2 <= 1, exactly tangent, and at a jump the right element of the nuclear
-    norm's subdifferential (the tangent steepest direction).
-
-    All matrices advance together: each round is ONE batched msign call, and the per-matrix bookkeeping is done
-    with ``torch.where`` on the device. ``sync=True`` ends the loop as soon as every matrix is finished (one
-    host sync per round); ``sync=False`` runs all ``bracket_steps + max_iter`` rounds (no host sync at all).
-    """
-    check_choice(method, "method", SOLVERS)
-    batch = M_hat.shape[:-2]
-    at_zero = lam0 is None
-    scalar = torch.float64 if M_hat.dtype == torch.float64 else torch.float32
-    lam0 = torch.zeros(batch, device=M_hat.device, dtype=scalar) if lam0 is None else lam0.to(scalar)
-    phi, h = _evaluate(msign_fn, M_hat, Theta, lam0)
-    calls = 1
-    phi_zero, h_zero = (phi, h) if at_zero else (None, None)
-    sign0 = torch.where(h >= 0, 1.0, -1.0).to(scalar)
-    best_lam, best_h, best_phi = lam0, h, phi
-    done = h.abs() <= tol
-    failed = torch.zeros_like(done)
-    bracketed = torch.zeros_like(done)
-    # The bracket: ``low`` lies on h(lambda_0)'s side of the root, ``high`` on the other side; ``h_*`` are their
-    # h values, ``f_*`` the ones false position uses (Illinois halves the f of an end kept twice).
-    low, h_low, f_low, phi_low = lam0, h, h, phi
-    high, h_high, f_high, phi_high = lam0, h, h, phi
-    kept = torch.zeros_like(lam0)  # +1: the last shrink replaced ``high`` (kept ``low``), -1: the reverse
-    expansions = torch.zeros_like(lam0)
-    shrinks = torch.zeros_like(lam0)
-    for _ in range(bracket_steps + max_iter):
-        finished = done | failed
-        if sync and bool(finished.all()):
-            break
-        active = ~finished
-        outward = lam0 - sign0 * bracket_start * torch.exp2(expansions)
-        inner = 0.5 * (low + high)
-        if method == "illinois":
-            gap = f_high - f_low
-            inner = torch.where(gap == 0, inner, (low * f_high - high * f_low) / torch.where(gap == 0, 1.0, gap))
-        trial = torch.where(active, torch.where(bracketed, inner, outward), best_lam)
-        phi, h = _evaluate(msign_fn, M_hat, Theta, trial)
-        calls += 1
-        better = active & (h.abs() < best_h.abs())
-        best_lam, best_h = torch.where(better, trial, best_lam), torch.where(better, h, best_h)
-        best_phi = torch.where(better[..., None, None], phi, best_phi)
-        same_side = h * sign0 > 0
-        expanding, shrinking = active & ~bracketed, active & bracketed
-        to_low, to_high = active & same_side, active & ~same_side
-        if method == "illinois":
-            f_low = torch.where(shrinking & to_high & (kept > 0), 0.5 * f_low, f_low)
-            f_high = torch.where(shrinking & to_low & (kept < 0), 0.5 * f_high, f_high)
-            kept = torch.where(shrinking, torch.where(to_high, 1.0, -1.0).to(scalar), kept)
-        low, h_low, f_low = (torch.where(to_low, new, old) for new, old in ((trial, low), (h, h_low), (h, f_low)))
-        high, h_high, f_high = (torch.where(to_high, new, old) for new, old in ((trial, high), (h, h_high),
-                                                                                 (h, f_high)))
-        phi_low = torch.where(to_low[..., None, None], phi, phi_low)
-        phi_high = torch.where(to_high[..., None, None], phi, phi_high)
-        bracketed = bracketed | (expanding & ~same_side)
-        expansions = expansions + expanding.to(scalar)
-        shrinks = shrinks + shrinking.to(scalar)
-        converged = active & (h.abs() <= tol)
-        failed = failed | (expanding & same_side & ~converged & (expansions >= bracket_steps))
-        done = done | converged | (shrinking & (shrinks >= max_iter))
-    # A bracket that ended with |h| > tol (a jump of h, or noise): the tangent convex combination of its ends.
-    blend = bracketed & (best_h.abs() > tol)
-    w = h_high / torch.where(blend, h_high - h_low, 1.0)
-    best_lam = torch.where(blend, w * low + (1 - w) * high, best_lam)
-    best_h = torch.where(blend, w * h_low + (1 - w) * h_high, best_h)
-    wm = w[..., None, None].to(phi.dtype)
-    best_phi = torch.where(blend[..., None, None], wm * phi_low + (1 - wm) * phi_high, best_phi)
-    fallback = failed & ~done
-    if not sync or bool(fallback.any()):
-        zero = torch.zeros_like(lam0)
-        if phi_zero is None:
-            phi_zero, h_zero = _evaluate(msign_fn, M_hat, Theta, zero)
-            calls += 1
-        best_lam, best_h = torch.where(fallback, zero, best_lam), torch.where(fallback, h_zero, best_h)
-        best_phi = torch.where(fallback[..., None, None], phi_zero, best_phi)
-    return Multiplier(best_lam, best_phi, best_h, calls, fallback)
 
 
 # ----------------------------------------------------------------------------------------- initialization
