@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim.base import NonFiniteGradientError, SpectralOptimizer
+from ..optim.base import NonFiniteGradientError, SpectralOptimizer, evaluate_closure
 from ..optim.routing import ADAMW
 from . import _comm
 from .partition import balanced_owners, matrix_cost
@@ -237,10 +237,7 @@ class DistributedSpectral(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One step of the wrapped optimizer with the work split across ranks."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         _comm.COUNTER.reset()
         try:
             if not self._gradients_usable():

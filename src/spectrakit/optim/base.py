@@ -36,6 +36,14 @@ class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or Inf; raised before any parameter is changed."""
 
 
+def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (an optimizer's step runs under no_grad), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def scalar_lr(lr: float | Tensor) -> float | Tensor:
     """A group's lr as a number or a 0-d tensor (one-element tensors are reshaped; no host read)."""
     return lr.detach().reshape(()) if isinstance(lr, Tensor) else lr
@@ -121,8 +129,14 @@ class SpectralOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------------------------------- routing
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Raise ValueError naming the key unless the rule's settings in ``settings`` (the defaults with a group's
+        overrides) are valid; every new group is checked so. Subclasses with settings override it."""
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its parameters are split into a spectral part and an AdamW part (see ``routing``)."""
+        """Add a group; its parameters are split into a spectral part and an AdamW part (see ``routing``).
+        The group's settings are checked first (``_check_settings``; errors name the key)."""
+        self._check_settings({**self.defaults, **param_group})
         group = dict(param_group)
         params = group.pop("params")
         params = [params] if isinstance(params, Tensor) else list(params)
@@ -186,10 +200,7 @@ class SpectralOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self._statistics.clear()  # statistics() describes the last step only (empty after a skipped one)
         if not self._gradients_usable():
             self.skipped_steps += 1

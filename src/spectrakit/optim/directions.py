@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._registry import Registry
 from ._validate import check_betas, check_nonnegative, check_unit_interval
 
 #: (grads, states, group) -> directions, one per parameter; ``states`` are the parameters' state dicts.
@@ -54,23 +55,10 @@ class Direction:
         return self.compute(grads, states, group) if grads else []
 
 
-#: The registered directions by name (``register_direction`` adds one).
-DIRECTIONS: dict[str, Direction] = {}
-
-
-def register_direction(direction: Direction) -> Direction:
-    """Make ``direction`` available as ``Spectra(base=direction.name)``; returns it."""
-    if not isinstance(direction, Direction):
-        raise TypeError(f"register_direction needs a Direction, got {type(direction).__name__}")
-    DIRECTIONS[direction.name] = direction
-    return direction
-
-
-def direction_named(name: object, key: str = "base") -> Direction:
-    """The registered direction ``name``; ValueError naming ``key`` and the registered names otherwise."""
-    if name not in DIRECTIONS:
-        raise ValueError(f"{key} must be one of {tuple(DIRECTIONS)}, got {name!r}")
-    return DIRECTIONS[name]  # type: ignore[index]
+#: The registered directions by name: ``register_direction(d)`` adds one, ``direction_named(name)`` reads one.
+DIRECTIONS: Registry[Direction] = Registry(Direction, "base")
+register_direction = DIRECTIONS.register
+direction_named = DIRECTIONS.named
 
 
 def base_options(base: str, given: Mapping[str, Any]) -> dict[str, Any]:

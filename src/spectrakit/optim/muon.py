@@ -59,19 +59,17 @@ class Muon(SpectralEngine):
                  track_stats: bool = False) -> None:
         settings = {"momentum": momentum, "nesterov": nesterov, "scale": scale, "ns_coefficients": ns_coefficients,
                     "ns_steps": ns_steps, "ns_dtype": ns_dtype, "ns_method": ns_method, "batch": batch}
-        _check_settings(settings)
+        _check_muon(settings)
         self.track_stats = track_stats
         defaults = {"lr": lr, "weight_decay": weight_decay, **settings, **self._rule_settings()}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking the settings it overrides (every constructor setting but ``track_stats``,
-        ``nonfinite``, ``fallback*`` and ``adamw_*``)."""
-        merged = {**self.defaults, **param_group}
-        _check_settings({k: merged[k] for k in _SETTING_KEYS})
-        super().add_param_group(param_group)
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Every constructor setting but ``track_stats``, ``nonfinite``, ``fallback*`` and ``adamw_*`` may be set by
+        a group; each group is checked as the constructor's."""
+        _check_muon(settings)
 
     def _rule_settings(self) -> dict[str, Any]:
         """Settings of a subclass's rule added to the defaults (checked by its ``add_param_group``)."""
@@ -92,10 +90,7 @@ def _every_parameter(name: str, p: torch.Tensor) -> bool:
     return True
 
 
-_SETTING_KEYS = ("momentum", "nesterov", "scale", "ns_coefficients", "ns_steps", "ns_dtype", "ns_method", "batch")
-
-
-def _check_settings(settings: dict[str, Any]) -> None:
+def _check_muon(settings: dict[str, Any]) -> None:
     """Validate Muon's settings (the constructor's, or a param group's merged over the defaults)."""
     check_unit_interval(settings["momentum"], "momentum")
     if not isinstance(settings["nesterov"], bool):
@@ -155,10 +150,10 @@ class NorMuon(Muon):
     def _rule_settings(self) -> dict[str, Any]:
         return dict(self._normuon)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking the settings it overrides (Muon's, beta2, eps and update_scale)."""
-        _check_normuon({**self.defaults, **param_group})
-        super().add_param_group(param_group)
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Muon's settings, beta2, eps and update_scale."""
+        super()._check_settings(settings)
+        _check_normuon(settings)
 
     def _plan(self, group: dict[str, Any]) -> StepPlan:
         return StepPlan(direction_named("momentum"), transform_named("normalize_rows"), _ns_options(group),

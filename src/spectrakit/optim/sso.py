@@ -276,10 +276,8 @@ class SSO(MatrixViews, SpectralOptimizer):
                              adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
                              adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it may override any constructor setting of the rule (same checks, by key)."""
-        _check_settings(param_group)
-        super().add_param_group(param_group)
+    #: a group may override any constructor setting of the rule (the same checks, by key)
+    _check_settings = staticmethod(_check_settings)
 
     def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
         atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)

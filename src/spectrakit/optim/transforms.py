@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..linalg import hard_clip, msign, msign_svd, soft_clip
 from ..linalg.clip import HARD_METHODS, SOFT_METHODS
+from ._registry import Registry
 
 VECTOR_RULES = ("smooth", "authors")
 NORMALIZE_METHODS = ("auto", "polar", "newton_schulz", "svd")
@@ -101,23 +102,10 @@ class Transform:
         return float(math.prod(shape[:-2])) * self.products(min(m, n), max(m, n), options)
 
 
-#: The registered transforms by name (``register_transform`` adds one).
-TRANSFORMS: dict[str, Transform] = {}
-
-
-def register_transform(transform: Transform) -> Transform:
-    """Make ``transform`` available as ``clip=transform.name``; returns it."""
-    if not isinstance(transform, Transform):
-        raise TypeError(f"register_transform needs a Transform, got {type(transform).__name__}")
-    TRANSFORMS[transform.name] = transform
-    return transform
-
-
-def transform_named(name: object, key: str = "clip") -> Transform:
-    """The registered transform ``name``; ValueError naming ``key`` and the registered names otherwise."""
-    if name not in TRANSFORMS:
-        raise ValueError(f"{key} must be one of {tuple(TRANSFORMS)}, got {name!r}")
-    return TRANSFORMS[name]  # type: ignore[index]
+#: The registered transforms by name: ``register_transform(t)`` adds one, ``transform_named(name)`` reads one.
+TRANSFORMS: Registry[Transform] = Registry(Transform, "clip")
+register_transform = TRANSFORMS.register
+transform_named = TRANSFORMS.named
 
 
 def check_method(kind: str, method: str, name: str = "clip_method") -> None:

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 from ._options import check_clip_options, clip_plan, exclude_patterns
 from ._selection import ClipSelection
-from .base import check_real_floating
+from .base import check_real_floating, evaluate_closure
 from .engine import transform_and_step
 from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 
@@ -149,10 +149,7 @@ class SpectraWrapper(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """Evaluate ``closure`` (if any), step the wrapped optimizer, then replace its step by the clipped one."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self._statistics.clear()  # statistics() describes the last step only
         saved = []
         for index, group in enumerate(self.param_groups):
