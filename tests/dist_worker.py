@@ -19,7 +19,7 @@ from torch import nn
 
 import spectrakit.distributed  # noqa: F401  (registers the sharded evaluation of linalg functions)
 from spectrakit.linalg import soft_clip
-from spectrakit.optim.base import SpectralOptimizer
+from spectrakit.optim.spectral_optimizer import SpectralOptimizer
 
 STEPS = 10
 BATCH = 16

@@ -175,7 +175,7 @@ def test_precision_policy_by_ratio(monkeypatch, ratio, expected):
 
 def test_polar_factor_iteration_matches_svd():
     from spectrakit.linalg.coefficients import grid_index
-    from spectrakit.linalg.gram import gather_schedule, polar_factor
+    from spectrakit.linalg.gram_iteration import gather_schedule, polar_factor
 
     A = make_matrix(30, 30, "logspace", 1.0, seed=4)  # singular values from 1 down to 1e-6: l = 1e-6
     idx = grid_index(torch.tensor([1e-6]))

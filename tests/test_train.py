@@ -9,15 +9,15 @@ import _svd_oracle as oracle
 import pytest
 import torch
 
-import spectrakit.train.checkpoint as checkpoint_mod
+import spectrakit.train.checkpoint_file as checkpoint_mod
 import spectrakit.train.trainer as trainer_mod
 from spectrakit.registry import available
 from spectrakit.train import TrainConfig, Trainer
-from spectrakit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spectrakit.train.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from spectrakit.train.data import prepare_data
+from spectrakit.train.lr_schedule import lr_factor
 from spectrakit.train.metrics import read_jsonl
 from spectrakit.train.optimizers import build_optimizer, optimizer_class
-from spectrakit.train.schedule import lr_factor
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -318,7 +318,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, cache_dir, data):
 
 def test_our_optimizers_divergence_ends_in_the_harness_message(tmp_path, cache_dir, data, monkeypatch):
     """NonFiniteGradientError from a spectrakit optimizer's own check ends the run as a divergence."""
-    from spectrakit.optim.base import NonFiniteGradientError
+    from spectrakit.optim.spectral_optimizer import NonFiniteGradientError
 
     messages = []
     trainer = Trainer(tiny(tmp_path, cache_dir, steps=4, ckpt_every=1), data=data, log=messages.append)

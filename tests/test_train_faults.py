@@ -14,7 +14,7 @@ import torch
 
 import spectrakit.train.trainer as trainer_mod
 from spectrakit.cli import main
-from spectrakit.train.checkpoint import load_checkpoint
+from spectrakit.train.checkpoint_file import load_checkpoint
 from spectrakit.train.data import prepare_data
 from spectrakit.train.metrics import read_jsonl
 

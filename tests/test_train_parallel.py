@@ -20,8 +20,8 @@ import torch
 import spectrakit.train.trainer as trainer_mod
 from spectrakit.cli import main
 from spectrakit.distributed import DistContext
-from spectrakit.train import TrainConfig, Trainer, dist_checkpoint
-from spectrakit.train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from spectrakit.train import TrainConfig, Trainer, checkpoint_folder
+from spectrakit.train.checkpoint_file import CheckpointError, load_checkpoint, resolve_checkpoint
 from spectrakit.train.data import prepare_data
 from spectrakit.train.model import ModelConfig, Transformer
 from spectrakit.train.optimizers import build_optimizer
@@ -68,7 +68,7 @@ def weights(run) -> dict[str, torch.Tensor]:
     if not ckpt.get("dcp"):
         return ckpt["model"]
     model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
-    dist_checkpoint.load_model_weights(ckpt["path"], model)
+    checkpoint_folder.load_model_weights(ckpt["path"], model)
     return model.state_dict()
 
 
@@ -178,12 +178,12 @@ def test_distributed_checkpoint_of_torch_adamw_round_trips_in_one_process(tmp_pa
     path = tmp_path / "run" / "checkpoints" / "last.dcp"
     meta = {"step": 2, "tokens": 0, "elapsed": 0.0, "world_size": 1, "config": {"grad_accum": 1},
             "model_config": model.config.to_dict()}
-    dist_checkpoint.save(path, model, opt, {**meta, "step": 1}, main=True)
+    checkpoint_folder.save(path, model, opt, {**meta, "step": 1}, main=True)
     rng = torch.get_rng_state()
-    dist_checkpoint.save(path, model, opt, meta, main=True)  # replaces the previous folder whole
+    checkpoint_folder.save(path, model, opt, meta, main=True)  # replaces the previous folder whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.dcp"]
     fresh, fresh_opt = _adamw_model(1)
-    dist_checkpoint.load(path, fresh, fresh_opt)
+    checkpoint_folder.load(path, fresh, fresh_opt)
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
     saved, loaded = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
@@ -206,7 +206,7 @@ def test_a_foreign_or_incomplete_distributed_checkpoint_is_a_clear_error(tmp_pat
     (folder / "trainer.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="is not a spectrakit-dcp-checkpoint-v1"):
         load_checkpoint(tmp_path / "run")
-    (folder / "trainer.json").write_text(json.dumps({"format": dist_checkpoint.FORMAT, "step": 1, "config": {},
+    (folder / "trainer.json").write_text(json.dumps({"format": checkpoint_folder.FORMAT, "step": 1, "config": {},
                                                      "model_config": {}, "world_size": 1}))
     with pytest.raises(CheckpointError, match="lacks its DCP .metadata"):
         load_checkpoint(tmp_path / "run")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .optim._validate import check_choice, check_positive
-from .optim.schedule import ClipSchedule
+from .optim.threshold_schedule import ClipSchedule
 from .optim.transforms import CLIP_KINDS, check_method, spectral_transform
 
 

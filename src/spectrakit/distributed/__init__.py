@@ -8,10 +8,10 @@
 - :func:`init_from_env`, :func:`parallelize`, :func:`shutdown`: torchrun set-up, DDP/FSDP2 wrapping, clean exit.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .launch import DistContext, init_from_env, parallelize, shutdown
 from .optimizer import DistributedSpectral, canonical_name
 from .partition import balanced_owners, matrix_cost
+from .resharding import load_checkpoint, save_checkpoint
 from .rows import sharded_call
 
 __all__ = ["DistContext", "DistributedSpectral", "balanced_owners", "canonical_name",

@@ -39,8 +39,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..optim.base import NonFiniteGradientError, SpectralOptimizer, evaluate_closure
 from ..optim.routing import ADAMW
+from ..optim.spectral_optimizer import NonFiniteGradientError, SpectralOptimizer, evaluate_closure
 from . import _comm
 from .partition import balanced_owners, matrix_cost
 
@@ -84,7 +84,7 @@ def _dim0_sizes(rows: int, size: int) -> list[int]:
 
 
 class DistributedSpectral(Optimizer):
-    """Wrap a :class:`~spectrakit.optim.base.SpectralOptimizer` so DDP or FSDP2 ranks share its matrix work.
+    """Wrap a :class:`~spectrakit.optim.SpectralOptimizer` so DDP or FSDP2 ranks share its matrix work.
 
     Args:
         optimizer: the optimizer, built on every rank over the same parameters in the same order (for FSDP2,

@@ -5,8 +5,8 @@ msign(A) = A (I + X^T X/c^2)^{-1/2}, so H_c(X) = c * top rows of msign(A) = (I +
 G = X X^T. The singular values of A lie in [1, sqrt(1 + smax^2/c^2)]; dividing B = I + G/c^2 by an upper
 bound alpha of its largest eigenvalue puts sqrt(eig(B/alpha)) in [l, 1] with l = alpha^{-1/2} known, and
 the polar iteration uses minimax quintics optimised for [l, 1] (Polar Express, arXiv 2505.16932).
-It runs on B itself (``gram.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
-Cholesky factor of B (``gram.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
+It runs on B itself (``gram_iteration.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
+Cholesky factor of B (``gram_iteration.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
 factor, with the square root of B's condition number, can be iterated in float32.
 
 Hard clip (Jianlin Su, kexue.fm/archives/11006 and 11059): with M = X/c, O = msign(M),
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import grid_index
-from .gram import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
+from .gram_iteration import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
 from .power import block_power_iteration
 from .symmetric import gram, symmetric_matmul
 

@@ -7,14 +7,14 @@ absolute errors ~ eps sigma_max^2, i.e. relative errors ~ eps r^2 (r = sigma_max
 R_0 = A_0^T A_0 = (I + G/c^2)/alpha near 1/alpha, and a converged Gram-space iteration passes them to the
 result (8e-3 at r = 1e3, overflow at 1e4). Three phases keep every error at ~ eps r instead:
 
-1. Gram phase: K = RESTART_AFTER Polar Express steps of ``gram.inverse_sqrt`` on the float32 R_0 give
+1. Gram phase: K = RESTART_AFTER Polar Express steps of ``gram_iteration.inverse_sqrt`` on the float32 R_0 give
    Q = prod_t p_t(R_t), symmetrised. While the iteration is far from converged Q is a polynomial of moderate
    slope in R_0, so the rounding of G perturbs A_K = A_0 Q only by ~ eps times that slope (measured: the
    restart after K = 3 steps gives 1.5e-4 at r = 1e3 and 3.4e-4 at r = 1e4; after 5-7 steps, 2e-3 at 1e3).
 2. Restart: Y = Q X and R_K = A_K^T A_K = (Y Y^T/c^2 + Q^2)/alpha, formed from O(1) quantities (absolute
    errors ~ eps against eigenvalues >= l_K^2, l_K the schedule's lower end after K steps).
 3. Factor phase: R_K = L L^T (float32 Cholesky, no error check, so no host read), msign(L^T) by
-   ``gram.polar_factor`` for the remaining steps (it recomputes its Gram matrix from the iterate: errors
+   ``gram_iteration.polar_factor`` for the remaining steps (it recomputes its Gram matrix from the iterate: errors
    ~ eps/l_K), and R_K^{-1/2} = L^{-T} msign(L^T) (a triangular solve). Then
    msign(A_0) = A_K R_K^{-1/2}, so H_c(X) = R_K^{-1/2} Y / sqrt(alpha).
 
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, polar_schedule, steps_for_index
-from .gram import gather_schedule, inverse_sqrt, polar_factor
+from .gram_iteration import gather_schedule, inverse_sqrt, polar_factor
 from .symmetric import symmetric_matmul
 
 #: Steps of the Gram phase before the restart (measured best of 1..4 at r = 1e3..1e5 in float32).

@@ -1,7 +1,7 @@
 """The SPECTRA clip settings a param group holds, checked with errors that name the group key.
 
 Keys: clip, clip_c, clip_method, clip_steps, clip_dtype, clip_apply_to, clip_exclude, vector_rule, scale,
-peak_lr and the threshold schedule's ``schedule.GROUP_KEYS``. Held in the groups, they round-trip through
+peak_lr and the threshold schedule's ``threshold_schedule.GROUP_KEYS``. Held in the groups, they round-trip through
 state_dict, survive deepcopy and pickling, and may differ per group.
 """
 
@@ -16,7 +16,7 @@ from ._validate import check_choice, check_positive
 from .directions import Direction
 from .engine import StepPlan
 from .scale import SCALE_CONVENTIONS
-from .schedule import ClipSchedule, check_peak_lr
+from .threshold_schedule import ClipSchedule, check_peak_lr
 from .transforms import CLIP_KINDS, VECTOR_RULES, TransformOptions, check_method, transform_named
 
 CLIP_METHODS = ("auto", "polar", "newton_schulz", "svd")

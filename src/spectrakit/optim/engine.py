@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from ._chunks import chunks_by_key, stack_key
-from .base import SpectralOptimizer, decoupled_step, decoupled_steps
 from .directions import Direction
 from .scale import shape_scale
+from .spectral_optimizer import SpectralOptimizer, decoupled_step, decoupled_steps
 from .stats import record_clip_statistics
 from .transforms import Transform, TransformOptions
 

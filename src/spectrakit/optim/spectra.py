@@ -10,7 +10,7 @@ so the optimizer state is exactly the base optimizer's. ``clip_c`` maps each tra
 values sigma -> sigma / sqrt(1 + sigma^2/c^2) (soft, the paper's default), min(sigma, c) (hard) or 1
 (normalize, Muon's limit). alpha_shape follows ``scale`` (default "keller" = sqrt(max(1, rows/cols)),
 the authors' code) and is 1 for vectors; parameters that are not clipped take the plain base step.
-c_t follows the threshold schedule of ``schedule.ClipSchedule`` (warmup rule c*peak_lr/lr_t; optional decay).
+c_t follows the threshold schedule of ``threshold_schedule.ClipSchedule`` (warmup rule c*peak_lr/lr_t; optional decay).
 
 Frank-Wolfe reading (paper): with constant c and lr, ||X_k||_2 <= (1 - lr wd)^k ||X_0||_2
 + (1 - (1 - lr wd)^k) * alpha_shape * c / wd for the soft and hard clips.
@@ -26,7 +26,7 @@ import torch
 from ._options import check_clip_options, clip_plan, exclude_patterns
 from .directions import base_options, check_hyperparameters, direction_named
 from .engine import SpectralEngine, StepPlan
-from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
+from .threshold_schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 
 
 class Spectra(SpectralEngine):
@@ -57,7 +57,7 @@ class Spectra(SpectralEngine):
         clip_batch: how many same-shape matrices one matrix-function call stacks (more = fewer, larger kernels;
             costs that many directions of temporary memory); matrices above 2^22 elements are never stacked.
         clip_warmup, clip_warmup_steps, clip_total_steps, clip_decay_fraction, clip_decay_shape, clip_final_scale:
-            the threshold schedule (``schedule.ClipSchedule``); also ``set_clip_schedule``.
+            the threshold schedule (``threshold_schedule.ClipSchedule``); also ``set_clip_schedule``.
         peak_lr: default peak lr of the warmup rule for every group (None: see ``lr``).
         track_stats: record ``statistics()`` each step (a few reductions per matrix, no host sync).
         fallback, fallback_patterns, adamw_*, nonfinite: see ``SpectralOptimizer`` (default: nothing goes to
@@ -128,7 +128,7 @@ class Spectra(SpectralEngine):
     def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
                           warmup_steps: int | None = None) -> None:
-        """Replace the threshold schedule of every group (see ``schedule.ClipSchedule``), e.g. once the run
+        """Replace the threshold schedule of every group (see ``threshold_schedule.ClipSchedule``), e.g. once the run
         length is known; per group, set the ``clip_*`` schedule keys of that group instead."""
         set_schedule(self.defaults, self.param_groups,
                      ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale))

@@ -46,7 +46,7 @@ from torch import Tensor
 from ..linalg import block_power_iteration
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_positive, check_unit_interval
-from .base import SpectralOptimizer, scalar_lr
+from .spectral_optimizer import SpectralOptimizer, scalar_lr
 
 _TINY = 1e-30
 

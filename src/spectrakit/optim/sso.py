@@ -38,9 +38,9 @@ from ..linalg import msign, solve_multiplier, top_singular
 from ..linalg.multiplier import SOLVERS
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
 from ._validate import check_choice, check_positive, check_unit_interval
-from .base import SpectralOptimizer, decoupled_step, scalar_lr
 from .momentum import ema_momentum
 from .routing import SPECTRAL
+from .spectral_optimizer import SpectralOptimizer, decoupled_step, scalar_lr
 
 RETRACTIONS = ("hard", "dynamic")
 

@@ -24,9 +24,9 @@ from torch.optim import Optimizer
 
 from ._options import check_clip_options, clip_plan, exclude_patterns
 from ._selection import ClipSelection
-from .base import check_real_floating, evaluate_closure
 from .engine import transform_and_step
-from .schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
+from .spectral_optimizer import check_real_floating, evaluate_closure
+from .threshold_schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 
 
 class SpectraWrapper(Optimizer):
@@ -116,7 +116,7 @@ class SpectraWrapper(Optimizer):
     def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
                           warmup_steps: int | None = None) -> None:
-        """Replace the threshold schedule of every group and of groups added later (``schedule.ClipSchedule``)."""
+        """Replace the threshold schedule of every group and of groups added later (``ClipSchedule``)."""
         set_schedule(self.defaults, self.param_groups,
                      ClipSchedule(warmup, warmup_steps, total_steps, decay_fraction, shape, final_scale))
 

@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
 
 
 def _resume_config(args: argparse.Namespace) -> TrainConfig:
-    from .checkpoint import load_checkpoint
+    from .checkpoint_file import load_checkpoint
 
     saved = TrainConfig.from_dict(load_checkpoint(args.resume)["config"], source=f"checkpoint {args.resume}")
     given = _given_settings(args)
@@ -84,7 +84,7 @@ def _exit_code(exc: Exception) -> int | None:
         return 2
     if isinstance(exc, (DataError, OSError)):
         return 1
-    checkpoint = sys.modules.get(f"{__package__}.checkpoint")  # no CheckpointError before that module loaded
+    checkpoint = sys.modules.get(f"{__package__}.checkpoint_file")  # no CheckpointError before that module loaded
     return 1 if checkpoint is not None and isinstance(exc, checkpoint.CheckpointError) else None
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .checkpoint_file import CheckpointError, load_checkpoint, resolve_checkpoint
 from .model import ModelConfig, Transformer
 from .tokenizer import eos_id, load_tokenizer
 
@@ -17,7 +17,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Transformer
     try:
         model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
         if ckpt.get("dcp"):  # a distributed checkpoint (--parallel run)
-            from .dist_checkpoint import load_model_weights
+            from .checkpoint_folder import load_model_weights
 
             load_model_weights(ckpt["path"], model)
         else:

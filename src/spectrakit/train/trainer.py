@@ -26,7 +26,7 @@ Fault handling: the run folder is locked (``runlock``: a second live run on it r
 over with a message); temporary checkpoint files of dead processes are removed at start; on resume the logs are
 cut back to the checkpoint's step (``metrics``) and the partial logging window is restored from the checkpoint,
 so a resumed run's logs read exactly like an uninterrupted run's; disk full and corrupt checkpoints are clear
-errors (``checkpoint``).
+errors (``checkpoint_file``).
 
 Under torchrun (``ctx`` given, ``--parallel ddp|fsdp``; see ``parallel``): the model is wrapped by
 ``spectrakit.distributed.parallelize`` and spectral optimizers by ``DistributedSpectral``; rank r trains on the
@@ -54,19 +54,19 @@ import torch
 import torch.distributed as dist
 
 from spectrakit.distributed import DistContext, DistributedSpectral, parallelize
-from spectrakit.optim.base import NonFiniteGradientError, SpectralOptimizer
+from spectrakit.optim.spectral_optimizer import NonFiniteGradientError, SpectralOptimizer
 
-from . import dist_checkpoint
-from .checkpoint import LAST, LAST_DCP, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from . import checkpoint_folder
+from .checkpoint_file import LAST, LAST_DCP, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .data import TokenData, prepare_data, train_batch, val_batches
 from .diagnostics import SpectralDiagnostics, summarize
+from .lr_schedule import lr_factor
 from .metrics import MetricsWriter
 from .model import Transformer
 from .optimizers import build_optimizer
 from .parallel import agreed_signal, mean_over_ranks
 from .runlock import RunLock, check_free
-from .schedule import lr_factor
 
 EXIT_DIVERGED = 3  # the exit codes: see the module docstring
 _HINT = "try a lower --lr or --grad-clip"
@@ -221,7 +221,7 @@ class Trainer:
                 f"grad_accum {saved_micro // saved_world}); now {self.world} x {self.cfg.grad_accum}: pass "
                 f"--grad-accum {saved_micro / self.world:g} to continue the same trajectory on {self.world} rank(s)")
         if ckpt.get("dcp"):
-            dist_checkpoint.load(path, self.module, self.optimizer)
+            checkpoint_folder.load(path, self.module, self.optimizer)
         else:
             try:
                 self.model.load_state_dict(ckpt["model"])
@@ -276,7 +276,7 @@ class Trainer:
         if self.dcp:
             meta = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "world_size": self.world,
                     "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(), "window": window}
-            path = dist_checkpoint.save(self.checkpoint_path, self.module, self.optimizer, meta, self.is_main)
+            path = checkpoint_folder.save(self.checkpoint_path, self.module, self.optimizer, meta, self.is_main)
         else:
             path = save_checkpoint(self.checkpoint_path, {
                 "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
@@ -417,7 +417,7 @@ class Trainer:
         if self.is_main:
             remove_stale_temporaries(self.run_dir / "checkpoints", self.log)
             if self.dcp:
-                dist_checkpoint.remove_stale_temporary(self.checkpoint_path, self.log)
+                checkpoint_folder.remove_stale_temporary(self.checkpoint_path, self.log)
 
     def _run(self) -> RunResult:
         cfg = self.cfg
@@ -559,7 +559,7 @@ class Trainer:
 
 def _stamp(path: Path) -> tuple[int, int]:
     """(mtime_ns, size) of a checkpoint file, or of a distributed checkpoint's trainer.json."""
-    stat = (path / dist_checkpoint.META if path.is_dir() else path).stat()
+    stat = (path / checkpoint_folder.META if path.is_dir() else path).stat()
     return stat.st_mtime_ns, stat.st_size
 
 

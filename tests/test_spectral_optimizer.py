@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from spectrakit.optim.base import NonFiniteGradientError, SpectralOptimizer, decoupled_step
+from spectrakit.optim.spectral_optimizer import NonFiniteGradientError, SpectralOptimizer, decoupled_step
 
 
 class _SGDSpectral(SpectralOptimizer):

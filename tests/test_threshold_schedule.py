@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from spectrakit.optim import DECAY_SHAPES, ClipSchedule, Spectra, SpectraWrapper
-from spectrakit.train.schedule import lr_factor
+from spectrakit.train.lr_schedule import lr_factor
 
 PEAK, C, STEPS = 0.02, 2.0, 40
 

@@ -15,7 +15,7 @@ Faults while saving (the trainer calls ``save_checkpoint``):
   file is removed and the previous checkpoint kept.
 
 Runs under ``--parallel`` write distributed checkpoints instead: a folder ``checkpoints/last.dcp`` (see
-``dist_checkpoint``). ``load_checkpoint`` reads either kind; for a folder it returns the run state from its JSON
+``checkpoint_folder``). ``load_checkpoint`` reads either kind; for a folder it returns the run state from its JSON
 file with ``"dcp": True`` and no tensors (the tensors load into a built model and optimizer).
 """
 
@@ -153,7 +153,7 @@ def remove_stale_temporaries(folder: Path, log: Callable[[str], None] = print) -
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, a distributed checkpoint folder, or a run folder (its checkpoints/last.pt or
     checkpoints/last.dcp)."""
-    from .dist_checkpoint import is_dcp_checkpoint
+    from .checkpoint_folder import is_dcp_checkpoint
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -171,7 +171,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint (file or run folder) on the CPU."""
-    from .dist_checkpoint import is_dcp_checkpoint, load_meta
+    from .checkpoint_folder import is_dcp_checkpoint, load_meta
 
     path = resolve_checkpoint(path)
     if is_dcp_checkpoint(path):

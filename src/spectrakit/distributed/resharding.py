@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from ..optim.base import SpectralOptimizer
+from ..optim.spectral_optimizer import SpectralOptimizer
 from .optimizer import LOCAL, ROWS, DistributedSpectral, canonical_name, is_dtensor
 
 _STATE, _META = "optim_state", "optim_meta"

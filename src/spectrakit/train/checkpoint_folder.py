@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from ..distributed.checkpoint import _distributed, _single_process_quiet
-from .checkpoint import CheckpointError
+from ..distributed.resharding import _distributed, _single_process_quiet
+from .checkpoint_file import CheckpointError
 
 FORMAT = "spectrakit-dcp-checkpoint-v1"
 META = "trainer.json"
@@ -67,7 +67,7 @@ def load_meta(path: Path) -> dict[str, Any]:
 
 def _spectral(optimizer: torch.optim.Optimizer) -> bool:
     from spectrakit.distributed import DistributedSpectral
-    from spectrakit.optim.base import SpectralOptimizer
+    from spectrakit.optim.spectral_optimizer import SpectralOptimizer
 
     return isinstance(optimizer, (SpectralOptimizer, DistributedSpectral))
 
