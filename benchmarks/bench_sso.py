@@ -30,8 +30,8 @@ from spectrakit.train.model import ModelConfig, Transformer  # noqa: E402
 VARIANTS: dict[str, tuple[type, dict[str, Any]]] = {
     "SSO bisection, msign float32 (paper solver)": (SSO, {"solver": "bisection"}),
     "SSO Illinois, msign float32": (SSO, {"solver": "illinois"}),
-    "SSO bisection, msign bfloat16": (SSO, {"solver": "bisection", "msign_dtype": torch.bfloat16}),
-    "SSO Illinois, msign bfloat16": (SSO, {"solver": "illinois", "msign_dtype": torch.bfloat16}),
+    "SSO bisection, msign bfloat16": (SSO, {"solver": "bisection", "ns_dtype": torch.bfloat16}),
+    "SSO Illinois, msign bfloat16": (SSO, {"solver": "illinois", "ns_dtype": torch.bfloat16}),
     "MuonSphere (lambda = 0)": (MuonSphere, {}),
 }
 

@@ -66,7 +66,7 @@ def optimizer_kinds() -> dict[str, Callable]:
     }
     sso = _optional("spectrakit.optim.sso", "SSO")
     if sso is not None:
-        kinds["sso"] = lambda m: sso(m, lr=0.02, msign_dtype=f32)
+        kinds["sso"] = lambda m: sso(m, lr=0.02, ns_dtype=f32)
     spike = _optional("spectrakit.optim", "SpikeAware")
     if spike is not None:
         # the 1 x 24 score matrix has no tail below a spike (k = 1 = min(m, n)): AdamW takes it

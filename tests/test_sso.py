@@ -418,8 +418,8 @@ def test_routing_sends_embeddings_head_and_vectors_to_adamw() -> None:
     ({"retraction_rate": -0.1}, "retraction_rate"), ({"solver": "newton"}, "solver"),
     ({"solver_tol": 0}, "solver_tol"), ({"solver_max_iter": 0}, "solver_max_iter"),
     ({"solver_bracket_steps": 1.5}, "solver_bracket_steps"), ({"power_iters": 0}, "power_iters"),
-    ({"power_rank": 0}, "power_rank"), ({"msign_steps": True}, "msign_steps"), ({"batch": 0}, "batch"),
-    ({"msign_dtype": torch.int32}, "msign_dtype"), ({"split_sizes": [4, 0]}, "split_sizes"),
+    ({"power_rank": 0}, "power_rank"), ({"ns_steps": True}, "ns_steps"), ({"batch": 0}, "batch"),
+    ({"ns_dtype": torch.int32}, "ns_dtype"), ({"split_sizes": [4, 0]}, "split_sizes"),
     ({"split_sizes": [3, 3]}, "must sum"), ({"heads": 3}, "heads"), ({"weight_decay": -1.0}, "weight_decay"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:

@@ -23,9 +23,9 @@ OVERRIDES = {
     SSO: {"lr": 0.03, "momentum": 0.8, "nesterov": False, "radius_scale": 2.0, "retraction": "dynamic",
           "retraction_rate": 0.1, "retraction_rate_times_lr": True, "weight_decay": 0.2, "solver": "illinois",
           "solver_tol": 1e-5, "solver_max_iter": 30, "solver_bracket_steps": 12, "solver_sync": False, "batch": 2,
-          "power_iters": 3, "power_rank": 2, "cold_power_iters": 20, "msign_steps": 6,
-          "msign_dtype": torch.float64, "heads": 2},
-    MuonSphere: {"lr": 0.03, "momentum": 0.8, "radius_scale": 0.5, "msign_steps": 5, "power_iters": 2},
+          "power_iters": 3, "power_rank": 2, "cold_power_iters": 20, "ns_steps": 6,
+          "ns_dtype": torch.float64, "heads": 2},
+    MuonSphere: {"lr": 0.03, "momentum": 0.8, "radius_scale": 0.5, "ns_steps": 5, "power_iters": 2},
     SpikeAware: {"lr": 0.02, "momentum": 0.9, "rank_fraction": 0.3, "power_iters": 2, "cold_power_iters": 6,
                  "rayleigh_ritz": False, "update_scale": 0.3, "eps": 1e-6, "weight_decay": 0.05,
                  "exact_svd": True},
@@ -112,8 +112,8 @@ def test_a_copy_steps_exactly_like_the_original(cls: type, how: str) -> None:
     (SSO, "solver_tol", 0.0, "solver_tol"), (SSO, "solver_max_iter", 0, "solver_max_iter"),
     (SSO, "solver_bracket_steps", 2.0, "solver_bracket_steps"), (SSO, "solver_sync", None, "solver_sync"),
     (SSO, "batch", 0, "batch"), (SSO, "power_iters", True, "power_iters"), (SSO, "power_rank", 0, "power_rank"),
-    (SSO, "cold_power_iters", -1, "cold_power_iters"), (SSO, "msign_steps", 0, "msign_steps"),
-    (SSO, "msign_dtype", torch.int8, "msign_dtype"), (SSO, "split_sizes", [4, 0], "split_sizes"),
+    (SSO, "cold_power_iters", -1, "cold_power_iters"), (SSO, "ns_steps", 0, "ns_steps"),
+    (SSO, "ns_dtype", torch.int8, "ns_dtype"), (SSO, "split_sizes", [4, 0], "split_sizes"),
     (SSO, "heads", 3, "heads"), (MuonSphere, "solver", "bisection", "MuonSphere has no solver"),
     (SpikeAware, "momentum", -0.1, "momentum"), (SpikeAware, "rank_fraction", 1.0, "rank_fraction"),
     (SpikeAware, "rank_fraction", 0.95, "k must be < min"), (SpikeAware, "power_iters", 0, "power_iters"),
@@ -141,3 +141,17 @@ def test_a_refused_group_leaves_the_optimizer_as_it_was(cls: type, group: dict, 
     with pytest.raises(ValueError, match=match):
         opt.add_param_group(group)
     assert opt.param_groups == groups and opt.routing == routes
+
+
+def test_the_former_msign_names_still_work_with_a_deprecation_warning():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.Linear(8, 6, bias=False))
+    with pytest.warns(DeprecationWarning, match="msign_steps is now called ns_steps"), \
+            pytest.warns(DeprecationWarning, match="msign_dtype is now called ns_dtype"):
+        opt = SSO(model, msign_steps=5, msign_dtype=torch.float64)
+    assert opt.defaults["ns_steps"] == 5 and opt.defaults["ns_dtype"] == torch.float64
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:  # a state dict written before the rename
+        group["msign_steps"], group["msign_dtype"] = group.pop("ns_steps"), group.pop("ns_dtype")
+    fresh = SSO(model)
+    fresh.load_state_dict(saved)
+    assert {g["ns_steps"] for g in fresh.param_groups} == {5} and "msign_steps" not in fresh.param_groups[0]

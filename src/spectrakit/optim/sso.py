@@ -26,6 +26,7 @@ sigma_max), only by O(lr^2) R; the next step's retraction puts it back.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -160,8 +161,20 @@ def spectral_init_(params: nn.Module | Iterable[Tensor], radius_scale: float = 1
 
 # ------------------------------------------------------------------------------------------ optimizers
 _INTEGER_SETTINGS = ("solver_max_iter", "solver_bracket_steps", "batch", "power_iters", "power_rank",
-                     "cold_power_iters", "msign_steps")
+                     "cold_power_iters", "ns_steps")
 _MSIGN_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+#: former setting name -> its name now (one spelling per concept across optimizers: Muon's ns_*)
+_RENAMED = {"msign_steps": "ns_steps", "msign_dtype": "ns_dtype"}
+
+
+def _renamed(old: str, old_value: Any, new: str, value: Any) -> Any:
+    """``value``, or ``old_value`` given under the former name ``old`` (with a DeprecationWarning)."""
+    if old_value is None:
+        return value
+    warnings.warn(f"SSO: {old} is now called {new}", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
@@ -182,8 +195,8 @@ def _check_settings(settings: dict[str, Any]) -> None:
         value = settings.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-    if settings.get("msign_dtype", torch.float32) not in _MSIGN_DTYPES:
-        raise ValueError(f"msign_dtype must be a floating torch dtype, got {settings['msign_dtype']!r}")
+    if settings.get("ns_dtype", torch.float32) not in _MSIGN_DTYPES:
+        raise ValueError(f"ns_dtype must be a floating torch dtype, got {settings['ns_dtype']!r}")
     _check_split_options(settings.get("split_sizes"), settings.get("heads"))
     check_flatten(settings.get("flatten"))
 
@@ -220,7 +233,8 @@ class SSO(MatrixViews, SpectralOptimizer):
         batch: the most blocks stacked into one power iteration and one multiplier solve. Blocks of the same
             shape (across heads, chunks and parameters of a group) are solved together: one batched msign per
             solver round and one host sync per round for all of them.
-        msign_steps, msign_dtype: Polar Express steps (8) and compute dtype of msign. float32 by default:
+        ns_steps, ns_dtype: Polar Express steps (8) and compute dtype of msign (Muon's spelling; the former
+            ``msign_steps`` / ``msign_dtype`` still work, with a DeprecationWarning). float32 by default:
             in bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the 2e-4 level, and the
             solver then runs to its budget (measured: ~16 msign calls per block and step instead of ~13).
         solver: "bisection" (the paper's) or "illinois" (the same bracket shrunk by false position; the same
@@ -253,19 +267,22 @@ class SSO(MatrixViews, SpectralOptimizer):
                  retraction_rate: float = 0.05, retraction_rate_times_lr: bool = False,
                  solver: str | None = "bisection", solver_tol: float = 2e-4, solver_max_iter: int = 20,
                  solver_bracket_steps: int = 10, solver_sync: bool = True, batch: int = 64, power_iters: int = 10,
-                 power_rank: int = 4, cold_power_iters: int = 50, msign_steps: int = 8,
-                 msign_dtype: torch.dtype = torch.float32, track_stats: bool = False,
+                 power_rank: int = 4, cold_power_iters: int = 50, ns_steps: int = 8,
+                 ns_dtype: torch.dtype = torch.float32, track_stats: bool = False,
                  split_sizes: Sequence[int] | None = None, heads: int | None = None, flatten: bool | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise",
+                 msign_steps: int | None = None, msign_dtype: torch.dtype | None = None) -> None:
+        ns_steps = _renamed("msign_steps", msign_steps, "ns_steps", ns_steps)
+        ns_dtype = _renamed("msign_dtype", msign_dtype, "ns_dtype", ns_dtype)
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "radius_scale": radius_scale,
                     "weight_decay": weight_decay, "retraction": retraction, "retraction_rate": retraction_rate,
                     "retraction_rate_times_lr": bool(retraction_rate_times_lr), "solver": solver,
                     "solver_tol": solver_tol, "solver_max_iter": solver_max_iter,
                     "solver_bracket_steps": solver_bracket_steps, "solver_sync": bool(solver_sync), "batch": batch,
                     "power_iters": power_iters, "power_rank": power_rank, "cold_power_iters": cold_power_iters,
-                    "msign_steps": msign_steps, "msign_dtype": msign_dtype, "split_sizes": split_sizes, "heads": heads,
+                    "ns_steps": ns_steps, "ns_dtype": ns_dtype, "split_sizes": split_sizes, "heads": heads,
                     "flatten": flatten}
         _check_settings(defaults)
         self.track_stats = bool(track_stats)
@@ -283,7 +300,9 @@ class SSO(MatrixViews, SpectralOptimizer):
         atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        """Load a state dict (groups saved with the former msign_steps / msign_dtype keys are read as ns_*)."""
+        groups = [{_RENAMED.get(k, k): v for k, v in g.items()} for g in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
         for state in self.state.values():  # torch casts state to the parameter's dtype; the solver's is float32
             if not isinstance(state, dict):  # torch allows entries other than per-parameter dicts
                 continue
@@ -369,7 +388,7 @@ class SSO(MatrixViews, SpectralOptimizer):
             rate = group["retraction_rate"] * (lr if group["retraction_rate_times_lr"] else 1.0)
             W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(W.dtype))
         M_hat = M / torch.linalg.matrix_norm(M, keepdim=True).clamp_min(_TINY)
-        msign_fn = partial(msign, coefficients="polar_express", steps=group["msign_steps"], dtype=group["msign_dtype"])
+        msign_fn = partial(msign, coefficients="polar_express", steps=group["ns_steps"], dtype=group["ns_dtype"])
         if group["solver"] is None:
             phi = msign_fn(M_hat)
             self.msign_calls += 1
