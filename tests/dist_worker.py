@@ -49,39 +49,35 @@ class ClipMomentum(SpectralOptimizer):
         return True  # elementwise math around the soft clip of each whole parameter
 
 
-def optimizer_kinds() -> dict[str, Callable]:
-    """name -> factory(model) for every optimizer the distributed tests cover (those that exist).
+#: Settings of the registered optimizers in these tests: matrix functions in float32 (not the bfloat16 defaults)
+#: so that runs compare to float32 round-off, clip thresholds small enough that the clips act on these matrices.
+#: A registered name missing here runs with lr 0.02 and its defaults.
+_F32 = torch.float32
+DIST_SETTINGS: dict[str, dict] = {
+    **{f"spectra-{b}": {"clip_c": 1.0, "clip_dtype": _F32} for b in ("adamw", "signum", "mars", "ademamix", "lion")},
+    "muon": {"ns_dtype": _F32},
+    "normuon": {"ns_dtype": _F32},
+    "sso": {"ns_dtype": _F32},
+    "muon-sphere": {"ns_dtype": _F32},
+    # the 1 x 24 score matrix has no tail below a spike (k = 1 = min(m, n)): AdamW takes it
+    "spike-aware": {"fallback_patterns": ("score",)},
+}
 
-    Matrix functions run in float32 (not the bfloat16 defaults) so that runs can be compared to float32
-    round-off; clip thresholds are small enough that the clips are active on these matrices.
-    """
+
+def optimizer_kinds() -> dict[str, Callable]:
+    """name -> factory(model) for every optimizer the distributed tests cover: every registered spectrakit
+    optimizer (``spectrakit.optim.available()``; torch's AdamW is not a SpectralOptimizer), the hard clip and the
+    minimal ClipMomentum rule above."""
     from spectrakit import optim
 
-    f32 = torch.float32
     kinds = {
         "clip_momentum": lambda m: ClipMomentum(m),
-        "spectra_soft": lambda m: optim.Spectra(m, lr=0.02, clip="soft", clip_c=1.0, clip_dtype=f32),
-        "spectra_hard": lambda m: optim.Spectra(m, lr=0.02, clip="hard", clip_c=1.0, clip_dtype=f32),
-        "muon": lambda m: optim.Muon(m, lr=0.02, ns_dtype=f32),
+        "spectra_hard": lambda m: optim.Spectra(m, lr=0.02, clip="hard", clip_c=1.0, clip_dtype=_F32),
     }
-    sso = _optional("spectrakit.optim.sso", "SSO")
-    if sso is not None:
-        kinds["sso"] = lambda m: sso(m, lr=0.02, ns_dtype=f32)
-    spike = _optional("spectrakit.optim", "SpikeAware")
-    if spike is not None:
-        # the 1 x 24 score matrix has no tail below a spike (k = 1 = min(m, n)): AdamW takes it
-        kinds["spike_aware"] = lambda m: spike(m, lr=0.02, fallback_patterns=("score",))
+    for name in optim.available():
+        if not optim.registration(name).is_torch_adamw:
+            kinds[name] = lambda m, n=name: optim.create(n, m, **{"lr": 0.02, **DIST_SETTINGS.get(n, {})})
     return kinds
-
-
-def _optional(module: str, name: str):
-    """An optimizer class that may not have landed yet (None when absent)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 class TinyNet(nn.Module):
@@ -214,7 +210,7 @@ def scenario_suite(args: dict, rank: int, world: int) -> dict:
             load_checkpoint(root / f"single-{kind}", model, opt)
             train(model, opt, range(SAVE_AT, STEPS), rank, world)
             out[f"resumed/{parallel}/{kind}"] = full_params(model)
-            if kind == "spectra_soft":  # the wrapper's own state_dict round trip (same world size)
+            if kind == "spectra-adamw":  # the wrapper's own state_dict round trip (same world size)
                 model, opt = _setup(kind, parallel)
                 train(model, opt, range(SAVE_AT), rank, world)
                 saved = opt.state_dict()

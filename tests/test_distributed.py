@@ -19,7 +19,7 @@ from spectrakit.distributed import load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-REQUIRED = ("spectra_soft", "spectra_hard", "muon", "sso", "spike_aware")
+REQUIRED = ("spectra-adamw", "spectra_hard", "muon", "normuon", "sso", "spike-aware", "lion")
 
 
 def _assert_params_close(got, expected, label):
@@ -65,7 +65,7 @@ def test_paths_and_ownership(suite):
     assert {p for name, p in ddp["paths"].items() if name != "gain"} == {"owner"}
     assert ddp["report"] == ranks[1]["train/ddp/auto/muon"]["report"]  # the same partition on every rank
     assert " 0 " in ddp["report"] and " 1 " in ddp["report"]  # both ranks own matrices
-    fsdp = ranks[0]["train/fsdp/auto/spectra_soft"]["paths"]
+    fsdp = ranks[0]["train/fsdp/auto/spectra-adamw"]["paths"]
     assert fsdp["out.weight"] == "rows"  # 24 x 5: the 5 x 5 R factors are cheaper than the matrix
     assert fsdp["down.weight"] == "owner"  # 6 x 13 (wide): gathering is cheaper
     assert ranks[0]["train/fsdp/auto/sso"]["paths"]["up.weight"] == "owner"  # SSO is not row-capable
@@ -116,7 +116,7 @@ def test_harness_model_under_parallelize(suite, parallel):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_wrapper_state_dict_round_trip(suite, parallel):
     for rank, result in enumerate(suite["results"]):
-        _assert_params_close(result[f"state_dict/{parallel}"], suite["reference"]["spectra_soft"],
+        _assert_params_close(result[f"state_dict/{parallel}"], suite["reference"]["spectra-adamw"],
                              f"state_dict {parallel} rank {rank}")
 
 

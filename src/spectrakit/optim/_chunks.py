@@ -15,8 +15,9 @@ STACK_LIMIT = 2**22
 
 
 def stack_key(p: Tensor) -> Hashable:
-    """Same shape, dtype and device share a key; tensors above STACK_LIMIT elements get a key of their own."""
-    return (p.shape, p.dtype, p.device) if p.numel() <= STACK_LIMIT else ("alone", id(p))
+    """Same tensor type (a DTensor never stacks with a plain tensor), shape, dtype and device share a key; tensors
+    above STACK_LIMIT elements get a key of their own."""
+    return (type(p), p.shape, p.dtype, p.device) if p.numel() <= STACK_LIMIT else ("alone", id(p))
 
 
 def chunks_by_key(items: list[T], key: Callable[[T], Hashable], size: int) -> list[list[T]]:

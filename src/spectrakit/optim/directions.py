@@ -52,7 +52,21 @@ class Direction:
     betas_length: int = 2
 
     def __call__(self, grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
-        return self.compute(grads, states, group) if grads else []
+        """The directions of ``grads``, computed per foreach-compatible part (see :func:`foreach_parts`)."""
+        out: list[Tensor | None] = [None] * len(grads)
+        for part in foreach_parts(grads):
+            for i, u in zip(part, self.compute([grads[i] for i in part], [states[i] for i in part], group)):
+                out[i] = u
+        return out  # type: ignore[return-value]
+
+
+def foreach_parts(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped so that one ``torch._foreach_*`` call can take each group: same tensor type
+    (a DTensor and a plain tensor never mix, e.g. FSDP2 shards and owner-rank copies), device and dtype."""
+    parts: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        parts.setdefault((type(t), t.device, t.dtype), []).append(i)
+    return list(parts.values())
 
 
 #: The registered directions by name: ``register_direction(d)`` adds one, ``direction_named(name)`` reads one.

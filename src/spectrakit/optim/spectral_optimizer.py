@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._validate import check_betas, check_choice, check_lr, check_nonnegative, check_positive
-from .directions import adamw_moments
+from .directions import adamw_moments, foreach_parts
 from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -72,8 +72,9 @@ def decoupled_steps(params: list[Tensor], updates: list[Tensor], lr: float | Ten
         for p, update in zip(params, updates):
             decoupled_step(p, update, lr, weight_decay)
         return
-    torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_add_(params, updates, alpha=-lr)
+    for part in foreach_parts(params):
+        torch._foreach_mul_([params[i] for i in part], 1 - lr * weight_decay)
+        torch._foreach_add_([params[i] for i in part], [updates[i] for i in part], alpha=-lr)
 
 
 def check_real_floating(name: str, p: Tensor, owner: str) -> None:
@@ -226,8 +227,9 @@ class SpectralOptimizer(Optimizer):
         return None
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        if params:
+        with_grad = [p for p in group["params"] if p.grad is not None]
+        for part in foreach_parts(with_grad):
+            params = [with_grad[i] for i in part]
             directions = adamw_moments([p.grad for p in params], [self.state[p] for p in params],
                                        group["adamw_betas"], group["adamw_eps"])
             decoupled_steps(params, directions, group["lr"], group["weight_decay"])
