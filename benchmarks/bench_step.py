@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-from spectrakit.optim import Muon, Spectra, SpectraWrapper  # noqa: E402
+from spectrakit.optim import SpectraWrapper, create  # noqa: E402
 
 BASELINE = "torch AdamW (foreach)"
 TORCH_MUON = "torch.optim.Muon + AdamW"
@@ -75,10 +75,11 @@ class _TorchMuonWithAdamW:
 OPTIMIZERS: dict[str, Callable[[list[tuple[str, torch.Tensor]]], object]] = {
     BASELINE: lambda named: torch.optim.AdamW([p for _, p in named], foreach=True, **HYPER),
     "torch AdamW (fused)": lambda named: torch.optim.AdamW([p for _, p in named], fused=True, **HYPER),
-    "Spectra-AdamW (native)": lambda named: Spectra(named, **HYPER),
+    "Spectra-AdamW (native)": lambda named: create("spectra-adamw", named, **HYPER),
     "SpectraWrapper(AdamW foreach)": lambda named: SpectraWrapper(
         torch.optim.AdamW([p for _, p in named], foreach=True, **HYPER)),
-    "Muon (ours)": lambda named: Muon(named, weight_decay=0.1),
+    "Muon (ours)": lambda named: create("muon", named, weight_decay=0.1),
+    "NorMuon (ours)": lambda named: create("normuon", named, weight_decay=0.1),
     TORCH_MUON: _TorchMuonWithAdamW,
 }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spectrakit.optim.scale import shape_scale
+from spectrakit.registry import available
 
 # Optimizer variants: label -> (spectrakit train optimizer name, fixed constructor arguments).
 # The base of each SPECTRA pair is the same class with clip=None, so the clip is the only difference
@@ -24,6 +25,10 @@ BASE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ademamix": ("ademamix", {"betas": (0.9, 0.999, 0.999), "alpha": 8.0}),  # + warmups = steps (paper recipe)
 }
 SPECTRAL_OPTIMIZERS = ("muon", "sso", "muon-sphere", "spike-aware")
+# every name is a registered optimizer (spectrakit.optim.available()): a renamed one fails here, not mid-study
+_UNREGISTERED = ({name for name, _ in BASE_VARIANTS.values()} | set(SPECTRAL_OPTIMIZERS)) - set(available())
+if _UNREGISTERED:
+    raise ValueError(f"experiments/_study.py names optimizers that are not registered: {sorted(_UNREGISTERED)}")
 EMBED_HEAD = ("embed.weight", "lm_head.weight")  # the harness model's embedding and output head
 
 # Grid centres; each grid is centre * 10**(k/2), k symmetric around 0 (same width for every optimizer).
