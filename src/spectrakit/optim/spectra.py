@@ -119,11 +119,14 @@ class Spectra(SpectralEngine):
         if base != self.defaults["base"]:
             for key, value in direction_named(base).defaults.items():
                 group.setdefault(key, value)
-        merged = {**self.defaults, **group}
-        _check_settings({k: merged[k] for k in _SETTING_KEYS})
-        check_hyperparameters(base, group, self.defaults)
+        self._check_settings({**self.defaults, **group})  # before the schedule bookkeeping reads the group
         prepare_group(group, group.get("lr", self.defaults["lr"]))
         super().add_param_group(group)
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Spectra's settings and the base's hyperparameters of a group (merged over the defaults)."""
+        _check_settings({k: settings[k] for k in _SETTING_KEYS})
+        check_hyperparameters(settings["base"], settings)
 
     def set_clip_schedule(self, *, total_steps: int | None = None, decay_fraction: float = 0.1,
                           shape: str = "sqrt", final_scale: float = 0.0, warmup: bool = True,
