@@ -17,10 +17,16 @@ from .directions import Direction
 from .engine import StepPlan
 from .scale import SCALE_CONVENTIONS
 from .threshold_schedule import ClipSchedule, check_peak_lr
-from .transforms import CLIP_KINDS, VECTOR_RULES, TransformOptions, check_method, transform_named
+from .transforms import TRANSFORMS, VECTOR_RULES, TransformOptions, transform_named
 
 CLIP_METHODS = ("auto", "polar", "newton_schulz", "svd")
 CLIP_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def clip_kinds() -> tuple[str, ...]:
+    """The ``clip`` values Spectra and SpectraWrapper accept: every registered transform without a per-parameter
+    ``finish`` stage (the built-in ones are ``CLIP_KINDS``)."""
+    return tuple(name for name, t in TRANSFORMS.items() if t.finish is None)
 
 
 def exclude_patterns(exclude: Any) -> tuple[str, ...]:
@@ -31,11 +37,14 @@ def exclude_patterns(exclude: Any) -> tuple[str, ...]:
 def check_clip_options(group: dict[str, Any]) -> None:
     """Raise ValueError naming the key unless every clip setting of ``group`` is valid."""
     clip = group["clip"]
-    if clip is not None:
-        check_choice(clip, "clip", CLIP_KINDS)
-    check_choice(group["clip_method"], "clip_method", CLIP_METHODS)
-    if clip is not None:
-        check_method(clip, group["clip_method"])
+    if clip is None:
+        check_choice(group["clip_method"], "clip_method", CLIP_METHODS)
+    else:
+        stateless = clip_kinds()
+        if clip not in stateless:
+            raise ValueError(f"clip must be None or one of {stateless} (the registered transforms without "
+                             f"per-parameter state), got {clip!r}")
+        transform_named(clip).check_method(group["clip_method"])
     check_positive(group["clip_c"], "clip_c")
     steps = group["clip_steps"]
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
