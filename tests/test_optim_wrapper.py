@@ -88,7 +88,7 @@ def test_wrapper_decay_to_zero_keeps_only_weight_decay():
 
 
 @pytest.mark.parametrize("kwargs,match,error", [
-    ({"clip": "sqrt"}, "clip must be one of", ValueError),
+    ({"clip": "sqrt"}, "clip must be None or one of", ValueError),
     ({"clip_c": 0}, "clip_c must be", ValueError),
     ({"clip": "hard", "clip_method": "newton_schulz"}, "clip_method must be one of", ValueError),
     ({"vector_rule": "x"}, "vector_rule must be one of", ValueError),
