@@ -30,14 +30,36 @@ NS_LADDER = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 TARGET = 1e-3
 
 
-def test_matrix(m: int, n: int, ratio: float, seed: int = 0) -> torch.Tensor:
-    """float32 m x n matrix with log-spaced singular values from ratio down to ratio * 1e-3 (c = 1)."""
+#: Spectrum kinds (singular values s_1 >= ... of a matrix with sigma_max/c = ratio, c = 1):
+#: log = log-spaced from ratio down to ratio * 1e-3; flat = every value ratio; dominant = 4 values at ratio over a
+#: tail log-spaced from ratio * 1e-2 to ratio * 1e-3; rank-deficient = log-spaced over the first half, zeros after.
+SPECTRA = ("log", "flat", "dominant", "rank-deficient")
+
+
+def singular_values(k: int, ratio: float, kind: str) -> torch.Tensor:
+    """The k singular values of a spectrum kind (see ``SPECTRA``), float64."""
+    if kind == "log":
+        return torch.logspace(0, -3, k, dtype=torch.float64) * ratio
+    if kind == "flat":
+        return torch.full((k,), ratio, dtype=torch.float64)
+    if kind == "dominant":
+        top = min(4, k)
+        return torch.cat([torch.full((top,), float(ratio), dtype=torch.float64),
+                          torch.logspace(-2, -3, k - top, dtype=torch.float64) * ratio])
+    if kind == "rank-deficient":
+        half = max(1, k // 2)
+        return torch.cat([torch.logspace(0, -3, half, dtype=torch.float64) * ratio,
+                          torch.zeros(k - half, dtype=torch.float64)])
+    raise ValueError(f"spectrum kind must be one of {SPECTRA}, got {kind!r}")
+
+
+def test_matrix(m: int, n: int, ratio: float, seed: int = 0, kind: str = "log") -> torch.Tensor:
+    """float32 m x n matrix U diag(s) V^T with random orthonormal U, V and the spectrum ``kind`` (c = 1)."""
     gen = torch.Generator().manual_seed(seed)
     k = min(m, n)
     U, _ = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
-    s = torch.logspace(0, -3, k, dtype=torch.float64) * ratio
-    return ((U * s) @ V.T).float()
+    return ((U * singular_values(k, ratio, kind)) @ V.T).float()
 
 
 def timed_round_robin(fns: dict[str, Callable[[], torch.Tensor]], reps: int
@@ -83,14 +105,14 @@ def polar_with_full_products(X: torch.Tensor) -> torch.Tensor:
         symmetric.MIN_SIDE = saved
 
 
-def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint: dict[float, int | None]
-               ) -> dict[str, object]:
-    X = test_matrix(m, n, ratio)
+def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int,
+               ns_hint: dict[tuple[str, float], int | None], kind: str = "log") -> dict[str, object]:
+    X = test_matrix(m, n, ratio, kind=kind)
     ref_soft, ref_hard = soft_clip_svd(X.double(), 1.0), hard_clip_svd(X.double(), 1.0)
-    row: dict[str, object] = {"shape": f"{m}x{n}", "ratio": ratio}
-    if ratio not in ns_hint:
-        ns_hint[ratio] = ns_steps_needed(X, ref_soft)
-    k = ns_hint[ratio]
+    row: dict[str, object] = {"shape": f"{m}x{n}", "ratio": ratio, "kind": kind}
+    if (kind, ratio) not in ns_hint:
+        ns_hint[(kind, ratio)] = ns_steps_needed(X, ref_soft)
+    k = ns_hint[(kind, ratio)]
     big = m * n >= 2048 * 2048
     runs = {
         "svd": (lambda: soft_clip(X, 1.0, method="svd"), ref_soft),
@@ -116,10 +138,10 @@ def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int, ns_hint:
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
-    head = ("| shape | smax/c | svd ms | NS-10 ms (err) | NS steps for 1e-3 | NS-need ms (err) | polar ms (err) "
-            "| polar fixed ms (err) | NS-need / polar | polar, full products ms | NS-need / polar, full products "
-            "| hard_clip ms (err) | msign Keller-5 ms |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| spectrum | shape | smax/c | svd ms | NS-10 ms (err) | NS steps for 1e-3 | NS-need ms (err) "
+            "| polar ms (err) | polar fixed ms (err) | NS-need / polar | polar, full products ms "
+            "| NS-need / polar, full products | hard_clip ms (err) | msign Keller-5 ms |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         def cell(key: str, r: dict[str, object] = r) -> str:
             if key not in r:
@@ -130,7 +152,7 @@ def format_table(rows: list[dict[str, object]]) -> str:
         speedup = r["ns_need"][0] / r["polar"][0]  # type: ignore[index]
         full = r["polar_full"][0]  # type: ignore[index]
         svd = f"{r['svd'][0] * 1e3:.0f}" if "svd" in r else "-"  # type: ignore[index]
-        lines.append(f"| {r['shape']} | {r['ratio']:g} | {svd} | {cell('ns10')} | "
+        lines.append(f"| {r['kind']} | {r['shape']} | {r['ratio']:g} | {svd} | {cell('ns10')} | "
                      f"{k if k else '> ' + str(NS_LADDER[-1])} | {cell('ns_need')} | {cell('polar')} | "
                      f"{cell('polar_fixed')} | {speedup:.2f}x | {full * 1e3:.0f} | "
                      f"{r['ns_need'][0] / full:.2f}x | {cell('hard')} | {r['msign'][0] * 1e3:.0f} |")  # type: ignore[index]
@@ -163,12 +185,14 @@ repetitions, timed in turn). Below 512 it is not faster, so spectrakit uses it f
 3072) and only on the CPU (not measured on accelerators)."""
 
 
-NOTES = """Errors are relative Frobenius errors vs float64 SVD on float32 inputs with log-spaced singular values
-(smax down to smax * 1e-3), c = 1. NS = the authors' coupled Newton-Schulz soft clip run in float32 (its bfloat16
+NOTES = """Errors are relative Frobenius errors vs float64 SVD on float32 inputs U diag(s) V^T, c = 1, with the
+spectrum kinds: log = log-spaced from smax down to smax * 1e-3; flat = every singular value smax; dominant = 4
+values at smax over a tail from smax * 1e-2 to smax * 1e-3; rank-deficient = log-spaced over the first half of
+the singular values, zeros after. NS = the authors' coupled Newton-Schulz soft clip run in float32 (its bfloat16
 default is ~100x slower than float32 on this CPU, which has no bf16 matmul units); "steps for 1e-3" is the first
-count on the ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per ratio on the first
-shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows, NS-need understates
-what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target).
+count on the ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per spectrum kind and
+ratio on the first shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows,
+NS-need understates what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target).
 polar = soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from the
 bound); polar fixed = adaptive=False (the accelerator default: worst-case schedule, float64, no host read).
 polar uses symmetric_matmul for its Gram-space products (see the "symmetric" section); NS is run as the authors
@@ -201,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="repetitions for NS-need and polar, timed in turn (default 7; 3 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
     p.add_argument("--symmetric", action="store_true", help="time symmetric_matmul against A @ B instead")
+    p.add_argument("--spectra", default=",".join(SPECTRA),
+                   help=f"comma-separated spectrum kinds among {', '.join(SPECTRA)} (default: all)")
     p.add_argument("--ns-steps", default=None,
-                   help="known NS steps for 1e-3 per ratio, e.g. '1:5,10:10,100:20,1000:none' (skips the ladder)")
+                   help="known NS steps for 1e-3 per ratio of the log spectrum, e.g. '1:5,10:10,100:20,1000:none' "
+                        "(skips the ladder there)")
     args = p.parse_args(argv)
     if args.symmetric:
         sides = (256, 512) if args.quick else SYMMETRIC_SIDES
@@ -222,19 +249,26 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]  # type: ignore[misc]
     torch.manual_seed(0)
     rows: list[dict[str, object]] = []
-    ns_hint: dict[float, int | None] = {}
+    kinds = [kind.strip() for kind in args.spectra.split(",")]
+    unknown = [kind for kind in kinds if kind not in SPECTRA]
+    if unknown:
+        p.error(f"--spectra: unknown kind(s) {unknown}; choose among {', '.join(SPECTRA)}")
+    ns_hint: dict[tuple[str, float], int | None] = {}
     for item in (args.ns_steps.split(",") if args.ns_steps else []):
         ratio_text, steps_text = item.split(":")
-        ns_hint[float(ratio_text)] = None if steps_text == "none" else int(steps_text)
+        ns_hint[("log", float(ratio_text))] = None if steps_text == "none" else int(steps_text)
     command = "python benchmarks/bench_linalg.py" + (" --quick" if args.quick else "") + \
-        (f" --shapes {args.shapes}" if args.shapes else "") + (f" --ns-steps {args.ns_steps}" if args.ns_steps else "")
-    for m, n in shapes:
-        for ratio in ratios:
-            big = m * n >= 2048 * 2048
-            reps = args.reps or (1 if args.quick or big else 3)
-            pair_reps = args.pair_reps or (1 if args.quick else 3 if big else 7)
-            rows.append(bench_case(m, n, ratio, reps, pair_reps, ns_hint))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        (f" --shapes {args.shapes}" if args.shapes else "") + \
+        (f" --ns-steps {args.ns_steps}" if args.ns_steps else "") + \
+        (f" --spectra {args.spectra}" if args.spectra != ",".join(SPECTRA) else "")
+    for kind in kinds:
+        for m, n in shapes:
+            for ratio in ratios:
+                big = m * n >= 2048 * 2048
+                reps = args.reps or (1 if args.quick or big else 3)
+                pair_reps = args.pair_reps or (1 if args.quick else 3 if big else 7)
+                rows.append(bench_case(m, n, ratio, reps, pair_reps, ns_hint, kind))
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_write:
             write_section("linalg", "## linalg: soft/hard clip and msign vs exact SVD\n\n" + format_table(rows)
                           + "\n\n" + NOTES, command)
