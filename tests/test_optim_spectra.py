@@ -403,11 +403,13 @@ def test_update_spectral_norm_never_exceeds_alpha_lr_c(rows, cols, c, seed, clip
     assert oracle.spectral_norm(step).item() <= alpha * lr * c * (1 + 1e-9)
 
 
-def test_stacking_groups_small_same_shape_matrices_only():
-    from spectrakit.optim._chunks import STACK_LIMIT, chunks_by_key, stack_key
+def test_stacks_hold_same_shape_matrices_up_to_the_batch_and_the_memory_budget():
+    from spectrakit.optim._chunks import STACK_BUDGET, chunks_by_key, stack_key, stack_size
 
     small = [torch.zeros(4, 4) for _ in range(5)] + [torch.zeros(3, 4)]
-    big = [torch.zeros(STACK_LIMIT + 1, 1, dtype=torch.bool) for _ in range(2)]
-    chunks = chunks_by_key(small + big, stack_key, 2)
-    assert [len(c) for c in chunks] == [2, 2, 1, 1, 1, 1]
-    assert chunks[-1][0] is big[1] and chunks[-2][0] is big[0]
+    mid = [torch.zeros(STACK_BUDGET // 2, 1, dtype=torch.bool) for _ in range(3)]  # two fit the budget
+    big = [torch.zeros(STACK_BUDGET // 2 + 1, 1, dtype=torch.bool) for _ in range(2)]  # one alone
+    chunks = chunks_by_key(small + mid + big, stack_key, lambda t: stack_size(t, 4))
+    assert [len(c) for c in chunks] == [4, 1, 1, 2, 1, 1, 1]
+    assert chunks[3] == mid[:2] and chunks[-1][0] is big[1] and chunks[-2][0] is big[0]
+    assert stack_size(torch.zeros(8, 8), 16) == 16 and stack_size(torch.zeros(4096, 4096), 8) == 2

@@ -7,7 +7,8 @@ the transform's options, the stack size and the rectangular scale) and the thres
 
     1. U = direction(g, state) for every parameter with a gradient (``torch._foreach_*`` over a list);
     2. parameters the transform skips (or every one, without a transform):  X <- (1 - lr wd) X - lr U;
-    3. the others, vectors one at a time and matrices in same-shape stacks of at most ``batch``:
+    3. the others, vectors one at a time and matrices in same-shape stacks of at most ``batch`` (and at most
+       ``_chunks.STACK_BUDGET`` elements):
        Y = T(U) on the stack (one matrix-function call), then per parameter the transform's ``finish`` stage
        (if it has one) and  X <- (1 - lr wd) X - alpha_shape lr Y;
     4. statistics of the transformed parameters (``track_stats``): "sigma_max/<name>" and, for the clips,
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._chunks import chunks_by_key, stack_key
+from ._chunks import chunks_by_key, stack_key, stack_size
 from .directions import Direction
 from .scale import shape_scale
 from .spectral_optimizer import SpectralOptimizer, decoupled_step, decoupled_steps
@@ -109,7 +110,7 @@ class SpectralEngine(SpectralOptimizer):
                             lr, wd)
         vectors = [[item] for item in transformed if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in transformed if item[1].dim() >= 2],
-                                 lambda item: stack_key(item[1]), plan.batch)
+                                 lambda item: stack_key(item[1]), lambda item: stack_size(item[1], plan.batch))
         for chunk in vectors + matrices:
             states = [self.state[p] for _, p in chunk]
             directions = plan.direction([p.grad for _, p in chunk], states, group)
