@@ -130,6 +130,26 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
+def _import_under_held_interrupts() -> None:
+    """Import torch and the training modules with SIGINT held, then let it through.
+
+    A KeyboardInterrupt raised inside numpy's or torch's module initialisation can leave them half-imported, and
+    the next import then fails with another error (seen: a RecursionError in numpy.linalg). That error is not a
+    clean exit 130. Held, the signal arrives right after the imports, where it is a plain KeyboardInterrupt.
+    """
+    import signal
+
+    held = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        import torch  # noqa: F401
+
+        from . import parallel, trainer  # noqa: F401
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.list_optimizers:
         from ..registry import available, registration
@@ -144,10 +164,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     ctx = None
     try:
-        cfg = _resume_config(args) if args.resume else config_from_args(args)
+        if args.resume:  # reading the checkpoint needs torch
+            _import_under_held_interrupts()
+        cfg = _resume_config(args) if args.resume else config_from_args(args)  # settings checked without torch
         if args.print_config:
             print(json.dumps(cfg.resolved().to_dict(), indent=2))
             return 0
+        _import_under_held_interrupts()
         from .parallel import start
         from .trainer import Trainer
 
