@@ -46,6 +46,14 @@ def _state_values(opt) -> dict:
     return out
 
 
+def _lockstep(runs, steps) -> None:
+    """Take the given steps with every (model, optimizer) of ``runs``, one step of each in turn."""
+    for k in steps:
+        for model, opt in runs:
+            backward(model, k)
+            opt.step()
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -89,9 +97,7 @@ def test_trajectory_equals_synchronising_steps(info):
     synced, free = _model(), _model()
     opt_synced, opt_free = info.make(synced, sync_free=False), info.make(free, sync_free=True)
     for k in range(4):
-        for model, opt in ((synced, opt_synced), (free, opt_free)):
-            backward(model, k)
-            opt.step()
+        _lockstep([(synced, opt_synced), (free, opt_free)], [k])
         _assert_same_params(free, synced)
     _assert_same_state(_state_values(opt_free), _state_values(opt_synced))
     assert opt_synced.skipped_steps == 0 and int(opt_free.skipped_steps) == 0
@@ -101,10 +107,7 @@ def test_trajectory_equals_synchronising_steps(info):
 def test_nonfinite_step_changes_nothing_and_is_counted(info):
     model, reference = _model(), _model()
     opt, ref_opt = info.make(model, sync_free=True), info.make(reference, sync_free=True)
-    for k in range(2):
-        for m, o in ((model, opt), (reference, ref_opt)):
-            backward(m, k)
-            o.step()
+    _lockstep([(model, opt), (reference, ref_opt)], range(2))
     params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
     _poison(model, 2)
     opt.step()
@@ -113,10 +116,7 @@ def test_nonfinite_step_changes_nothing_and_is_counted(info):
     _assert_same_state(_state_values(opt), state)
     assert isinstance(opt.skipped_steps, torch.Tensor) and opt.skipped_steps.dtype == torch.int64
     assert int(opt.skipped_steps) == 1
-    for k in (3, 4):  # the reference never saw step 2
-        for m, o in ((model, opt), (reference, ref_opt)):
-            backward(m, k)
-            o.step()
+    _lockstep([(model, opt), (reference, ref_opt)], (3, 4))  # the reference never saw step 2
     _assert_same_params(model, reference)
     _assert_same_state(_state_values(opt), _state_values(ref_opt))
 
@@ -131,10 +131,7 @@ def test_skipped_first_step_leaves_the_state_fresh(info):
     _poison(model, 0)
     opt.step()
     _assert_same_params(model, reference)
-    for k in (1, 2, 3):
-        for m, o in ((model, opt), (reference, ref_opt)):
-            backward(m, k)
-            o.step()
+    _lockstep([(model, opt), (reference, ref_opt)], (1, 2, 3))
     _assert_same_params(model, reference)
     assert int(opt.skipped_steps) == 1
 

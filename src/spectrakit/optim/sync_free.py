@@ -11,7 +11,13 @@ it is skipped; Python-number entries (step counts) become 0-d float64 tensors on
 are masked too (float64 holds every count exactly, and bias corrections computed from it round as the Python
 ones do). The skipped steps are counted in a 0-d int64 tensor on the device.
 
-Cost: one copy of the touched parameters and state per step (what the masking selects back from).
+Cost: one copy of the touched parameters and state per step (what the masking selects back from). State held
+on another device than the flag (torch.optim.AdamW's host-side step counts without ``capturable=True``) is
+selected there, after one copy of the flag.
+
+Not masked: the threshold schedule's bookkeeping in the param groups (it follows the calls of ``step()``, as an
+LR scheduler does), the statistics of the step, and the cold start of a warm-started power iteration (SSO,
+SpikeAware): after a skipped first step the next one starts from the same seeded block with the warm count.
 
 ``sync_free=None`` resolves per step: True when the first parameter lives on an accelerator (any device type
 but "cpu" and "meta"), False otherwise.
@@ -69,6 +75,13 @@ def masked_step(step: Callable[[], None], params: list[Tensor], states: dict[Ten
     saved_params = [p.detach().clone() for p in params]
     saved_states = [{k: _before(v) for k, v in states[p].items()} if p in states else {} for p in params]
     step()
+    flags = {found_inf.device: found_inf}  # state held elsewhere (e.g. torch's host-side step counts): one copy
+
+    def found_on(device: torch.device) -> Tensor:
+        if device not in flags:
+            flags[device] = found_inf.to(device)
+        return flags[device]
+
     for p, old in zip(params, saved_params):
         p.detach().copy_(torch.where(found_inf, old, p.detach()))
     for p, old_state in zip(params, saved_states):
@@ -79,10 +92,10 @@ def masked_step(step: Callable[[], None], params: list[Tensor], states: dict[Ten
             old = old_state.get(key)
             if isinstance(value, Tensor):
                 before = initial(key, value) if old is None else old
-                value.copy_(torch.where(found_inf.to(value.device), before.to(value.dtype), value))
+                value.copy_(torch.where(found_on(value.device), before.to(value.dtype), value))
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 counter = torch.full((), value, dtype=torch.float64, device=p.device)
-                state[key] = counter.masked_fill_(found_inf.to(p.device), 0 if old is None else old)
+                state[key] = counter.masked_fill_(found_on(p.device), 0 if old is None else old)
 
 
 def skip_counter(count: int | Tensor, device: torch.device) -> Tensor:
