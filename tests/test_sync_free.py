@@ -103,6 +103,20 @@ def test_trajectory_equals_synchronising_steps(info):
     assert opt_synced.skipped_steps == 0 and int(opt_free.skipped_steps) == 0
 
 
+@pytest.mark.parametrize("info", cases("test_parameter_joining_later_steps_like_the_synchronising_run"))
+def test_parameter_joining_later_steps_like_the_synchronising_run(info):
+    """A parameter's first step next to the others' later ones (Python and device step counts in one step)."""
+    synced, free = _model(), _model()
+    opt_synced, opt_free = info.make(synced, sync_free=False), info.make(free, sync_free=True)
+    for model in (synced, free):
+        model[0].requires_grad_(False)
+    _lockstep([(synced, opt_synced), (free, opt_free)], range(2))
+    for model in (synced, free):
+        model[0].requires_grad_(True)
+    _lockstep([(synced, opt_synced), (free, opt_free)], range(2, 4))
+    _assert_same_params(free, synced)
+
+
 @pytest.mark.parametrize("info", cases("test_nonfinite_step_changes_nothing_and_is_counted"))
 def test_nonfinite_step_changes_nothing_and_is_counted(info):
     model, reference = _model(), _model()

@@ -123,6 +123,25 @@ def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: 
     return [state["step"] for state in states]
 
 
+def _divide_(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
+    """tensors[i] /= divisors[i] in place; returns ``tensors``. One foreach op unless some divisors are 0-d
+    tensors (the step counts of sync-free steps), which may mix with numbers in one list (a parameter's first
+    step next to the others' later ones): then per tensor."""
+    if any(isinstance(d, Tensor) for d in divisors):
+        for t, d in zip(tensors, divisors):
+            t.div_(d)
+    else:
+        torch._foreach_div_(tensors, divisors)
+    return tensors
+
+
+def _divided(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
+    """tensors[i] / divisors[i], out of place (see :func:`_divide_`)."""
+    if any(isinstance(d, Tensor) for d in divisors):
+        return [t / d for t, d in zip(tensors, divisors)]
+    return torch._foreach_div(tensors, divisors)
+
+
 # -------------------------------------------------------------------------------------- directions
 def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tuple[float, float],
                   eps: float) -> list[Tensor]:
@@ -137,9 +156,9 @@ def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tupl
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
     denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
     torch._foreach_add_(denom, eps)
-    out = torch._foreach_div(m, [1 - beta1**t for t in steps])
+    out = _divided(m, [1 - beta1**t for t in steps])
     torch._foreach_div_(out, denom)
     return out
 
@@ -217,9 +236,9 @@ def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
     denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
     torch._foreach_add_(denom, group["eps"])
-    out = torch._foreach_div(m1, [1 - beta1**t for t in steps])
+    out = _divided(m1, [1 - beta1**t for t in steps])
     for u, state, t in zip(out, states, steps):
         if alpha_warmup is None:
             u.add_(state["exp_avg_slow"], alpha=alpha)

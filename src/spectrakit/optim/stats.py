@@ -15,7 +15,7 @@ def _energy(X: Tensor) -> Tensor:
 
 def threshold_tensor(c: float | Tensor) -> Tensor:
     """c_t as a scalar tensor for the statistics (a tensor c is detached, not copied to the host)."""
-    return c.detach().clone() if isinstance(c, Tensor) else torch.tensor(c)
+    return c.detach().float() if isinstance(c, Tensor) else torch.tensor(c)  # float32 either way
 
 
 def record_clip_statistics(stats: dict[str, Tensor], name: str, update: Tensor, bound: Tensor | None, kind: str,
