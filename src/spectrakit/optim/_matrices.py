@@ -12,11 +12,12 @@ never does, None (the default) flattens conv kernels: tensors with 4 or more dim
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .routing import SPECTRAL
@@ -45,6 +46,12 @@ def matrix_view(p: Tensor, flat: bool) -> Tensor:
     """``p`` as the rule sees it: (shape[0], rest) when ``flat``, else ``p`` itself (a view when ``p``'s
     layout allows one, e.g. not for a channels_last kernel: then a copy, to be written back by the caller)."""
     return p.reshape(p.shape[0], -1) if flat else p
+
+
+def start_block(shape: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The cold start of a matrix rule's warm-started power iteration: a Gaussian block from a generator seeded
+    with 0 (also the value the block is reset to when a sync-free step that created it is skipped)."""
+    return torch.randn(tuple(shape), device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
 
 
 def describe(p: Tensor, flat: bool) -> str:

@@ -124,8 +124,10 @@ def _buffers(grads: list[Tensor], states: list[dict[str, Any]], key: str) -> lis
     return [state[key] for state in states]
 
 
-def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: list[Tensor]) -> list[int]:
-    """Advance each parameter's step count t (starting the ``buffers`` at zero); returns the new t's."""
+def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: list[Tensor]) -> list[int | Tensor]:
+    """Advance each parameter's step count t (starting the ``buffers`` at zero); returns the new t's (ints, or
+    0-d tensors advanced in place once sync-free steps made them tensors: bias corrections then stay on the
+    device)."""
     for g, state in zip(grads, states):
         if "step" not in state:
             state["step"] = 0
@@ -133,6 +135,25 @@ def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: 
                 state[key] = torch.zeros_like(g, memory_format=torch.preserve_format)
         state["step"] += 1
     return [state["step"] for state in states]
+
+
+def _divide_(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
+    """tensors[i] /= divisors[i] in place; returns ``tensors``. One foreach op unless some divisors are 0-d
+    tensors (the step counts of sync-free steps), which may mix with numbers in one list (a parameter's first
+    step next to the others' later ones): then per tensor."""
+    if any(isinstance(d, Tensor) for d in divisors):
+        for t, d in zip(tensors, divisors):
+            t.div_(d)
+    else:
+        torch._foreach_div_(tensors, divisors)
+    return tensors
+
+
+def _divided(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
+    """tensors[i] / divisors[i], out of place (see :func:`_divide_`)."""
+    if any(isinstance(d, Tensor) for d in divisors):
+        return [t / d for t, d in zip(tensors, divisors)]
+    return torch._foreach_div(tensors, divisors)
 
 
 # -------------------------------------------------------------------------------------- directions
@@ -149,9 +170,9 @@ def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tupl
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
     denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
     torch._foreach_add_(denom, eps)
-    out = torch._foreach_div(m, [1 - beta1**t for t in steps])
+    out = _divided(m, [1 - beta1**t for t in steps])
     torch._foreach_div_(out, denom)
     return out
 
@@ -197,15 +218,22 @@ def _mars(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str,
     return out  # type: ignore[return-value]
 
 
-def beta3_at(step: int, beta1: float, beta3: float, warmup: int | None) -> float:
+def beta3_at(step: int | Tensor, beta1: float, beta3: float, warmup: int | None) -> float | Tensor:
     """AdEMAMix's beta3 warmup: the half-life 1/ln(1/beta) moves linearly from beta1's to beta3's.
 
     beta3_t = exp(ln(beta1) ln(beta3) / ((1 - t/T) ln(beta3) + (t/T) ln(beta1))) for t < T, beta3 after.
+    ``step`` may be a 0-d tensor (the counts of sync-free steps): then so is beta3_t (no host read).
     """
-    if warmup is None or step >= warmup or beta3 == 0:
+    if warmup is None or beta3 == 0:
+        return beta3
+    log1, log3 = math.log(beta1), math.log(beta3)
+    if isinstance(step, Tensor):
+        frac = (step / warmup).clamp(max=1.0)
+        warming = torch.exp(log1 * log3 / ((1 - frac) * log3 + frac * log1)).clamp(max=beta3)
+        return torch.where(step >= warmup, beta3, warming)
+    if step >= warmup:
         return beta3
     frac = step / warmup
-    log1, log3 = math.log(beta1), math.log(beta3)
     return min(math.exp(log1 * log3 / ((1 - frac) * log3 + frac * log1)), beta3)
 
 
@@ -217,15 +245,21 @@ def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[
     v = [state["exp_avg_sq"] for state in states]
     torch._foreach_lerp_(m1, grads, 1 - beta1)
     for state, g, t in zip(states, grads, steps):  # beta3_t may differ per parameter (its own step count)
-        state["exp_avg_slow"].lerp_(g, 1 - beta3_at(t, beta1, beta3, beta3_warmup))
+        weight = 1 - beta3_at(t, beta1, beta3, beta3_warmup)
+        state["exp_avg_slow"].lerp_(g, weight.to(g.dtype) if isinstance(weight, Tensor) else weight)
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
     denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
     torch._foreach_add_(denom, group["eps"])
-    out = torch._foreach_div(m1, [1 - beta1**t for t in steps])
+    out = _divided(m1, [1 - beta1**t for t in steps])
     for u, state, t in zip(out, states, steps):
-        u.add_(state["exp_avg_slow"], alpha=alpha * min(1.0, t / alpha_warmup) if alpha_warmup is not None else alpha)
+        if alpha_warmup is None:
+            u.add_(state["exp_avg_slow"], alpha=alpha)
+        elif isinstance(t, Tensor):  # the step count of sync-free steps: alpha_t stays on the device
+            u.addcmul_(state["exp_avg_slow"], (alpha * (t / alpha_warmup).clamp(max=1.0)).to(u.dtype))
+        else:
+            u.add_(state["exp_avg_slow"], alpha=alpha * min(1.0, t / alpha_warmup))
     torch._foreach_div_(out, denom)
     return out
 

@@ -27,7 +27,7 @@ from ._chunks import chunks_by_key, stack_key, stack_size
 from .directions import Direction
 from .scale import shape_scale
 from .spectral_optimizer import SpectralOptimizer, decoupled_step, decoupled_steps
-from .stats import record_clip_statistics
+from .stats import record_clip_statistics, threshold_tensor
 from .transforms import Transform, TransformOptions
 
 
@@ -49,21 +49,34 @@ class StepPlan(NamedTuple):
     record_c: bool = False
 
 
-def transform_and_step(plan: StepPlan, c: float, named: list[tuple[str, Tensor]], directions: list[Tensor],
+def without_host_reads(plan: StepPlan) -> StepPlan:
+    """``plan`` for a sync-free step: the polar clips take the fixed accelerator schedule (``adaptive=False``,
+    whose step count needs no host read)."""
+    return plan._replace(options=plan.options._replace(adaptive=False))
+
+
+def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str, Tensor]], directions: list[Tensor],
                        states: list[dict[str, Any]] | None, group: dict[str, Any], lr: Any, weight_decay: float,
                        statistics: dict[str, Tensor] | None) -> None:
     """Steps 3-4 for one chunk (same shape, at most ``plan.batch``) at threshold ``c``: Y = T(stack(U)), finish,
     decoupled step, statistics (when ``statistics`` is a dict). c = 0 (a decayed threshold): the parameters only
-    decay."""
+    decay. A tensor ``c`` (sync-free steps with a tensor lr) is not read on the host: c = inf (lr = 0 in the
+    warmup) and c = 0 are selected on the device (U unchanged, zero)."""
     assert plan.transform is not None
-    if c == 0:  # the decay phase reached c = 0: the clipped direction is zero
+    if not isinstance(c, Tensor) and c == 0:  # the decay phase reached c = 0: the clipped direction is zero
         for _, p in named:
             decoupled_step(p, None, lr, weight_decay)
         return
     stacked = directions[0] if len(named) == 1 else torch.stack(directions)
     del directions
-    Y, bound = plan.transform(stacked, c, plan.options, vector=named[0][1].dim() < 2,
-                              need_bound=statistics is not None)
+    vector = named[0][1].dim() < 2
+    if isinstance(c, Tensor) and plan.transform.uses_threshold:
+        usable = torch.isfinite(c) & (c > 0)
+        Y, bound = plan.transform(stacked, torch.where(usable, c, 1.0), plan.options, vector=vector,
+                                  need_bound=statistics is not None)
+        Y = torch.where(usable, Y, torch.where(c > 0, stacked, 0.0).to(Y.dtype))
+    else:
+        Y, bound = plan.transform(stacked, c, plan.options, vector=vector, need_bound=statistics is not None)
     for i, (name, p) in enumerate(named):
         update = Y if len(named) == 1 else Y[i]
         if plan.transform.finish is not None:
@@ -93,10 +106,12 @@ class SpectralEngine(SpectralOptimizer):
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
         plan, c = self._plan(group), self._threshold(group)
+        if self._sync_free_step:
+            plan = without_host_reads(plan)
         statistics = self._statistics if self.track_stats else None
         if statistics is not None and plan.record_c and plan.transform is not None:
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            statistics[f"clip_c/group{index}"] = torch.tensor(c)
+            statistics[f"clip_c/group{index}"] = threshold_tensor(c)
         lr, wd = group["lr"], group["weight_decay"]
         named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
         if plan.transform is None:

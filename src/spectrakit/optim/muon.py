@@ -45,7 +45,8 @@ class Muon(SpectralEngine):
         ns_method: "polar" (the iteration above) | "svd" (exact polar factor, slow; for tests).
         batch: how many same-shape matrices one msign call stacks (matrices above 2^22 elements: never).
         adamw_lr: learning rate of the AdamW groups (default 3e-4; None = the group's lr).
-        fallback, fallback_patterns, adamw_betas, adamw_eps, adamw_weight_decay, nonfinite: see SpectralOptimizer.
+        fallback, fallback_patterns, adamw_betas, adamw_eps, adamw_weight_decay, nonfinite, sync_free: see
+            SpectralOptimizer.
         track_stats: record ``statistics()``: "sigma_max/<name>" = ||direction||_F (an upper bound on its
             sigma_max) per matrix, no host sync.
     """
@@ -55,7 +56,8 @@ class Muon(SpectralEngine):
                  ns_steps: int | None = None, ns_dtype: torch.dtype | None = None, ns_method: str = "polar",
                  batch: int = 8, fallback: Iterable[str] = _MUON_FALLBACK, fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str = "raise",
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str | None = None,
+                 sync_free: bool | None = None,
                  track_stats: bool = False) -> None:
         settings = {"momentum": momentum, "nesterov": nesterov, "scale": scale, "ns_coefficients": ns_coefficients,
                     "ns_steps": ns_steps, "ns_dtype": ns_dtype, "ns_method": ns_method, "batch": batch}
@@ -64,7 +66,7 @@ class Muon(SpectralEngine):
         defaults = {"lr": lr, "weight_decay": weight_decay, **settings, **self._rule_settings()}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, sync_free=sync_free)
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         """Every constructor setting but ``track_stats``, ``nonfinite``, ``fallback*`` and ``adamw_*`` may be set by

@@ -60,7 +60,7 @@ class Spectra(SpectralEngine):
             the threshold schedule (``threshold_schedule.ClipSchedule``); also ``set_clip_schedule``.
         peak_lr: default peak lr of the warmup rule for every group (None: see ``lr``).
         track_stats: record ``statistics()`` each step (a few reductions per matrix, no host sync).
-        fallback, fallback_patterns, adamw_*, nonfinite: see ``SpectralOptimizer`` (default: nothing goes to
+        fallback, fallback_patterns, adamw_*, nonfinite, sync_free: see ``SpectralOptimizer`` (default: nothing goes to
             the internal AdamW rule, as in the paper's runs).
 
     Threshold schedule: c_t = clip_c * warmup factor * decay factor, evaluated per group at each step from
@@ -88,7 +88,8 @@ class Spectra(SpectralEngine):
                  clip_decay_shape: str = "sqrt", clip_final_scale: float = 0.0, peak_lr: float | None = None,
                  track_stats: bool = False, fallback: Iterable[str] = (), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str = "raise") -> None:
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = None, nonfinite: str | None = None,
+                 sync_free: bool | None = None) -> None:
         direction_named(base)
         given = {"betas": betas, "eps": eps, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
                  "gamma": gamma, "vector_betas": vector_betas, "alpha": alpha, "alpha_warmup": alpha_warmup,
@@ -105,7 +106,7 @@ class Spectra(SpectralEngine):
         defaults = {"lr": lr, "weight_decay": weight_decay, **base_options(base, given), **settings}
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, sync_free=sync_free)
 
     # ------------------------------------------------------------------------------------- configuration
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -145,8 +146,8 @@ class Spectra(SpectralEngine):
     def _plan(self, group: dict[str, Any]) -> StepPlan:
         return clip_plan(group, direction_named(group["base"]), group["clip_batch"])
 
-    def _threshold(self, group: dict[str, Any]) -> float:
-        return group_threshold(None, group)
+    def _threshold(self, group: dict[str, Any]) -> float | torch.Tensor:
+        return group_threshold(None, group, on_device=self._sync_free_step)
 
 
 #: The settings of ``Spectra`` that live in param groups (besides lr, weight_decay and the base's options).

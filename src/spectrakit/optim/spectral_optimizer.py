@@ -23,6 +23,17 @@ from torch.optim import Optimizer
 from ._validate import check_betas, check_choice, check_lr, check_nonnegative, check_positive
 from .directions import adamw_moments, foreach_parts
 from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
+from .sync_free import (
+    check_sync_free,
+    count_skipped,
+    first_device,
+    found_nonfinite,
+    masked_step,
+    nonfinite_peaks,
+    resolve_sync_free,
+    skip_counter,
+    zeros_initial,
+)
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 
@@ -99,14 +110,28 @@ class SpectralOptimizer(Optimizer):
             default). Precedence: the group's own value, then the ``adamw_*`` argument, then the default.
         adamw_betas, adamw_eps: AdamW moment coefficients and epsilon.
         adamw_weight_decay: decoupled weight decay of AdamW parts, with the same precedence as ``adamw_lr``.
-        nonfinite: "raise" (default) raises NonFiniteGradientError naming the parameter, "skip" skips the
-            whole step and counts it in ``skipped_steps``, "ignore" does no check (no host sync).
+        nonfinite: "raise" raises NonFiniteGradientError naming the parameter, "skip" skips the whole step and
+            counts it in ``skipped_steps``, "ignore" does no check (no host sync). None (default): "raise" when
+            steps synchronise, "skip" when they are sync-free.
+        sync_free: True: ``step()`` makes no host read (``spectrakit.optim.sync_free``): a step with a NaN or
+            Inf gradient is skipped by masking on the device (parameters and state bitwise unchanged) and
+            counted in ``skipped_steps``, then a 0-d int64 tensor on the device; the threshold schedule
+            follows the calls of ``step()``, as an LR scheduler does (its c_t is a device tensor when lr is
+            one); SSO's multiplier solver runs its full budget. Raising needs a host read: sync_free=True with
+            nonfinite="raise" is a ValueError. False: the synchronising step (an int ``skipped_steps``).
+            None (default): resolved at each step, True when the first parameter lives on an accelerator (not
+            "cpu" or "meta") unless nonfinite="raise". An attribute like ``nonfinite`` (kept by deepcopy and
+            pickling, not in ``state_dict``).
     """
+
+    sync_free: bool | None = None  # (class defaults: optimizers pickled before the option existed)
+    _sync_free_step = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, fallback: Iterable[str] = ("vectors",),
                  fallback_patterns: Iterable[str] = (), adamw_lr: float | None = None,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
-                 adamw_weight_decay: float | None = None, nonfinite: str = "raise") -> None:
+                 adamw_weight_decay: float | None = None, nonfinite: str | None = None,
+                 sync_free: bool | None = None) -> None:
         check_lr(defaults.get("lr", 0.0))
         check_nonnegative(defaults.get("weight_decay", 0.0), "weight_decay")
         if adamw_lr is not None:
@@ -115,19 +140,29 @@ class SpectralOptimizer(Optimizer):
         check_positive(adamw_eps, "adamw_eps")
         if adamw_weight_decay is not None:
             check_nonnegative(adamw_weight_decay, "adamw_weight_decay")
-        check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
+        if nonfinite is not None:
+            check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
+        check_sync_free(sync_free)
+        if sync_free and nonfinite == "raise":
+            raise ValueError("nonfinite='raise' needs a host read, which sync_free=True rules out; pass "
+                             "nonfinite='skip' (skipped on the device; the default with sync_free) or sync_free=False")
         self._fallback, self._patterns = validate_fallback(fallback, fallback_patterns)
         self._adamw_overrides = {"lr": adamw_lr, "weight_decay": adamw_weight_decay}
         self._routes: list[Route] = []
         self._embedding_ids: set[int] = set()
         self._unnamed_count = 0
         self.nonfinite = nonfinite
-        self.skipped_steps = 0
+        self.sync_free = sync_free
+        self._sync_free_step = False  # whether the step being taken is sync-free (set by ``step``)
+        self.skipped_steps: int | Tensor = 0
         self._statistics: dict[str, Tensor] = {}
         if isinstance(params, nn.Module):
             params, self._embedding_ids = module_param_groups(params)
         defaults = {**defaults, "rule": None, "adamw_betas": tuple(adamw_betas), "adamw_eps": adamw_eps}
         super().__init__(params, defaults)
+        device = first_device(self._params())
+        if device is not None and self.steps_sync_free():
+            self.skipped_steps = skip_counter(0, device)
 
     # ----------------------------------------------------------------------------------------- routing
     def _check_settings(self, settings: dict[str, Any]) -> None:
@@ -203,15 +238,43 @@ class SpectralOptimizer(Optimizer):
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = evaluate_closure(closure)
         self._statistics.clear()  # statistics() describes the last step only (empty after a skipped one)
-        if not self._gradients_usable():
-            self.skipped_steps += 1
+        self._sync_free_step = self.steps_sync_free()
+        if not self._sync_free_step:
+            if not self._gradients_usable():
+                self.skipped_steps += 1
+                return loss
+            self._run_groups()
             return loss
+        named = self._named_grads()
+        if self.nonfinite == "ignore" or not named:
+            self._run_groups()
+            return loss
+        found_inf = found_nonfinite([g for _, g in named])
+        params = [p for p in self._params() if p.grad is not None]
+        masked_step(self._run_groups, params, self.state, found_inf, self._initial_state)
+        self.skipped_steps = count_skipped(self.skipped_steps, found_inf)
+        return loss
+
+    def steps_sync_free(self) -> bool:
+        """Whether ``step()`` now makes no host read (``sync_free`` resolved; see the class docstring)."""
+        if self.sync_free is None and self.nonfinite == "raise":
+            return False
+        return resolve_sync_free(self.sync_free, self._params())
+
+    def _params(self) -> Iterator[Tensor]:
+        return (p for group in self.param_groups for p in group["params"])
+
+    def _run_groups(self) -> None:
         for group in self.param_groups:
             if group["rule"] == ADAMW:
                 self._adamw_step(group)
             else:
                 self._spectral_step(group)
-        return loss
+
+    def _initial_state(self, key: str, value: Tensor) -> Tensor:
+        """The value a state entry starts from, for one created by a skipped sync-free step (zeros; subclasses
+        with other starting values override it)."""
+        return zeros_initial(key, value)
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -249,8 +312,7 @@ class SpectralOptimizer(Optimizer):
         named = self._named_grads()
         if self.nonfinite == "ignore" or not named:
             return True
-        peaks = torch.stack([g.detach().abs().amax().float().to(named[0][1].device) for _, g in named])
-        if bool(torch.isfinite(peaks).all()):
+        if bool(torch.isfinite(nonfinite_peaks([g for _, g in named])).all()):
             return True
         if self.nonfinite == "skip":
             return False
@@ -282,7 +344,8 @@ class SpectralOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         for group, own in zip(self.param_groups, names):
             group["param_names"] = own
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        skipped = extra.get("skipped_steps", 0)  # a device tensor when saved by sync-free steps
+        self.skipped_steps = skipped.clone() if isinstance(skipped, Tensor) else int(skipped)
 
 
 def _copied(value: Any) -> Any:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import block_power_iteration
-from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view, start_block
 from ._validate import check_positive, check_unit_interval
 from .spectral_optimizer import SpectralOptimizer, scalar_lr
 
@@ -133,7 +133,7 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) "spike/energy_fraction/<name>"
             = ||U_k s_k V_k^T||_F^2 / ||M||_F^2, the spike's share of the momentum energy (mean over stacked
             matrices).
-        adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
+        adamw_*, fallback, fallback_patterns, nonfinite, sync_free: see ``SpectralOptimizer``.
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.95, rank_fraction: float = 0.015,
@@ -142,7 +142,8 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
                  flatten: bool | None = None, track_stats: bool = False,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise") -> None:
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str | None = None,
+                 sync_free: bool | None = None) -> None:
         defaults = {"lr": lr, "momentum": momentum, "rank_fraction": rank_fraction, "power_iters": power_iters,
                     "cold_power_iters": cold_power_iters, "rayleigh_ritz": bool(rayleigh_ritz),
                     "update_scale": update_scale, "eps": eps, "weight_decay": weight_decay,
@@ -152,10 +153,16 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         with self._conv_kernels_of(params):
             super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
                              adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite, sync_free=sync_free)
 
     #: a group may override any constructor setting of the rule (the same checks, by key)
     _check_settings = staticmethod(_check_settings)
+
+    def _initial_state(self, key: str, value: Tensor) -> Tensor:
+        """The power iteration's start block V is a seeded Gaussian block (the momentum starts at zero)."""
+        if key == "spike_v":
+            return start_block(value.shape, value.device, value.dtype)
+        return super()._initial_state(key, value)
 
     def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
         k, q = spike_rank(W.shape, group["rank_fraction"]), min(W.shape[-2:])
@@ -190,9 +197,7 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
             else:
                 cold = "spike_v" not in state
                 if cold:
-                    gen = torch.Generator(device=p.device).manual_seed(0)
-                    state["spike_v"] = torch.randn((*M.shape[:-2], n, k), device=p.device, generator=gen,
-                                                   dtype=compute)
+                    state["spike_v"] = start_block((*M.shape[:-2], n, k), p.device, compute)
                 iters = group["cold_power_iters"] if cold else group["power_iters"]
                 U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
                 state["spike_v"] = V

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..linalg import msign, solve_multiplier, top_singular
 from ..linalg.multiplier import SOLVERS
-from ._matrices import MatrixViews, check_flatten, flattens, matrix_view
+from ._matrices import MatrixViews, check_flatten, flattens, matrix_view, start_block
 from ._validate import check_choice, check_positive, check_unit_interval
 from .momentum import ema_momentum
 from .routing import SPECTRAL
@@ -249,7 +249,7 @@ class SSO(MatrixViews, SpectralOptimizer):
             with more than 2 dims is flattened to (shape[0], rest); False: none is.
         adamw_lr: learning rate of the AdamW groups (3e-4 by default, as for Muon: ``lr`` is a spectral step
             length, far too large for AdamW; None = the group's lr).
-        adamw_*, fallback, fallback_patterns, nonfinite: see ``SpectralOptimizer``.
+        adamw_*, fallback, fallback_patterns, nonfinite, sync_free: see ``SpectralOptimizer``.
 
     Example (each attention head of separate q/k/v projections its own sphere, as in the paper)::
 
@@ -272,7 +272,8 @@ class SSO(MatrixViews, SpectralOptimizer):
                  split_sizes: Sequence[int] | None = None, heads: int | None = None, flatten: bool | None = None,
                  fallback: Iterable[str] = ("vectors", "embeddings", "head"), fallback_patterns: Iterable[str] = (),
                  adamw_lr: float | None = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str = "raise",
+                 adamw_eps: float = 1e-8, adamw_weight_decay: float | None = 0.1, nonfinite: str | None = None,
+                 sync_free: bool | None = None,
                  msign_steps: int | None = None, msign_dtype: torch.dtype | None = None) -> None:
         ns_steps = _renamed("msign_steps", msign_steps, "ns_steps", ns_steps)
         ns_dtype = _renamed("msign_dtype", msign_dtype, "ns_dtype", ns_dtype)
@@ -291,10 +292,14 @@ class SSO(MatrixViews, SpectralOptimizer):
         with self._conv_kernels_of(params):
             super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
                              adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite)
+                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite, sync_free=sync_free)
 
     #: a group may override any constructor setting of the rule (the same checks, by key)
     _check_settings = staticmethod(_check_settings)
+
+    def _initial_state(self, key: str, value: Tensor) -> Tensor:
+        """The power iteration's start block is a seeded Gaussian block (the rest starts at zero)."""
+        return start_block(value.shape, value.device) if key == "power_v" else super()._initial_state(key, value)
 
     def _check_matrix(self, group: dict[str, Any], name: str, W: Tensor) -> None:
         atomic_segments(W.shape[-2], group["split_sizes"], group["heads"], name)
@@ -344,8 +349,7 @@ class SSO(MatrixViews, SpectralOptimizer):
             if cold:
                 blocks = sum(seg.count for seg in segments)
                 rank = min(group["power_rank"], W.shape[-1], *(seg.rows for seg in segments))
-                state["power_v"] = torch.randn((*W.shape[:-2], blocks, W.shape[-1], rank), device=p.device,
-                                               generator=torch.Generator(p.device).manual_seed(0))
+                state["power_v"] = start_block((*W.shape[:-2], blocks, W.shape[-1], rank), p.device)
                 state["lambda"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
                 state["sigma"] = torch.zeros((*W.shape[:-2], blocks), device=p.device)
             first = 0
@@ -397,7 +401,7 @@ class SSO(MatrixViews, SpectralOptimizer):
             answer = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], lam0, method=group["solver"],
                                       tol=group["solver_tol"], max_iter=group["solver_max_iter"],
                                       bracket_steps=group["solver_bracket_steps"], msign_fn=msign_fn,
-                                      sync=group["solver_sync"])
+                                      sync=group["solver_sync"] and not self._sync_free_step)
             phi = answer.phi
             self.msign_calls += answer.calls
             self.solves += 1

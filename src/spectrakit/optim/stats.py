@@ -13,8 +13,13 @@ def _energy(X: Tensor) -> Tensor:
     return (torch.linalg.vector_norm(X.to(torch.promote_types(X.dtype, torch.float32))) ** 2).float()
 
 
+def threshold_tensor(c: float | Tensor) -> Tensor:
+    """c_t as a scalar tensor for the statistics (a tensor c is detached, not copied to the host)."""
+    return c.detach().float() if isinstance(c, Tensor) else torch.tensor(c)  # float32 either way
+
+
 def record_clip_statistics(stats: dict[str, Tensor], name: str, update: Tensor, bound: Tensor | None, kind: str,
-                           c: float) -> None:
+                           c: float | Tensor) -> None:
     """Store "sigma_max/<name>" and (soft/hard clips) "clipped_fraction/<name>" for one clipped tensor.
 
     sigma_max: the largest per-matrix sigma_max estimate ``bound`` of the direction. clipped_fraction:
@@ -23,7 +28,8 @@ def record_clip_statistics(stats: dict[str, Tensor], name: str, update: Tensor, 
     """
     if bound is not None:
         stats[f"sigma_max/{name}"] = bound.detach().amax().float()
-    if kind == "normalize" or c == math.inf:  # not math.isinf: c may be symbolic under torch.compile
+    # not math.isinf: c may be symbolic under torch.compile; a tensor c (sync-free steps) is not read
+    if kind == "normalize" or (not isinstance(c, Tensor) and c == math.inf):
         return
     q = 1 if update.dim() < 2 else min(update.shape[-2:]) * (update.numel() // (update.shape[-2] * update.shape[-1]))
     stats[f"clipped_fraction/{name}"] = _energy(update) / (c * c * q)

@@ -31,6 +31,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ._validate import check_choice, check_nonnegative, check_positive
 
 DECAY_SHAPES = ("linear", "sqrt", "square", "cosine", "exp")
@@ -166,24 +169,62 @@ def check_peak_lr(group: dict[str, Any]) -> None:
         check_positive(group["peak_lr"], "peak_lr")
 
 
-def peak_lr_of(group: dict[str, Any]) -> float:
+def peak_lr_of(group: dict[str, Any], *, keep_tensors: bool = False) -> float | Tensor:
     """The warmup rule's peak lr of a group: its ``peak_lr`` when set, else ``max_lr`` (OneCycleLR, whose
     ``initial_lr`` is max_lr / div_factor), else ``initial_lr`` (the other torch LR schedulers and the harness),
-    else the lr it had when it was added to the optimizer."""
+    else the lr it had when it was added to the optimizer. ``keep_tensors``: a tensor value is returned as a
+    0-d tensor (not read on the host)."""
     for key in ("peak_lr", "max_lr", "initial_lr"):
-        if group.get(key) is not None:
-            return float(group[key])
+        value = group.get(key)
+        if value is not None:
+            return value.detach().reshape(()) if keep_tensors and isinstance(value, Tensor) else float(value)
     return float(group["lr_at_construction"])
 
 
-def group_threshold(schedule: ClipSchedule | None, group: dict[str, Any]) -> float:
+def device_threshold_factor(step: int, lr: Tensor, peak_lr: float | Tensor, warmup_done: bool | Tensor,
+                            prev_lr: float | Tensor | None, *, warmup: bool, warmup_steps: int | None,
+                            total_steps: int | None, decay_fraction: float, shape: str,
+                            final_scale: float) -> tuple[float | Tensor, bool | Tensor]:
+    """``threshold_factor`` for a tensor ``lr`` without reading it: the factor (and, when ``warmup_steps`` is
+    None, the warmup detection) as 0-d tensors on lr's device."""
+    scale = decay_factor(step, total_steps, decay_fraction, shape, final_scale)
+    lr = lr.detach().reshape(())
+    if warmup_steps is not None:
+        if not (warmup and step < warmup_steps):
+            return scale, warmup_done
+        in_warmup: Tensor | bool = True
+    else:
+        done = (warmup_done if isinstance(warmup_done, Tensor)
+                else torch.full((), warmup_done, dtype=torch.bool, device=lr.device))  # a fill, not a copy
+        in_warmup = (lr < peak_lr) & ~done
+        if prev_lr is not None:
+            in_warmup = in_warmup & (lr >= prev_lr)
+        warmup_done = ~in_warmup
+        if not warmup:
+            return scale, warmup_done
+    warming = torch.where(lr == 0, math.inf, scale * peak_lr / lr)
+    return torch.where(in_warmup, warming, scale) if isinstance(in_warmup, Tensor) else warming, warmup_done
+
+
+def group_threshold(schedule: ClipSchedule | None, group: dict[str, Any], *,
+                    on_device: bool = False) -> float | Tensor:
     """c_t of a param group for the step about to be taken (advances the group's schedule bookkeeping).
 
-    ``schedule``: None = the schedule the group holds (``GROUP_KEYS``), else that schedule.
+    ``schedule``: None = the schedule the group holds (``GROUP_KEYS``), else that schedule. ``on_device``
+    (sync-free steps): a tensor lr is not read on the host; c_t is then a 0-d tensor on its device, and the
+    warmup detection (``clip_warmup_done``, ``clip_prev_lr``) is kept in tensors too.
     """
-    lr = float(group["lr"])
     options = ({field: group[key] for field, key in GROUP_KEYS.items()} if schedule is None
                else schedule._values())
+    if on_device and isinstance(group["lr"], Tensor):
+        lr = group["lr"].detach().reshape(()).clone()
+        factor, group["clip_warmup_done"] = device_threshold_factor(
+            group["clip_step"], lr, peak_lr_of(group, keep_tensors=True), group["clip_warmup_done"],
+            group.get("clip_prev_lr"), **options)
+        group["clip_step"] += 1
+        group["clip_prev_lr"] = lr
+        return group["clip_c"] * factor
+    lr = float(group["lr"])
     factor, group["clip_warmup_done"] = threshold_factor(
         group["clip_step"], lr, peak_lr_of(group), group["clip_warmup_done"], group.get("clip_prev_lr"),
         **options)

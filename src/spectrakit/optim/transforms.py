@@ -41,13 +41,15 @@ NORMALIZE_METHODS = ("auto", "polar", "newton_schulz", "svd")
 
 class TransformOptions(NamedTuple):
     """How a transform computes: the matrix-function method, its steps and dtype, msign coefficients, the rule
-    for vectors. None means the linalg function's own default."""
+    for vectors, and for the polar clips ``adaptive`` (False: the fixed accelerator schedule, no host read).
+    None means the linalg function's own default."""
 
     method: str = "auto"
     steps: int | None = None
     dtype: torch.dtype | None = None
     coefficients: Any = None
     vector_rule: str = "smooth"
+    adaptive: bool | None = None
 
 
 DEFAULT_OPTIONS = TransformOptions()
@@ -90,7 +92,8 @@ class Transform:
         """(T(U), sigma_bound); ``vector`` treats U as one vector (default: U.dim() < 2)."""
         if vector if vector is not None else U.dim() < 2:
             return self.vector(U, c, options)
-        if self.uses_threshold and c == math.inf:  # not math.isinf: c may be a symbolic float under torch.compile
+        # not math.isinf: c may be a symbolic float under torch.compile; a tensor c is not read on the host
+        if self.uses_threshold and not isinstance(c, Tensor) and c == math.inf:
             return U, torch.linalg.matrix_norm(U.float())
         return self.apply(U, c, options, need_bound)
 
@@ -135,7 +138,8 @@ def _clip(kind: str) -> ApplyFn:
     fn = soft_clip if kind == "soft" else hard_clip
 
     def apply(U: Tensor, c: float, options: TransformOptions, need_bound: bool) -> tuple[Tensor, Tensor | None]:
-        return fn(U, c, method=options.method, steps=options.steps, dtype=options.dtype, return_bound=True)
+        return fn(U, c, method=options.method, steps=options.steps, dtype=options.dtype, return_bound=True,
+                  adaptive=options.adaptive)
     return apply
 
 

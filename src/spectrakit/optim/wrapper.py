@@ -24,8 +24,18 @@ from torch.optim import Optimizer
 
 from ._options import check_clip_options, clip_plan, exclude_patterns
 from ._selection import ClipSelection
-from .engine import transform_and_step
-from .spectral_optimizer import check_real_floating, evaluate_closure
+from .engine import transform_and_step, without_host_reads
+from .spectral_optimizer import check_real_floating, evaluate_closure, scalar_lr
+from .stats import threshold_tensor
+from .sync_free import (
+    check_sync_free,
+    count_skipped,
+    found_nonfinite,
+    masked_step,
+    resolve_sync_free,
+    skip_counter,
+    zeros_initial,
+)
 from .threshold_schedule import GROUP_KEYS, ClipSchedule, group_threshold, prepare_group, set_schedule
 
 
@@ -50,6 +60,13 @@ class SpectraWrapper(Optimizer):
         decoupled_weight_decay: True: U = ((1 - lr*wd) X - X') / lr as above. False: the whole change is the
             direction (U = (X - X')/lr), for optimizers whose weight decay is part of the gradient (SGD, Adam)
             or that have none.
+        sync_free: as in ``SpectralOptimizer`` (an attribute, not a group key): True makes the wrapper's own
+            work free of host reads (no ``float(lr)``; a tensor lr stays on the device, lr = 0 selected there)
+            and skips a step with a NaN or Inf gradient by masking parameters and the wrapped optimizer's state
+            back, counted in ``skipped_steps`` (a 0-d int64 tensor on the device; not in ``state_dict``, which
+            is the wrapped optimizer's). The wrapped optimizer's own reads stay its own (torch.optim.AdamW
+            reads its step count unless ``capturable=True``). None: True when the parameters live on an
+            accelerator. False: the wrapped optimizer's steps as they are (no check).
 
     Parameter names (for ``clip_exclude`` and statistics) come from the wrapped optimizer's "param_names"
     when it was built from named parameters, else "group<i>.param<j>". A closure is evaluated by the wrapper
@@ -59,13 +76,17 @@ class SpectraWrapper(Optimizer):
     still fire.
     """
 
+    sync_free: bool | None = None  # (class defaults: wrappers pickled before the option existed)
+    skipped_steps: int | Tensor = 0
+
     def __init__(self, optimizer: Optimizer, *, clip: str | None = "soft", clip_c: float = 10.0,
                  clip_method: str = "auto", clip_steps: int | None = None, clip_dtype: torch.dtype | None = None,
                  clip_apply_to: str = "all", clip_exclude: Iterable[str] = (), vector_rule: str = "smooth",
                  scale: str = "keller", clip_warmup: bool = True, clip_warmup_steps: int | None = None,
                  clip_total_steps: int | None = None, clip_decay_fraction: float = 0.1,
                  clip_decay_shape: str = "sqrt", clip_final_scale: float = 0.0, peak_lr: float | None = None,
-                 decoupled_weight_decay: bool = True, track_stats: bool = False) -> None:
+                 decoupled_weight_decay: bool = True, track_stats: bool = False,
+                 sync_free: bool | None = None) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         options = {"clip": clip, "clip_c": clip_c, "clip_method": clip_method, "clip_steps": clip_steps,
@@ -76,12 +97,18 @@ class SpectraWrapper(Optimizer):
                    "clip_total_steps": clip_total_steps, "clip_decay_fraction": clip_decay_fraction,
                    "clip_decay_shape": clip_decay_shape, "clip_final_scale": clip_final_scale}
         _check_group(options)
+        check_sync_free(sync_free)
         self.optimizer = optimizer
         self.track_stats = track_stats
+        self.sync_free = sync_free
+        self.skipped_steps: int | Tensor = 0
         self._statistics: dict[str, Tensor] = {}
         optimizer.defaults.update(options)
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self._link()
+        params = [p for group in self.param_groups for p in group["params"]]
+        if params and resolve_sync_free(sync_free, params):
+            self.skipped_steps = skip_counter(0, params[0].device)
 
     def _link(self) -> None:
         """Share the wrapped optimizer's groups, state and defaults (also after it reloaded them)."""
@@ -92,7 +119,8 @@ class SpectraWrapper(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults, state and param_groups; the wrapped optimizer carries
         # those (deepcopy and pickle copy it once, so the copy's groups and state are shared as here)
-        return {"optimizer": self.optimizer, "track_stats": self.track_stats}
+        return {"optimizer": self.optimizer, "track_stats": self.track_stats, "sync_free": self.sync_free,
+                "skipped_steps": self.skipped_steps}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__({**state, "defaults": state["optimizer"].defaults, "_statistics": {}})
@@ -151,29 +179,49 @@ class SpectraWrapper(Optimizer):
         """Evaluate ``closure`` (if any), step the wrapped optimizer, then replace its step by the clipped one."""
         loss = evaluate_closure(closure)
         self._statistics.clear()  # statistics() describes the last step only
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not resolve_sync_free(self.sync_free, params):
+            self._clipped_step(False)
+            return loss
+        touched = [p for p in params if p.grad is not None]
+        if not touched:
+            self._clipped_step(True)
+            return loss
+        found_inf = found_nonfinite([p.grad for p in touched])
+        masked_step(lambda: self._clipped_step(True), touched, self.state, found_inf, zeros_initial)
+        self.skipped_steps = count_skipped(self.skipped_steps, found_inf)
+        return loss
+
+    def _clipped_step(self, sync_free: bool) -> None:
+        """The wrapped optimizer's step, replaced by the clipped one on the clipped parameters; ``sync_free``: no
+        host read (a tensor lr stays on the device)."""
         saved = []
         for index, group in enumerate(self.param_groups):
             if group["clip"] is None:
                 continue
-            c = group_threshold(None, group)
-            if float(group["lr"]) == 0:
+            c = group_threshold(None, group, on_device=sync_free)
+            if not (sync_free and isinstance(group["lr"], Tensor)) and float(group["lr"]) == 0:
                 continue
             if self.track_stats:
-                self._statistics[f"clip_c/group{index}"] = torch.tensor(c)
+                self._statistics[f"clip_c/group{index}"] = threshold_tensor(c)
             selection = ClipSelection(group["clip_apply_to"], group["clip_exclude"])
             for name, p in self._named(index, group):
                 if p.grad is not None and selection(name, p):
                     saved.append((group, name, p, p.detach().clone(), c))
         self._inner_step()
         for group, name, p, previous, c in saved:
-            lr = float(group["lr"])
+            if sync_free and isinstance(group["lr"], Tensor):  # lr = 0: a zero direction and a zero step
+                lr = scalar_lr(group["lr"])
+                divisor = torch.where(lr == 0, 1.0, lr)
+            else:
+                lr = divisor = float(group["lr"])
             if group["clip_decoupled_weight_decay"]:
                 previous.mul_(1 - lr * group.get("weight_decay", 0.0))
-            direction = previous.sub(p).div_(lr)
+            direction = previous.sub(p).div_(divisor)
             p.copy_(previous)  # the decay is in ``previous``: the step below adds the clipped direction only
-            transform_and_step(clip_plan(group, None, 1), c, [(name, p)], [direction], None, group, lr, 0.0,
-                               self._statistics if self.track_stats else None)
-        return loss
+            plan = clip_plan(group, None, 1)
+            transform_and_step(without_host_reads(plan) if sync_free else plan, c, [(name, p)], [direction], None,
+                               group, lr, 0.0, self._statistics if self.track_stats else None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
