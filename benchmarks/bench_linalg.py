@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="repetitions for NS-need and polar, timed in turn (default 7; 3 for 2048+)")
     p.add_argument("--shapes", default=None, help="comma-separated MxN list replacing the default shapes")
     p.add_argument("--symmetric", action="store_true", help="time symmetric_matmul against A @ B instead")
+    p.add_argument("--section", default="linalg", help="the BENCHMARKS.md section to write (default: linalg)")
     p.add_argument("--spectra", default=",".join(SPECTRA),
                    help=f"comma-separated spectrum kinds among {', '.join(SPECTRA)} (default: all)")
     p.add_argument("--ns-steps", default=None,
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_linalg.py" + (" --quick" if args.quick else "") + \
         (f" --shapes {args.shapes}" if args.shapes else "") + \
         (f" --ns-steps {args.ns_steps}" if args.ns_steps else "") + \
-        (f" --spectra {args.spectra}" if args.spectra != ",".join(SPECTRA) else "")
+        (f" --spectra {args.spectra}" if args.spectra != ",".join(SPECTRA) else "") + \
+        (f" --section {args.section}" if args.section != "linalg" else "")
     for kind in kinds:
         for m, n in shapes:
             for ratio in ratios:
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench_case(m, n, ratio, reps, pair_reps, ns_hint, kind))
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_write:
-            write_section("linalg", "## linalg: soft/hard clip and msign vs exact SVD\n\n" + format_table(rows)
+            write_section(args.section, "## linalg: soft/hard clip and msign vs exact SVD\n\n" + format_table(rows)
                           + "\n\n" + NOTES, command)
     if args.no_write:
         print(format_table(rows))
