@@ -37,7 +37,7 @@ State per matrix: the momentum and V (n x k), (1 + k/m)/2 of AdamW's two moments
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -170,12 +170,6 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
             raise ValueError(f"rank_fraction={group['rank_fraction']} gives k={k} spike directions for "
                              f"parameter {name} (a {W.shape[-2]} x {W.shape[-1]} matrix), but k must be < min(m, n) "
                              f"= {q}; lower rank_fraction or route the parameter to AdamW")
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        if self.track_stats:
-            self._statistics = {}
-        return super().step(closure)
 
     def _spectral_step(self, group: dict[str, Any]) -> None:
         lr, wd = scalar_lr(group["lr"]), group["weight_decay"]

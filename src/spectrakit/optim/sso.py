@@ -318,9 +318,7 @@ class SSO(MatrixViews, SpectralOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         self.msign_calls = self.solves = 0
-        if self.track_stats:
-            self._statistics = {}
-        loss = super().step(closure)
+        loss = super().step(closure)  # (which starts the statistics empty)
         if self.track_stats:
             self._statistics["sso/msign_calls"] = torch.tensor(float(self.msign_calls))
             self._statistics["sso/solves"] = torch.tensor(float(self.solves))
