@@ -12,8 +12,7 @@ never does, None (the default) flattens conv kernels: tensors with 4 or more dim
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -69,13 +68,12 @@ class MatrixViews:
 
     _conv1d_ids: frozenset[int] = frozenset()
 
-    @contextmanager
-    def _conv_kernels_of(self, params: object) -> Iterator[None]:
-        """Recognise the kernels of ``params`` (a model) while the constructor adds its groups; ids of tensors
-        added later mean nothing, so the set is dropped afterwards."""
+    def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
+        """The base optimizer's constructor, recognising the kernels of ``params`` (a model) while it adds its
+        groups; ids of tensors added later mean nothing, so the set is dropped afterwards."""
         self._conv1d_ids = conv_weight_ids(params)
         try:
-            yield
+            super().__init__(params, defaults, **options)  # type: ignore[call-arg]
         finally:
             del self._conv1d_ids
 

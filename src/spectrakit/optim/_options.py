@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._selection import ClipSelection, is_clipped
+from ._selection import check_selection, is_clipped
 from ._validate import check_choice, check_positive
 from .directions import Direction
 from .engine import StepPlan
@@ -51,7 +51,7 @@ def check_clip_options(group: dict[str, Any]) -> None:
         raise ValueError(f"clip_steps must be None or an integer >= 1, got {steps!r}")
     if group["clip_dtype"] is not None and group["clip_dtype"] not in CLIP_DTYPES:
         raise ValueError(f"clip_dtype must be None or one of {CLIP_DTYPES}, got {group['clip_dtype']!r}")
-    ClipSelection(group["clip_apply_to"], group["clip_exclude"])
+    check_selection(group["clip_apply_to"], exclude_patterns(group["clip_exclude"]))
     check_choice(group["vector_rule"], "vector_rule", VECTOR_RULES)
     check_choice(group["scale"], "scale", SCALE_CONVENTIONS)
     check_peak_lr(group)

@@ -30,14 +30,3 @@ def is_clipped(name: str, p: Tensor, apply_to: str, exclude: Iterable[str]) -> b
         return False
     return not any(re.search(pattern, name) for pattern in exclude)
 
-
-class ClipSelection:
-    """The selection as one object (for SpectraWrapper)."""
-
-    def __init__(self, apply_to: str = "all", exclude: Iterable[str] = ()) -> None:
-        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        check_selection(apply_to, exclude)
-        self.apply_to, self.exclude = apply_to, exclude
-
-    def __call__(self, name: str, p: Tensor) -> bool:
-        return is_clipped(name, p, self.apply_to, self.exclude)

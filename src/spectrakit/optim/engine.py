@@ -114,11 +114,9 @@ class SpectralEngine(SpectralOptimizer):
             statistics[f"clip_c/group{index}"] = threshold_tensor(c)
         lr, wd = group["lr"], group["weight_decay"]
         named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
-        if plan.transform is None:
-            plain, transformed = named, []
-        else:
-            plain = [(n, p) for n, p in named if not plan.selected(n, p)]
-            transformed = [(n, p) for n, p in named if plan.selected(n, p)]
+        plain, transformed = [], []
+        for item in named:
+            (transformed if plan.transform is not None and plan.selected(*item) else plain).append(item)
         if plain:
             params = [p for _, p in plain]
             decoupled_steps(params, plan.direction([p.grad for p in params], [self.state[p] for p in params], group),

@@ -150,10 +150,9 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
                     "exact_svd": bool(exact_svd), "flatten": flatten}
         _check_settings(defaults)
         self.track_stats = bool(track_stats)
-        with self._conv_kernels_of(params):
-            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
-                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite, sync_free=sync_free)
+        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
+                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                         nonfinite=nonfinite, sync_free=sync_free)
 
     #: a group may override any constructor setting of the rule (the same checks, by key)
     _check_settings = staticmethod(_check_settings)

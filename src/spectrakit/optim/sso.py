@@ -289,10 +289,9 @@ class SSO(MatrixViews, SpectralOptimizer):
         self.track_stats = bool(track_stats)
         self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
         self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
-        with self._conv_kernels_of(params):
-            super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns,
-                             adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-                             adamw_weight_decay=adamw_weight_decay, nonfinite=nonfinite, sync_free=sync_free)
+        super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
+                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                         nonfinite=nonfinite, sync_free=sync_free)
 
     #: a group may override any constructor setting of the rule (the same checks, by key)
     _check_settings = staticmethod(_check_settings)

@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._options import check_clip_options, clip_plan, exclude_patterns
-from ._selection import ClipSelection
 from .engine import transform_and_step, without_host_reads
 from .spectral_optimizer import check_real_floating, evaluate_closure, scalar_lr
 from .stats import threshold_tensor
@@ -204,12 +203,13 @@ class SpectraWrapper(Optimizer):
                 continue
             if self.track_stats:
                 self._statistics[f"clip_c/group{index}"] = threshold_tensor(c)
-            selection = ClipSelection(group["clip_apply_to"], group["clip_exclude"])
+            plan = clip_plan(group, None, 1)
+            plan = without_host_reads(plan) if sync_free else plan
             for name, p in self._named(index, group):
-                if p.grad is not None and selection(name, p):
-                    saved.append((group, name, p, p.detach().clone(), c))
+                if p.grad is not None and plan.selected(name, p):
+                    saved.append((group, plan, name, p, p.detach().clone(), c))
         self._inner_step()
-        for group, name, p, previous, c in saved:
+        for group, plan, name, p, previous, c in saved:
             if sync_free and isinstance(group["lr"], Tensor):  # lr = 0: a zero direction and a zero step
                 lr = scalar_lr(group["lr"])
                 divisor = torch.where(lr == 0, 1.0, lr)
@@ -219,9 +219,8 @@ class SpectraWrapper(Optimizer):
                 previous.mul_(1 - lr * group.get("weight_decay", 0.0))
             direction = previous.sub(p).div_(divisor)
             p.copy_(previous)  # the decay is in ``previous``: the step below adds the clipped direction only
-            plan = clip_plan(group, None, 1)
-            transform_and_step(without_host_reads(plan) if sync_free else plan, c, [(name, p)], [direction], None,
-                               group, lr, 0.0, self._statistics if self.track_stats else None)
+            transform_and_step(plan, c, [(name, p)], [direction], None, group, lr, 0.0,
+                               self._statistics if self.track_stats else None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

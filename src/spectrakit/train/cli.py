@@ -170,7 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(json.dumps(cfg.resolved().to_dict(), indent=2))
             return 0
-        _import_under_held_interrupts()
+        if not args.resume:  # (the resumed run imported them above)
+            _import_under_held_interrupts()
         from .parallel import start
         from .trainer import Trainer
 
