@@ -495,24 +495,15 @@ def test_load_post_hook_may_store_non_dict_state(info):
 
 
 # ---------------------------------------------------------------------------------------------- dtypes
-@pytest.mark.parametrize("info", cases("test_float64_params"))
-def test_float64_params(info):
-    model = make_model(torch.float64)
+@pytest.mark.parametrize("info, dtype", cases("test_params_train_in_their_dtype",
+                                               {"float64": torch.float64, "bfloat16": torch.bfloat16}))
+def test_params_train_in_their_dtype(info, dtype):
+    model = make_model(dtype)
     opt = info.make(model)
     before = snapshot(model)
     train(model, opt)
     all_moved(model, before)
-    assert all(p.dtype == torch.float64 for p in model.parameters())
-
-
-@pytest.mark.parametrize("info", cases("test_bfloat16_params"))
-def test_bfloat16_params(info):
-    model = make_model(torch.bfloat16)
-    opt = info.make(model)
-    before = snapshot(model)
-    train(model, opt)
-    all_moved(model, before)
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(p.dtype == dtype for p in model.parameters())
 
 
 @pytest.mark.parametrize("info", cases("test_grad_scaler_skips_inf_step"))
