@@ -96,6 +96,8 @@ def test_registering_an_optimizer_makes_it_creatable_by_name():
         del registry._REGISTRY["test-spectra-c3"]
     with pytest.raises(ValueError, match="target must be an optimizer class or 'module:Class'"):
         so.register("bad", "Spectra", "no module")
+    with pytest.raises(ValueError, match="name must be a non-empty string, got ''"):
+        so.register("", "spectrakit.optim:Spectra", "no name")
 
 
 def test_torch_adamw_by_name_decays_matrices_only():

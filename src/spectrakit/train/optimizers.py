@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch loads when an optimizer is built, not when settings a
     import torch
     from torch import nn
 
+
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The class behind ``name``; a clear error when the name is unknown or its class is not available."""
     return registration(name).resolve()
