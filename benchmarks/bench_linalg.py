@@ -170,7 +170,7 @@ def symmetric_table(sides: tuple[int, ...], reps: int) -> str:
             A = torch.randn(m, m, dtype=dtype)
             S = (A + A.T) / m
             P = S @ S + S
-            k = max(4, block_count(m, S.device))
+            k = max(4, block_count(m, S.device, S.dtype))
             t = timed_round_robin({"full": lambda S=S, P=P: S @ P,
                                    "sym": lambda S=S, P=P, k=k: symmetric_matmul(S, P, blocks=k)}, reps)
             full, sym = t["full"][0], t["sym"][0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _linalg_cases import make_matrix, rel_err
 
-from spectrakit.linalg import msign, msign_svd
+from spectrakit.linalg import capability, msign, msign_svd
 from spectrakit.linalg.coefficients import CUSHION, grid_index, optimal_quintic, polar_schedule, schedule_table
 from spectrakit.linalg.msign import POLAR_EXPRESS
 
@@ -68,11 +68,27 @@ def test_keller_quintic_lands_in_its_band():
     assert sv.max() <= 1.25 and sv.min() >= 0.6
 
 
-def test_bfloat16_default_is_finite_and_close():
+def test_bfloat16_is_finite_and_close():
     X = make_matrix(16, 24, "flat", 100.0).float()
-    Y = msign(X)
+    Y = msign(X, dtype=torch.bfloat16)
     assert Y.dtype == torch.float32 and torch.isfinite(Y).all()
     assert rel_err(Y, oracle.polar(X)) <= 0.05
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_default_dtype_follows_the_capability(monkeypatch, fast_bf16):
+    """dtype=None is bfloat16 where bf16 matmuls are fast (CUDA, CPUs with AMX) and float32 elsewhere: both
+    sides of the capability test run on any machine."""
+    monkeypatch.setattr(capability, "_cpu_has_amx", lambda: fast_bf16)
+    X = make_matrix(16, 24, "logspace", 3.0).float()
+    expected = msign(X, dtype=torch.bfloat16 if fast_bf16 else torch.float32)
+    assert torch.equal(msign(X), expected)
+    assert torch.equal(msign(X.double()), msign(X.double(), dtype=torch.float64))  # float64 stays float64
+    assert capability.fast_bfloat16_matmul(torch.device("meta")) is False
+
+
+def test_cuda_counts_as_fast_bfloat16():
+    assert capability.fast_bfloat16_matmul(torch.device("cuda")) is True
 
 
 def test_batched_equals_looped_zero_and_nan():
@@ -90,6 +106,12 @@ def test_scale_invariance_over_many_orders_of_magnitude():
     base = msign(X, dtype=torch.float32)
     for t in (1e-20, 1e-6, 1e6, 1e20):
         assert rel_err(msign(t * X, dtype=torch.float32), base.double()) <= 1e-4
+    # float32 extremes: ||X||_F above the float32 range, and subnormal entries (kept to 1e-3: ~23 bits less)
+    for t, tol in ((2e37, 1e-4), (1e-39, 1e-3)):
+        Xt = (X.double() * t).float()
+        assert torch.isfinite(Xt).all() and torch.linalg.vector_norm(Xt, dtype=torch.float64) > 0
+        assert rel_err(msign(Xt, dtype=torch.float32), base.double()) <= tol
+        assert torch.isfinite(msign(Xt.bfloat16(), dtype=torch.bfloat16)).all()
 
 
 def test_explicit_coefficients_and_steps():

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrakit.linalg.symmetric import MIN_SIDE, block_count, gram, symmetric_matmul
+from spectrakit.linalg.symmetric import MIN_SIDE, block_count, gram, symmetric_addmm, symmetric_matmul
 
 
 @settings(max_examples=25, deadline=None)
@@ -32,9 +32,21 @@ def test_commuting_symmetric_product_at_the_blocked_size(dtype):
     S = (A + A.T) / m
     P = 0.5 * torch.eye(m, dtype=torch.float64) + 0.3 * S + 0.2 * S @ S  # a polynomial in S: commutes with S
     got = symmetric_matmul(S.to(dtype), P.to(dtype))
-    assert block_count(m, S.device) > 1
+    assert block_count(m, S.device, S.dtype) > 1
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got.double(), S @ P, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+@pytest.mark.parametrize("blocks", [None, 1, 4])
+def test_symmetric_addmm_is_beta_c_plus_alpha_ab(batch, blocks):
+    """The fused polynomial step b A + c A^2 of msign, blocked or not, 2-D or batched."""
+    m = MIN_SIDE + 5
+    X = torch.randn(*batch, m, 40, dtype=torch.float64)
+    A = X @ X.mT
+    got = symmetric_addmm(A, A, A, beta=-4.775, alpha=2.0315, blocks=blocks)
+    torch.testing.assert_close(got, -4.775 * A + 2.0315 * (A @ A), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(symmetric_addmm(None, A, A, blocks=blocks), A @ A, rtol=1e-12, atol=1e-9)
 
 
 def test_batched_and_broadcast_operands():
@@ -47,7 +59,11 @@ def test_batched_and_broadcast_operands():
 
 def test_block_count_rule():
     cpu = torch.device("cpu")
-    assert block_count(MIN_SIDE - 1, cpu) == 1
-    assert block_count(MIN_SIDE, cpu) == 4
-    assert block_count(8192, cpu) == 8
-    assert block_count(8192, torch.device("meta")) == 1  # off the CPU: plain matmul (not measured there)
+    f32 = torch.float32
+    assert block_count(MIN_SIDE - 1, cpu, f32) == 1
+    assert block_count(MIN_SIDE, cpu, f32) == 4
+    assert block_count(MIN_SIDE, cpu, torch.float64) == 4
+    assert block_count(8192, cpu, f32) == 8
+    assert block_count(8192, torch.device("meta"), f32) == 1  # off the CPU: plain matmul (not measured there)
+    for half in (torch.bfloat16, torch.float16):  # fast half-precision products: the mirror copies cost more
+        assert block_count(8192, cpu, half) == 1

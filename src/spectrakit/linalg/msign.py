@@ -14,7 +14,8 @@ from torch import Tensor
 
 from . import _sharded
 from ._validate import check_positive_int, check_tensor
-from .symmetric import gram, symmetric_matmul
+from .capability import fast_bfloat16_matmul
+from .symmetric import gram, symmetric_addmm
 
 Coefficients = Sequence[tuple[float, float, float]]
 
@@ -57,10 +58,11 @@ def _step_coefficients(coefficients: Coefficients, steps: int, safety: bool) -> 
 
 def polar_iterate(X: Tensor, coefficients: list[tuple[float, float, float]]) -> Tensor:
     """Apply the quintic steps to a wide (..., m <= n) matrix already scaled to ||X||_2 <= 1."""
+    fused = torch.baddbmm if X.dim() == 3 else torch.addmm
     for a, b, c in coefficients:
         A = gram(X)
-        B = torch.add(A * b, symmetric_matmul(A, A), alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a) if X.dim() == 3 else a * X + B @ X
+        B = symmetric_addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        X = fused(X, B, X, beta=a)  # a X + B X
     return X
 
 
@@ -79,12 +81,13 @@ def msign(
             ||X||_F + 1e-7 as in KellerJordan/Muon and torch.optim.Muon) or an explicit sequence of (a, b, c)
             triples (the last one repeats; normalised by 1.01 ||X||_F, as Polar Express).
         steps: number of quintic steps (default: the set's own).
-        dtype: compute dtype of the iteration. None (default): bfloat16 on CUDA (as in Muon), float32
-            elsewhere (float64 inputs stay float64). The output has the input's dtype.
+        dtype: compute dtype of the iteration. None (default): bfloat16 where bf16 matmuls are fast (CUDA, as
+            in Muon, and CPUs with AMX tiles: ``capability.fast_bfloat16_matmul``), float32 elsewhere (float64
+            inputs stay float64). The output has the input's dtype.
 
     A zero matrix maps to zero; NaN in gives NaN out. The input is scaled by its Frobenius norm, an
-    upper bound on the spectral norm, so no host synchronisation happens. The CPU default is float32 because on
-    CPUs without bfloat16 matmul units (e.g. AVX2-only) bfloat16 matmuls are ~20-300x slower than float32.
+    upper bound on the spectral norm, so no host synchronisation happens. On CPUs without bfloat16 matrix units
+    (e.g. AVX2-only) bfloat16 matmuls are ~20-300x slower than float32, hence float32 there.
     """
     if _sharded.is_sharded(X):  # FSDP2 / tensor-parallel input: evaluated by spectrakit.distributed (see _sharded)
         return _sharded.call(msign, X, coefficients=coefficients, steps=steps, dtype=dtype)
@@ -108,23 +111,33 @@ def msign(
     Y = X.mT if transposed else X
     batch_shape = Y.shape[:-2]
     Y = Y.reshape(-1, *Y.shape[-2:])
-    # Scale by the Frobenius norm (an upper bound on sigma_max), in float64 so that no input scale over- or
-    # underflows; msign is scale invariant, so any nonzero matrix is handled exactly the same. Keller's quintic
-    # is not convergent (its fixed points spread over [0.7, 1.2]), so its result depends on the start: it uses
-    # the reference's ||X||_F + 1e-7 (KellerJordan/Muon, torch.optim.Muon) instead of the safety factor.
-    norm = torch.linalg.matrix_norm(Y.double(), keepdim=True)
+    # Scale by the Frobenius norm (an upper bound on sigma_max). Keller's quintic is not convergent (its fixed
+    # points spread over [0.7, 1.2]), so its result depends on the start: it uses the reference's
+    # ||X||_F + 1e-7 (KellerJordan/Muon, torch.optim.Muon) instead of the safety factor.
+    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.float64)
     norm = norm + KELLER_EPS if coefficients == "keller" else norm * _SAFETY
-    Y = (Y.double() / norm.clamp_min(1e-300)).to(work_dtype)
+    Y = _scaled(Y, 1 / norm.clamp_min(1e-300)).to(work_dtype)
     Y = polar_iterate(Y, _step_coefficients(coeffs, steps, safety=named_polar_express))
     Y = Y.reshape(*batch_shape, *Y.shape[-2:])
     return (Y.mT if transposed else Y).to(X.dtype)
+
+
+def _scaled(Y: Tensor, scale: Tensor) -> Tensor:
+    """Y * scale without a float64 copy of Y: the float64 ``scale`` is applied as a power of two near its square
+    root times the rest (each a float32 normal number for any scale of a float32/16 input), in float32 for
+    float32/16 inputs, so no input scale over- or underflows; float64 inputs stay float64."""
+    if Y.dtype == torch.float64:
+        return Y * scale
+    scale = scale.clamp(2.0**-200, 2.0**200)  # nonzero float32/16 inputs need 2^-150 .. 2^150; zero maps to zero
+    power = torch.exp2(torch.floor(torch.log2(scale) / 2))
+    return (Y.float() * power.float()).mul_((scale / power).float())
 
 
 def _work_dtype(X: Tensor, requested: torch.dtype | None) -> torch.dtype:
     if requested is None:
         if X.dtype == torch.float64:
             return torch.float64
-        return torch.bfloat16 if X.is_cuda else torch.float32
+        return torch.bfloat16 if fast_bfloat16_matmul(X.device) else torch.float32
     if requested not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         raise TypeError(f"dtype must be a floating torch dtype or None, got {requested}")
     return requested

@@ -13,15 +13,21 @@ from torch import Tensor
 
 #: Below this side a plain matmul is used. Measured on 2 AVX2 cores (benchmarks/bench_linalg.py --symmetric):
 #: 4 blocks take 0.7-0.85x the time of A @ B from 768 to 2048 (float32 and float64), about 1.0x at 512 and
-#: more than 1x below. From LARGE_SIDE on, 8 blocks are used.
+#: more than 1x below. From LARGE_SIDE on, 8 blocks are used. Only float32 and float64 products are blocked:
+#: where bf16/fp16 matmuls are fast (AMX tiles) the mirror copies and the strided outputs cost more than the
+#: multiply-adds saved (the blocked bf16 product was slower than the full one, most of its time in copies).
 MIN_SIDE = 512
 LARGE_SIDE = 3072
 
 
-def block_count(m: int, device: torch.device) -> int:
-    """Row blocks for an m x m result on ``device``: 1 (plain matmul) below MIN_SIDE and off the CPU (the
-    blocking has not been measured on accelerators), else 4, or 8 from LARGE_SIDE."""
-    if device.type != "cpu" or m < MIN_SIDE:
+BLOCKED_DTYPES = (torch.float32, torch.float64)
+
+
+def block_count(m: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Row blocks for an m x m result on ``device`` in ``dtype``: 1 (plain matmul) below MIN_SIDE, off the CPU
+    (the blocking has not been measured on accelerators) and for dtypes outside BLOCKED_DTYPES, else 4, or 8
+    from LARGE_SIDE."""
+    if device.type != "cpu" or m < MIN_SIDE or dtype not in BLOCKED_DTYPES:
         return 1
     return 4 if m < LARGE_SIDE else 8
 
@@ -30,17 +36,29 @@ def symmetric_matmul(A: Tensor, B: Tensor, *, blocks: int | None = None) -> Tens
     """A @ B for (..., m, k) @ (..., k, m) operands whose product is symmetric; batched like ``torch.matmul``.
 
     The caller guarantees the symmetry (only the lower block triangle is computed; the rest is its mirror).
-    ``blocks`` overrides the number of row blocks (default ``block_count(m, A.device)``).
+    ``blocks`` overrides the number of row blocks (default ``block_count(m, A.device, A.dtype)``).
     """
+    return symmetric_addmm(None, A, B, blocks=blocks)
+
+
+def symmetric_addmm(C: Tensor | None, A: Tensor, B: Tensor, *, beta: float = 1.0, alpha: float = 1.0,
+                    blocks: int | None = None) -> Tensor:
+    """beta C + alpha A @ B (A @ B alone for C None) where C and A @ B are symmetric, as one fused product
+    (``torch.baddbmm`` / ``torch.addmm``) per block; 3-D operands of one batch shape, or 2-D ones."""
     m = A.shape[-2]
-    k = block_count(m, A.device) if blocks is None else max(1, min(blocks, m))
+    k = block_count(m, A.device, A.dtype) if blocks is None else max(1, min(blocks, m))
+    fused = torch.baddbmm if A.dim() == 3 else torch.addmm
     if k == 1:
-        return A @ B
+        return A @ B if C is None else fused(C, A, B, beta=beta, alpha=alpha)
     step = -(-m // k)
     out = torch.empty(*torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]), m, m, dtype=A.dtype, device=A.device)
     for start in range(0, m, step):
         stop = min(m, start + step)
-        torch.matmul(A[..., start:stop, :], B[..., :, :stop], out=out[..., start:stop, :stop])
+        rows, cols, block = A[..., start:stop, :], B[..., :, :stop], out[..., start:stop, :stop]
+        if C is None:
+            torch.matmul(rows, cols, out=block)
+        else:
+            fused(C[..., start:stop, :stop], rows, cols, beta=beta, alpha=alpha, out=block)
         if start:
             out[..., :start, start:stop] = out[..., start:stop, :start].mT
     return out

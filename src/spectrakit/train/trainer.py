@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 
 from spectrakit.distributed import DistContext, DistributedSpectral, parallelize
+from spectrakit.linalg.capability import fast_bfloat16_matmul
 from spectrakit.optim.spectral_optimizer import NonFiniteGradientError, SpectralOptimizer
 
 from . import checkpoint_folder
@@ -117,10 +118,7 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
         return None
     if dtype == "bfloat16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return torch.bfloat16 if amx() else None
+    return torch.bfloat16 if fast_bfloat16_matmul(device) else None
 
 
 def default_run_name(cfg: TrainConfig) -> str:
