@@ -143,6 +143,36 @@ def test_illinois_needs_fewer_msign_calls_than_bisection() -> None:
     assert calls["illinois"] < calls["bisection"]
 
 
+def test_illinois_brackets_a_far_root_by_the_secant_in_fewer_calls_than_doubling(monkeypatch) -> None:
+    """A root ~0.5 away from lambda_0 = 0 (M_hat mostly along Theta): doubling from 1e-3 needs ~9 expansions;
+    the secant extrapolation of the Illinois bracketing brackets it in a few. Same root, same tolerance."""
+    import spectrakit.linalg.multiplier as multiplier
+    g = torch.Generator().manual_seed(3)
+    Theta = top_pair(torch.randn(6, 5, generator=g, dtype=torch.float64))
+    M_hat = 0.5 * Theta + 0.1 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    M_hat /= M_hat.norm()
+    secant = solve_multiplier(M_hat, Theta, method="illinois", msign_fn=msign_svd, bracket_steps=12)
+    monkeypatch.setattr(multiplier, "_secant_reach", lambda doubling, *args: doubling)
+    doubling = solve_multiplier(M_hat, Theta, method="illinois", msign_fn=msign_svd, bracket_steps=12)
+    for answer in (secant, doubling):
+        assert not bool(answer.fallback) and abs(float(answer.h)) <= TOL
+    assert float(secant.lam) == pytest.approx(reference_root(M_hat, Theta), abs=2e-3)
+    assert secant.calls + 3 <= doubling.calls
+
+
+def test_secant_reach_is_never_nearer_than_doubling_nor_beyond_its_range() -> None:
+    from spectrakit.linalg.multiplier import SECANT_OVERSHOOT, _secant_reach
+    f64 = dict(dtype=torch.float64)
+    lam0, h0 = torch.zeros(4, **f64), torch.full((4,), 0.5, **f64)  # h > 0: outward is downwards
+    last = torch.tensor([0.0, -0.01, -0.01, -0.01], **f64)  # the first has no second point yet
+    h_last = torch.tensor([0.5, 0.4, 0.4999999, 0.6], **f64)  # secant root -0.05; nearly flat; increasing h
+    doubling = torch.full((4,), -0.02, **f64)
+    got = _secant_reach(doubling, lam0, h0, last, h_last, torch.ones(4, **f64), reach=1.0)
+    assert got[0] == -0.02 and got[3] == -0.02  # no usable secant: the doubling trial
+    assert float(got[1]) == pytest.approx(-0.01 - SECANT_OVERSHOOT * 0.04, abs=1e-12)  # past the root -0.05
+    assert got[2] == -1.0  # a nearly flat pair extrapolates far: capped at the doubling's reach
+
+
 def test_failed_bracketing_falls_back_to_lambda_zero() -> None:
     g = torch.Generator().manual_seed(3)
     Theta = top_pair(torch.randn(6, 5, generator=g, dtype=torch.float64))

@@ -237,8 +237,9 @@ class SSO(MatrixViews, SpectralOptimizer):
             ``msign_steps`` / ``msign_dtype`` still work, with a DeprecationWarning). float32 by default:
             in bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the 2e-4 level, and the
             solver then runs to its budget (measured: ~16 msign calls per block and step instead of ~13).
-        solver: "bisection" (the paper's) or "illinois" (the same bracket shrunk by false position; the same
-            root to the same tolerance in fewer msign calls, see BENCHMARKS.md), or None (lambda = 0).
+        solver: "bisection" (the paper's, the default) or "illinois" (bracketing by secant extrapolation, never
+            slower than the doubling, and the bracket shrunk by false position: the same root to the same
+            tolerance in about a third of the msign calls, see BENCHMARKS.md), or None (lambda = 0).
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) per parameter the mean over its
             blocks of the pre-retraction sigma ("sso/sigma/<name>") and of lambda* ("sso/lambda/<name>"), and
             per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per run of
