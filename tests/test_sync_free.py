@@ -230,8 +230,9 @@ def test_tensor_lr_warmup_threshold_stays_on_the_device_and_matches():
 
 @pytest.mark.parametrize("cls, kwargs", [
     (Muon, {"lr": 0.02, "ns_dtype": torch.float32}),
+    (Muon, {"lr": 0.02}),  # ns_dtype None: the capability test (a constant under torch.compile)
     (Spectra, {"lr": 0.01, "clip_c": 1.0}),
-], ids=["muon", "spectra"])
+], ids=["muon", "muon-default-dtype", "spectra"])
 def test_step_compiles_fullgraph_with_the_default_nonfinite_handling(cls, kwargs):
     torch._dynamo.reset()
     eager_model, compiled_model = _model(), _model()
@@ -252,3 +253,50 @@ def test_step_compiles_fullgraph_with_the_default_nonfinite_handling(cls, kwargs
 def test_registry_covers_every_optimizer_class():
     classes = {info.cls for info in OPTIMIZERS}
     assert {Spectra, Muon, SSO, MuonSphere, SpikeAware, SpectraWrapper} <= classes
+
+
+@pytest.mark.parametrize("make", [lambda m: Spectra(m, lr=1e-2, fallback=("vectors", "embeddings")),
+                                  lambda m: Muon(m, adamw_lr=1e-3), lambda m: SSO(m)],
+                         ids=["spectra", "muon", "sso"])
+def test_masking_in_runs_of_one_tensor_changes_nothing_on_a_skip(monkeypatch, make):
+    """With a stack budget of one element every parameter is masked in its own run (the engine's plain runs and
+    stacks, the AdamW rule's runs; SSO per group): a skipped step still changes nothing, bitwise, and the run
+    continues as the synchronising one."""
+    monkeypatch.setattr("spectrakit.optim._chunks.STACK_BUDGET", 1)
+    model, reference = _model(), _model()
+    opt, ref_opt = make(model), make(reference)
+    opt.sync_free, ref_opt.sync_free = True, False
+    _lockstep([(model, opt), (reference, ref_opt)], range(2))
+    params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
+    _poison(model, 2)
+    opt.step()
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q)
+    _assert_same_state(_state_values(opt), state)
+    _lockstep([(model, opt), (reference, ref_opt)], (3, 4))
+    _assert_same_params(model, reference)
+
+
+def test_a_sync_free_step_holds_one_run_of_copies_not_the_models(monkeypatch):
+    """The selection copies of a sync-free step are taken one bounded run at a time: with runs of 2 of 8 equal
+    matrices, each masked run copies a quarter of the parameters and their state (masking the whole step at
+    once would copy all of it), and together the runs cover every parameter once."""
+    import spectrakit.optim.spectral_optimizer as spectral_optimizer
+    monkeypatch.setattr("spectrakit.optim._chunks.STACK_BUDGET", 2 * 64 * 64)
+    params = [torch.nn.Parameter(torch.randn(64, 64)) for _ in range(8)]
+    opt = Spectra([(f"layer{i}.weight", p) for i, p in enumerate(params)], lr=1e-3, sync_free=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()  # the state exists from here on
+    runs = []
+
+    def counting(step, run_params, states, found_inf, initial):
+        runs.append((len(run_params), sum(p.numel() + sum(v.numel() for v in states[p].values()) for p in run_params)))
+        return masked_step(step, run_params, states, found_inf, initial)
+
+    masked_step = spectral_optimizer.masked_step
+    monkeypatch.setattr(spectral_optimizer, "masked_step", counting)
+    opt.step()
+    whole = sum(p.numel() + sum(v.numel() for v in opt.state[p].values()) for p in params)
+    assert [n for n, _ in runs] == [2, 2, 2, 2]
+    assert max(size for _, size in runs) <= whole / 4 + 8

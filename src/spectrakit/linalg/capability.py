@@ -7,15 +7,14 @@ AMX) they run 20-100x slower than float32, so float32 is the fast choice there.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+_AMX = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
-@functools.lru_cache(maxsize=1)
+
+@torch.compiler.assume_constant_result  # a constant of the machine: torch.compile needs no graph break for it
 def _cpu_has_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+    return _AMX
 
 
 def fast_bfloat16_matmul(device: torch.device) -> bool:

@@ -39,3 +39,19 @@ def chunks_by_key(items: list[T], key: Callable[[T], Hashable], size: Callable[[
         n = size(members[0])
         out += [members[i:i + n] for i in range(0, len(members), n)]
     return out
+
+
+def budgeted_runs(tensors: list[Tensor], budget: int | None = None) -> list[list[int]]:
+    """Indices of ``tensors`` in consecutive runs of at most ``budget`` (default ``STACK_BUDGET``) elements in all
+    (a larger tensor alone)."""
+    budget = STACK_BUDGET if budget is None else budget
+    runs: list[list[int]] = []
+    total = budget
+    for i, t in enumerate(tensors):
+        if total + t.numel() > budget:
+            runs.append([])
+            total = 0
+        runs[-1].append(i)
+        total += t.numel()
+    return runs
+

@@ -18,12 +18,13 @@ the transform's options, the stack size and the rectangular scale) and the thres
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._chunks import chunks_by_key, stack_key, stack_size
+from ._chunks import budgeted_runs, chunks_by_key, stack_key, stack_size
 from .directions import Direction
 from .scale import shape_scale
 from .spectral_optimizer import SpectralOptimizer, decoupled_step, decoupled_steps
@@ -95,6 +96,7 @@ class SpectralEngine(SpectralOptimizer):
     """
 
     track_stats: bool = False
+    masks_its_runs = True  # the plain runs and the stacks are masked one at a time (see ``_masked``)
 
     def _plan(self, group: dict[str, Any]) -> StepPlan:
         """How ``group`` steps (read from its settings; no side effects)."""
@@ -112,22 +114,31 @@ class SpectralEngine(SpectralOptimizer):
         if statistics is not None and plan.record_c and plan.transform is not None:
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
             statistics[f"clip_c/group{index}"] = threshold_tensor(c)
-        lr, wd = group["lr"], group["weight_decay"]
         named = [(n, p) for n, p in zip(group["param_names"], group["params"]) if p.grad is not None]
         plain, transformed = [], []
         for item in named:
             (transformed if plan.transform is not None and plan.selected(*item) else plain).append(item)
-        if plain:
-            params = [p for _, p in plain]
-            decoupled_steps(params, plan.direction([p.grad for p in params], [self.state[p] for p in params], group),
-                            lr, wd)
+        plain_params = [p for _, p in plain]
+        for run in budgeted_runs(plain_params):
+            params = [plain_params[i] for i in run]
+            self._masked(partial(self._plain_run, plan, params, group), params)
         vectors = [[item] for item in transformed if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in transformed if item[1].dim() >= 2],
                                  lambda item: stack_key(item[1]), lambda item: stack_size(item[1], plan.batch))
         for chunk in vectors + matrices:
-            states = [self.state[p] for _, p in chunk]
-            directions = plan.direction([p.grad for _, p in chunk], states, group)
-            transform_and_step(plan, c, chunk, directions, states, group, lr, wd, statistics)
+            self._masked(partial(self._transformed_run, plan, c, chunk, group, statistics), [p for _, p in chunk])
+
+    def _plain_run(self, plan: StepPlan, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Step 2 for ``params``: the direction and the plain decoupled step."""
+        directions = plan.direction([p.grad for p in params], [self.state[p] for p in params], group)
+        decoupled_steps(params, directions, group["lr"], group["weight_decay"])
+
+    def _transformed_run(self, plan: StepPlan, c: float | Tensor, chunk: list[tuple[str, Tensor]],
+                         group: dict[str, Any], statistics: dict[str, Tensor] | None) -> None:
+        """Steps 1 and 3-4 for one chunk: its directions, then ``transform_and_step``."""
+        states = [self.state[p] for _, p in chunk]
+        directions = plan.direction([p.grad for _, p in chunk], states, group)
+        transform_and_step(plan, c, chunk, directions, states, group, group["lr"], group["weight_decay"], statistics)
 
     def transform_flops(self, group: dict[str, Any], p: Tensor) -> float:
         """Estimated matmul FLOPs of the transform of ``p`` in ``group`` (its element count when it takes the

@@ -14,12 +14,14 @@ are accepted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._chunks import budgeted_runs
 from ._validate import check_betas, check_choice, check_lr, check_nonnegative, check_positive
 from .directions import adamw_moments, foreach_parts
 from .routing import ADAMW, SPECTRAL, Route, decide, format_routes, module_param_groups, validate_fallback
@@ -126,6 +128,10 @@ class SpectralOptimizer(Optimizer):
 
     sync_free: bool | None = None  # (class defaults: optimizers pickled before the option existed)
     _sync_free_step = False
+    _found_inf: Tensor | None = None  # during a sync-free step with a non-finite check: the device flag
+    #: Whether ``_spectral_step`` masks its own bounded runs (``_masked``); otherwise each group's spectral step is
+    #: masked as a whole.
+    masks_its_runs = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, fallback: Iterable[str] = ("vectors",),
                  fallback_patterns: Iterable[str] = (), adamw_lr: float | None = None,
@@ -250,10 +256,23 @@ class SpectralOptimizer(Optimizer):
             self._run_groups()
             return loss
         found_inf = found_nonfinite([g for _, g in named])
-        params = [p for p in self._params() if p.grad is not None]
-        masked_step(self._run_groups, params, self.state, found_inf, self._initial_state)
+        self._found_inf = found_inf
+        try:
+            self._run_groups()
+        finally:
+            self._found_inf = None
         self.skipped_steps = count_skipped(self.skipped_steps, found_inf)
         return loss
+
+    def _masked(self, update: Callable[[], None], params: list[Tensor]) -> None:
+        """Run ``update``, which changes only ``params`` and their state. In a sync-free step with a non-finite
+        check, they are selected back where a gradient was non-finite (``sync_free.masked_step``): the copies
+        this takes live only while ``update`` runs, so callers mask in bounded runs (``_chunks.budgeted_runs``,
+        the engine's stacks) and a step holds one run's copies at a time, not the model's."""
+        if self._found_inf is None:
+            update()
+        else:
+            masked_step(update, params, self.state, self._found_inf, self._initial_state)
 
     def steps_sync_free(self) -> bool:
         """Whether ``step()`` now makes no host read (``sync_free`` resolved; see the class docstring)."""
@@ -268,8 +287,10 @@ class SpectralOptimizer(Optimizer):
         for group in self.param_groups:
             if group["rule"] == ADAMW:
                 self._adamw_step(group)
-            else:
+            elif self.masks_its_runs:
                 self._spectral_step(group)
+            else:
+                self._masked(partial(self._spectral_step, group), [p for p in group["params"] if p.grad is not None])
 
     def _initial_state(self, key: str, value: Tensor) -> Tensor:
         """The value a state entry starts from, for one created by a skipped sync-free step (zeros; subclasses
@@ -292,10 +313,14 @@ class SpectralOptimizer(Optimizer):
     def _adamw_step(self, group: dict[str, Any]) -> None:
         with_grad = [p for p in group["params"] if p.grad is not None]
         for part in foreach_parts(with_grad):
-            params = [with_grad[i] for i in part]
-            directions = adamw_moments([p.grad for p in params], [self.state[p] for p in params],
-                                       group["adamw_betas"], group["adamw_eps"])
-            decoupled_steps(params, directions, group["lr"], group["weight_decay"])
+            for run in budgeted_runs([with_grad[i] for i in part]):
+                params = [with_grad[part[i]] for i in run]
+                self._masked(partial(self._adamw_run, group, params), params)
+
+    def _adamw_run(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        directions = adamw_moments([p.grad for p in params], [self.state[p] for p in params],
+                                   group["adamw_betas"], group["adamw_eps"])
+        decoupled_steps(params, directions, group["lr"], group["weight_decay"])
 
     def _named_grads(self) -> list[tuple[str, Tensor]]:
         out = []

@@ -11,7 +11,9 @@ it is skipped; Python-number entries (step counts) become 0-d float64 tensors on
 are masked too (float64 holds every count exactly, and bias corrections computed from it round as the Python
 ones do). The skipped steps are counted in a 0-d int64 tensor on the device.
 
-Cost: one copy of the touched parameters and state per step (what the masking selects back from). State held
+Cost: one copy of the touched parameters and their state (what the masking selects back from), held while the
+masked update runs; the optimizers mask in bounded runs (``SpectralOptimizer._masked``), so a step holds one
+run's copies at a time. State held
 on another device than the flag (torch.optim.AdamW's host-side step counts without ``capturable=True``) is
 selected there, after one copy of the flag.
 
