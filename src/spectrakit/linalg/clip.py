@@ -207,7 +207,7 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             computed bound and a power-iteration estimate; this reads a few scalars on the host. None
             (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
             float32 accelerator policy runs fixed schedules covering sigma_max/c <= 1e4, with no host read,
-            no float64 and no copy from the host (torch.compile fullgraph-friendly); ~2.2x the matmul FLOPs
+            no float64 and no copy from the host (torch.compile fullgraph-friendly); 2.1-2.2x the matmul FLOPs
             of the accelerator soft clip. ``adaptive=False`` selects that same path on the CPU.
 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
