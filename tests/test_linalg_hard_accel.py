@@ -100,6 +100,16 @@ def test_low_precision_inputs(dtype, tol):
         assert torch.isfinite(_accel(X, 1.0)).all()
 
 
+def test_small_and_degenerate_shapes():
+    gen = torch.Generator().manual_seed(0)
+    for m in (1, 2, 7):
+        for n in (1, 3, 10):
+            for ratio in (1e-2, 1.0, 1e2, 1e4):
+                X = torch.randn(3, m, n, generator=gen, dtype=torch.float64)
+                X = (X / torch.linalg.matrix_norm(X, ord=2, keepdim=True) * ratio).float()
+                assert rel_err(_accel(X, 1.0), oracle.hard_clip(X, 1.0)) <= 1e-4, (m, n, ratio)  # measured 7e-6
+
+
 def test_zero_matrix_nan_and_tensor_threshold():
     assert torch.equal(_accel(torch.zeros(3, 6, 9), 1.0), torch.zeros(3, 6, 9))
     X = torch.randn(2, 6, 9, dtype=torch.float32)
