@@ -24,7 +24,9 @@ iteration started above 1 diverges. The schedules start from each matrix's own l
 are resolved less finely; the result stays finite). The sign steps use Polar Express's safety factor.
 
 Matmul cost on top of the soft clip: W (2 m^2 n, row-blocked for wide X as in restart), the final product
-(2 m^2 n), E^2 and 3 m x m products per step of the sign and of the inverse square root.
+(2 m^2 n), and m x m products: E^2, 3 per sign step (9 steps), |E|, B^2, ~4 per inverse square root step (3):
+measured (meta device, FlopCounterMode) 64 GFLOP per 768 x 768 call (the soft clip: 29; the float64 path this
+replaces: 101) and 77 per 768 x 3072 call (37; 106).
 """
 
 from __future__ import annotations
