@@ -16,6 +16,7 @@ from torch import Tensor
 from . import _sharded
 from ._validate import batch_threshold, check_choice, check_positive_int, check_tensor, check_threshold
 from .exact import spectral_map_svd_with_norm
+from .hard_accel import hard_clip_restart
 from .newton_schulz import soft_clip_newton_schulz
 from .polar_clip import hard_clip_polar, soft_clip_polar
 from .restart import soft_clip_restart
@@ -63,9 +64,9 @@ def _run_polar(kind: str, Xw: Tensor, c: float | Tensor, steps: int | None,
                dtype: torch.dtype | None, adaptive: bool | None) -> tuple[Tensor, Tensor]:
     """Flatten the batch, cast to the compute dtype, call a polar_clip function, restore shape and dtype.
 
-    The soft clip takes the accelerator policy (``restart.soft_clip_restart``: float32 products, no host read
-    unless ``adaptive``) for dtype float32 or bfloat16, and for dtype None when not ``adaptive`` (the
-    accelerator default) on float32/16 inputs; otherwise ``polar_clip``'s float64/mixed policy.
+    The accelerator policy (float32 products, no host read unless ``adaptive``: ``restart.soft_clip_restart``,
+    ``hard_accel.hard_clip_restart``) serves dtype float32 (soft clip also bfloat16), and dtype None when not
+    ``adaptive`` (the accelerator default) on float32/16 inputs; otherwise ``polar_clip``'s float64/mixed policy.
     """
     _check_polar_dtype(dtype, kind)
     batch_shape, (m, n) = Xw.shape[:-2], Xw.shape[-2:]
@@ -76,12 +77,14 @@ def _run_polar(kind: str, Xw: Tensor, c: float | Tensor, steps: int | None,
     Xf = Xw.reshape(-1, m, n)
     if Xf.dtype not in _POLAR_DTYPES:
         Xf = Xf.float()
-    accelerator = kind == "soft" and (dtype in (torch.float32, torch.bfloat16)
-                                      or (dtype is None and not adaptive and Xf.dtype != torch.float64))
+    accelerator = dtype in (torch.float32, torch.bfloat16) or (dtype is None and not adaptive
+                                                               and Xf.dtype != torch.float64)
     cdtype = torch.float32 if accelerator else torch.float64
     cf = (c.to(device=Xw.device, dtype=cdtype).expand(batch_shape) if isinstance(c, Tensor)
           else torch.full(batch_shape, float(c), dtype=cdtype, device=Xw.device)).reshape(-1)
-    if accelerator:
+    if accelerator and kind == "hard":
+        Y, bound = hard_clip_restart(Xf.float(), cf, steps=steps, adaptive=adaptive)
+    elif accelerator:
         Y, bound = soft_clip_restart(Xf.float(), cf, steps=steps, adaptive=adaptive, dtype=dtype or torch.float32)
     else:
         fn = soft_clip_polar if kind == "soft" else hard_clip_polar
@@ -172,8 +175,9 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
 
     "polar" uses msign-only formulas (Jianlin Su, kexue.fm/archives/11006, 11059):
     hard_clip_c(X) = c mclip(X/c), mclip(M) = 1/2 [(I + S) msign(M) + (I - S) M], S = sign(M M^T - I),
-    all evaluated in the min(m, n)-sized Gram space (see spectrakit.linalg.polar_clip). Singular values within
-    2e-4 c of c may be clipped only partly (relative error <= 1e-4 there).
+    all evaluated in the min(m, n)-sized Gram space (see spectrakit.linalg.polar_clip); the accelerator path
+    (float32, see ``dtype``) clips the soft clip's result instead (spectrakit.linalg.hard_accel). Singular values
+    within 2e-4 c of c may be clipped only partly (relative error <= 1e-4 there).
 
     Args:
         X: (..., m, n) floating tensor (float32/bfloat16/float16/float64); 1-D uses the vector rule.
@@ -182,22 +186,29 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
         method: "auto" | "polar" | "svd" (exact, float64). "auto" is the exact SVD on CPU
             for min(m, n) <= 64 (soft) / 512 (hard), where it was measured as fast or faster, else "polar".
         steps: iteration count (default: chosen per call, see ``adaptive``).
-        dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. None = float64
-            (forming X X^T squares the condition number) or, with ``adaptive``, float32 where a
-            power-iteration estimate of sigma_max/c is <= 16, with a float64 redo if the computed bound shows
-            the estimate was wrong. bfloat16 is not offered: on the CPU this was measured on (2 AVX2 cores,
-            no bf16 matmul units) bf16 matmuls are ~20-300x slower than float32, and it would miss 1e-3.
-            Measured: relative error <= 1e-3 vs float64 SVD for float32 inputs and sigma_max/c in
-            [1e-2, 1e4], any scale of X; finite for any ratio and for bf16 inputs. An explicit float32
-            meets 1e-3 only up to sigma_max/c ~ 16 (X X^T in float32); beyond that it is silently inaccurate.
+        dtype: compute dtype of the iteration. "polar": None (default), float32 or float64. float32: the
+            accelerator policy (spectrakit.linalg.hard_accel): float32 products only, the accelerator soft clip
+            H = H_c(X), then hard_c(X) = (I/2 + |H H^T/c^2 - I/2|)^{-1/2} H from well-conditioned matrices;
+            measured relative error vs float64 SVD <= 3e-6 for sigma_max/c <= 10, <= 1.8e-4 at 1e3,
+            <= 7.6e-4 at 1e4 (flat, spiky, logspace and rank-deficient spectra up to 768 x 3072, any scale of
+            X; also with split-precision 3xTF32 products; plain TF32 products stay finite but miss 1e-3, so
+            keep torch's float32 matmul precision at "highest"), finite and clipped beyond (but 0 from
+            sigma_max/c ~ 1e22 on, where the soft clip's (c/||X||_F)^2 underflows). None = float32 as
+            above when not ``adaptive`` (the accelerator default); with ``adaptive`` (the CPU default) float64
+            (forming X X^T squares the condition number) or float32 where a power-iteration estimate of
+            sigma_max/c is <= 16, with a float64 redo if the computed bound shows the estimate was wrong:
+            <= 1e-3 for sigma_max/c in [1e-2, 1e4]. float64 inputs stay float64 with dtype None. bfloat16 is
+            not offered: on the CPU this was measured on (2 AVX2 cores, no bf16 matmul units) bf16 matmuls
+            are ~20-300x slower than float32, and it would miss 1e-3.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
         adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
             computed bound and a power-iteration estimate; this reads a few scalars on the host. None
-            (default) = True on CPU, where such reads cost nothing, and False on accelerators, where a fixed
-            worst-case schedule in float64 (enough for sigma_max/c up to ~1e7, hard clip ~2e4) keeps the
-            call free of host synchronisation (and torch.compile fullgraph-friendly).
+            (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
+            float32 accelerator policy runs fixed schedules covering sigma_max/c <= 1e4, with no host read,
+            no float64 and no copy from the host (torch.compile fullgraph-friendly); 2.1-2.2x the matmul FLOPs
+            of the accelerator soft clip. ``adaptive=False`` selects that same path on the CPU.
 
     Returns the clipped tensor in X's dtype (and the bound when asked). A zero matrix maps to zero; NaN in
     gives NaN out. Bad arguments raise TypeError/ValueError naming the argument.

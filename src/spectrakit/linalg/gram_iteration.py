@@ -114,14 +114,21 @@ def inverse_sqrt(R: Tensor, R2: Tensor, schedule: Schedule, *, symmetric: bool =
     return Q
 
 
-def symmetric_sign(E: Tensor, schedule: Schedule) -> Tensor:
+def symmetric_sign(E: Tensor, schedule: Schedule, E2: Tensor | None = None, safety: float = 1.0) -> Tensor:
     """sign(E) for a batch of symmetric E with eigenvalues in [-1, 1]: E <- a E + b E^3 + c E^5 per step.
 
     Eigenvalues with |x| >= l (the schedule's lower end) converge to +-1; smaller ones are damped towards
-    sign(x) * p(|x|). 3 small matmuls per step, all of symmetric results (polynomials in E commute).
+    sign(x) * p(|x|). 3 small matmuls per step, all of symmetric results (polynomials in E commute); ``E2``:
+    E @ E if already formed (saves the first step's square). ``safety`` > 1: every step but the last is
+    p(E / safety), as Polar Express does for low-precision products: rounding that pushes an eigenvalue above
+    the step's upper end is then not amplified by the steep early quintics (measured: without it, products
+    rounded to TF32 diverge).
     """
-    for t in range(schedule.coeffs.shape[0]):
+    steps = schedule.coeffs.shape[0]
+    for t in range(steps):
         a, b, c = _abc(schedule.coeffs, t)
-        E2 = symmetric_matmul(E, E)
+        if t < steps - 1 and safety != 1.0:
+            a, b, c = a / safety, b / safety**3, c / safety**5
+        E2 = symmetric_matmul(E, E) if t > 0 or E2 is None else E2
         E = a * E + symmetric_matmul(E, b * E2 + c * symmetric_matmul(E2, E2) if schedule.quintic[t] else b * E2)
     return E
