@@ -73,6 +73,9 @@ def optimizer_kinds() -> dict[str, Callable]:
     kinds = {
         "clip_momentum": lambda m: ClipMomentum(m),
         "spectra_hard": lambda m: optim.Spectra(m, lr=0.02, clip="hard", clip_c=1.0, clip_dtype=_F32),
+        # sync-free steps (the ranks agree on the non-finite flag on the device; SSO's solver runs its budget)
+        "spectra_sync_free": lambda m: optim.Spectra(m, lr=0.02, clip_c=1.0, sync_free=True),
+        "sso_sync_free": lambda m: optim.SSO(m, lr=0.02, ns_dtype=_F32, sync_free=True),
     }
     for name in optim.available():
         if not optim.registration(name).is_torch_adamw:
@@ -221,7 +224,7 @@ def scenario_suite(args: dict, rank: int, world: int) -> dict:
     out["sharded_call"] = sharded_call_errors()
     for parallel in ("ddp", "fsdp"):
         out[f"harness/{parallel}"] = harness_run(parallel, rank, world)
-        for policy in ("skip", "raise"):
+        for policy in ("skip", "raise", "sync_free"):
             out[f"nonfinite/{parallel}/{policy}"] = _nonfinite_step(parallel, policy, rank, world)
     return out
 
@@ -286,12 +289,15 @@ def harness_run(parallel: str | None, rank: int = 0, world: int = 1) -> dict[str
 
 
 def _nonfinite_step(parallel: str, policy: str, rank: int, world: int) -> dict:
-    """Put a NaN into one gradient on rank 1 only (in a matrix rank 1 reads); every rank must skip / raise."""
+    """Put a NaN into one gradient on rank 1 only (in a matrix rank 1 reads); every rank must skip / raise
+    ("sync_free": skip on the device, with the host reads of the step counted)."""
     from spectrakit.distributed import DistributedSpectral
+    from spectrakit.linalg.audit import OpAudit
     from spectrakit.optim import NonFiniteGradientError
 
     model = _wrap(make_model(), parallel)
-    opt = DistributedSpectral(ClipMomentum(model, nonfinite=policy), parallel=parallel)
+    options = {"sync_free": True} if policy == "sync_free" else {"nonfinite": policy}
+    opt = DistributedSpectral(ClipMomentum(model, **options), parallel=parallel)
     target = next(m for m in opt.members if m.owner == 1)
     x, y = batch(0, rank, world)
     nn.functional.mse_loss(model(x), y).backward()
@@ -300,13 +306,15 @@ def _nonfinite_step(parallel: str, policy: str, rank: int, world: int) -> dict:
         (grad.to_local() if parallel == "fsdp" else grad).view(-1)[0] = float("nan")
     before = full_params(model)
     raised = False
+    audit = OpAudit()
     try:
-        opt.step()
+        with audit:
+            opt.step()
     except NonFiniteGradientError:
         raised = True
     after = full_params(model)
-    return {"target": target.name, "raised": raised, "skipped": opt.optimizer.skipped_steps,
-            "unchanged": all(torch.equal(before[n], after[n]) for n in before)}
+    return {"target": target.name, "raised": raised, "skipped": int(opt.optimizer.skipped_steps),
+            "unchanged": all(torch.equal(before[n], after[n]) for n in before), "host_reads": audit.host_reads}
 
 
 SCENARIOS = {"suite": scenario_suite}

@@ -102,6 +102,9 @@ def test_nonfinite_decision_is_global(suite, parallel):
         assert skip == {**skip, "raised": False, "skipped": 1, "unchanged": True}, (rank, skip)
         fail = result[f"nonfinite/{parallel}/raise"]
         assert fail["raised"] and fail["unchanged"] and fail["skipped"] == 0, (rank, fail)
+        free = result[f"nonfinite/{parallel}/sync_free"]  # agreed on the device: no host read in the step
+        assert free == {**free, "raised": False, "skipped": 1, "unchanged": True, "host_reads": 0}, (rank, free)
+        assert skip["host_reads"] > 0  # the synchronising check reads the host: the count can see reads
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

@@ -42,13 +42,19 @@ def global_rank(group: dist.ProcessGroup | None, rank: int) -> int:
     return rank if group is None else dist.get_global_rank(group, rank)
 
 
-def any_flag(flag: Tensor, group: dist.ProcessGroup | None) -> bool:
-    """True on every rank when ``flag`` (a 0-d tensor, nonzero = set) is set on any rank (one host sync)."""
+def agreed_flag(flag: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+    """A 0-d bool on ``flag``'s device, the same on every rank: whether ``flag`` (0-d, nonzero = set) is set on
+    any rank (one all-reduce, no host read)."""
     buf = flag.reshape(1).float()
     dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
     _, size = world(group)
     COUNTER.add(4 * (size > 1), 4 * (size > 1))
-    return bool(buf.item() > 0)
+    return buf[0] > 0
+
+
+def any_flag(flag: Tensor, group: dist.ProcessGroup | None) -> bool:
+    """``agreed_flag`` read on the host (one sync)."""
+    return bool(agreed_flag(flag, group))
 
 
 def broadcast_flat(tensors: Sequence[Tensor], src: int, group: dist.ProcessGroup | None) -> None:

@@ -41,6 +41,7 @@ from torch.optim import Optimizer
 
 from ..optim.routing import ADAMW
 from ..optim.spectral_optimizer import NonFiniteGradientError, SpectralOptimizer, evaluate_closure
+from ..optim.sync_free import found_nonfinite
 from . import _comm
 from .partition import balanced_owners, matrix_cost
 
@@ -96,6 +97,10 @@ class DistributedSpectral(Optimizer):
             "always" (every matrix the optimizer supports it for). Supported: matrices sharded on dim 0 in
             groups for which the optimizer's ``rows_capable(group)`` is True (the step engine: when the group's
             transform is a unitarily invariant map of each whole matrix).
+
+    Non-finite gradients: every rank checks the gradients it reads and the ranks agree on one flag (one all-reduce),
+    so all skip (or raise) together. When the wrapped optimizer's steps are sync-free (``sync_free``), the flag
+    stays on the device and the step is masked by it (``SpectralOptimizer.masked_by``): no host read.
 
     The update equals the wrapped optimizer's single-process update up to floating-point round-off (DDP and
     the FSDP2 owner path run the identical computation on the full matrix; the rows path evaluates f(X) as
@@ -240,21 +245,30 @@ class DistributedSpectral(Optimizer):
         loss = evaluate_closure(closure)
         _comm.COUNTER.reset()
         try:
-            if not self._gradients_usable():
+            if self.optimizer.steps_sync_free() and self.optimizer.nonfinite != "ignore":
+                # no host read: the ranks agree on a device flag, and the wrapped optimizer masks its step by it
+                masking = self.optimizer.masked_by(_comm.agreed_flag(self._local_nonfinite(), self._group))
+            elif not self._gradients_usable():
                 self.optimizer.skipped_steps += 1
                 return loss
-            if self.parallel == "ddp":
-                with self._restricted(self._ddp_view()):
-                    self.optimizer.step()
-                self._broadcast_owned()
             else:
-                self._gather_to_owners()
-                with self._restricted(self._fsdp_view()):
-                    self.optimizer.step()
-                self._scatter_from_owners()
+                masking = contextlib.nullcontext()
+            with masking:
+                self._step_split()
         finally:
             self.last_step_bytes = {"sent": _comm.COUNTER.sent, "received": _comm.COUNTER.received}
         return loss
+
+    def _step_split(self) -> None:
+        if self.parallel == "ddp":
+            with self._restricted(self._ddp_view()):
+                self.optimizer.step()
+            self._broadcast_owned()
+        else:
+            self._gather_to_owners()
+            with self._restricted(self._fsdp_view()):
+                self.optimizer.step()
+            self._scatter_from_owners()
 
     def _reads_gradient(self, m: Member) -> bool:
         return m.owner is None or m.owner == self._rank or self.parallel == "fsdp"
@@ -263,23 +277,29 @@ class DistributedSpectral(Optimizer):
         """Check the gradients this rank reads (FSDP: its shards); all ranks agree through one flag."""
         if self.optimizer.nonfinite == "ignore":
             return True
-        grads = [(m.name, m.param.grad) for m in self._members
-                 if m.param.grad is not None and self._reads_gradient(m)]
-        local = [g.to_local() if is_dtensor(g) else g for _, g in grads]
-        peaks = [g.detach().abs().amax().float() for g in local if g.numel()]
-        device = self._device()
-        flag = ((~torch.isfinite(torch.stack(peaks))).any() if peaks else torch.zeros((), dtype=torch.bool)).to(device)
-        if not _comm.any_flag(flag, self._group):
+        if not _comm.any_flag(self._local_nonfinite(), self._group):
             return True
         if self.optimizer.nonfinite == "skip":
             return False
-        bad = [name for (name, _), g in zip(grads, local) if not bool(torch.isfinite(g).all())]
+        grads = self._read_gradients()
+        bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
         gathered: list[list[str]] = [[] for _ in range(self._world)]
         dist.all_gather_object(gathered, bad, group=self._group)
         names = sorted({n for part in gathered for n in part})
         raise NonFiniteGradientError(
             f"non-finite gradient in parameter(s) {', '.join(names)}; no parameter was changed. "
             "Pass nonfinite='skip' to skip such steps instead.")
+
+    def _read_gradients(self) -> list[tuple[str, Tensor]]:
+        """(name, local gradient) of the gradients this rank reads (FSDP: its shards)."""
+        grads = [(m.name, m.param.grad) for m in self._members if m.param.grad is not None and self._reads_gradient(m)]
+        return [(name, g.to_local() if is_dtensor(g) else g) for name, g in grads]
+
+    def _local_nonfinite(self) -> Tensor:
+        """A 0-d bool on the collectives' device: whether a gradient this rank reads is non-finite (no host read)."""
+        local = [g for _, g in self._read_gradients() if g.numel()]
+        flag = found_nonfinite(local) if local else torch.zeros((), dtype=torch.bool)
+        return flag.to(self._device())
 
     def _device(self) -> torch.device:
         """Where collectives run (NCCL needs CUDA tensors): the device of the parameters' (local) data."""

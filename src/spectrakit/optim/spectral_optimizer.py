@@ -13,6 +13,7 @@ are accepted.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -129,6 +130,7 @@ class SpectralOptimizer(Optimizer):
     sync_free: bool | None = None  # (class defaults: optimizers pickled before the option existed)
     _sync_free_step = False
     _found_inf: Tensor | None = None  # during a sync-free step with a non-finite check: the device flag
+    _given_nonfinite: Tensor | None = None  # the flag of ``masked_by``
     #: Whether ``_spectral_step`` masks its own bounded runs (``_masked``); otherwise each group's spectral step is
     #: masked as a whole.
     masks_its_runs = False
@@ -244,7 +246,8 @@ class SpectralOptimizer(Optimizer):
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = evaluate_closure(closure)
         self._statistics.clear()  # statistics() describes the last step only (empty after a skipped one)
-        self._sync_free_step = self.steps_sync_free()
+        given = self._given_nonfinite
+        self._sync_free_step = given is not None or self.steps_sync_free()
         if not self._sync_free_step:
             if not self._gradients_usable():
                 self.skipped_steps += 1
@@ -252,10 +255,10 @@ class SpectralOptimizer(Optimizer):
             self._run_groups()
             return loss
         named = self._named_grads()
-        if self.nonfinite == "ignore" or not named:
+        if given is None and (self.nonfinite == "ignore" or not named):
             self._run_groups()
             return loss
-        found_inf = found_nonfinite([g for _, g in named])
+        found_inf = found_nonfinite([g for _, g in named]) if given is None else given
         self._found_inf = found_inf
         try:
             self._run_groups()
@@ -273,6 +276,17 @@ class SpectralOptimizer(Optimizer):
             update()
         else:
             masked_step(update, params, self.state, self._found_inf, self._initial_state)
+
+    @contextlib.contextmanager
+    def masked_by(self, found_inf: Tensor) -> Iterator[None]:
+        """Steps taken inside are sync-free and masked by ``found_inf`` (a 0-d bool on the device that the caller
+        decided, e.g. agreed across ranks by ``DistributedSpectral``) instead of by the optimizer's own check;
+        each advances ``skipped_steps`` by it."""
+        self._given_nonfinite = found_inf
+        try:
+            yield
+        finally:
+            self._given_nonfinite = None
 
     def steps_sync_free(self) -> bool:
         """Whether ``step()`` now makes no host read (``sync_free`` resolved; see the class docstring)."""
