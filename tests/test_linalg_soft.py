@@ -195,11 +195,12 @@ def _near_flat(m: int, n: int, ratio: float, spread: float, seed: int = 0) -> to
                                 gen)
 
 
-def _two_levels(m: int, n: int, ratio: float, low: float, seed: int = 0) -> torch.Tensor:
-    """Half the singular values at ratio, half at ratio * low: the trace lower bound is far below the truth."""
+def _two_levels(m: int, n: int, ratio: float, low: float, seed: int = 0, count: int | None = None) -> torch.Tensor:
+    """Singular values at ratio, the last ``count`` (default half) at ratio * low."""
     gen = torch.Generator().manual_seed(seed)
-    return with_singular_values(m, n, lambda k: ratio * torch.where(torch.arange(k) < k // 2, 1.0, low).double(),
-                                gen)
+    return with_singular_values(
+        m, n, lambda k: ratio * torch.where(torch.arange(k) < k - (k - k // 2 if count is None else count), 1.0,
+                                            low).double(), gen)
 
 
 @pytest.mark.parametrize("shape", ((48, 80), (80, 48), (1, 30), (256, 300)))
@@ -221,11 +222,11 @@ def test_flat_spectra_at_extreme_ratios_stay_accurate():
             assert rel_err(soft_clip(X, c, method="polar"), oracle.soft_clip(X, c)) <= 1e-3, (ratio, c)
 
 
-@pytest.mark.parametrize("low", (0.9, 0.5))
-def test_loose_trace_bound_is_still_accurate(low):
-    """Two clusters: the trace lower bound is valid but loose (far below sigma_min^2), down to the floor 1."""
+@pytest.mark.parametrize("low, count", [(0.9, None), (0.5, None), (0.3, 1), (0.01, 1)])
+def test_loose_trace_bound_is_still_accurate(low, count):
+    """Two clusters, or one outlying small value (the certificate fails): the lower bound is valid but loose."""
     for ratio in (1.0, 30.0, 1e3):
-        X = _two_levels(64, 96, ratio, low).float()
+        X = _two_levels(200, 240, ratio, low, count=count).float()
         assert rel_err(soft_clip(X, 1.0, method="polar"), oracle.soft_clip(X, 1.0)) <= 1e-3
 
 
@@ -246,23 +247,47 @@ def test_trace_bounds_hold_the_spectrum_and_are_exact_for_a_multiple_of_identity
             assert abs(lo.item() - t) <= 1e-14 * t and abs(hi.item() - t) <= 1e-14 * t
 
 
-@pytest.mark.parametrize("spread", (0.0, 1e-6, 1e-3, 1e-2))
+@pytest.mark.parametrize("spread", (0.0, 1e-6, 1e-3, 1e-2, 0.3, "outlier"))
 def test_eigen_interval_of_float32_gram_holds_the_exact_eigenvalues(spread):
     """Fail-safe: computed from the float32 X X^T, the interval holds the eigenvalues of the exact I + X X^T/c^2
-    (a lower end above lambda_min would leave those eigenvalues unconverged), yet stays within 1% when flat."""
+    (a lower end above lambda_min would leave those eigenvalues unconverged), yet stays within 1% when flat;
+    the Cholesky certificate (``certify``) tightens it where the trace bound is loose (spread 0.3 at m = 200)
+    and is refused for an outlying small singular value."""
     from spectrakit.linalg.polar_clip import _eigen_interval
     from spectrakit.linalg.symmetric import gram
 
+    m = 200
     for i, ratio in enumerate((1.0, 10.0, 1e3, 1e5)):
-        X = _near_flat(96, 160, ratio, spread, seed=i)
+        X = _two_levels(m, 240, ratio, 0.3, seed=i, count=1) if spread == "outlier" else \
+            _near_flat(m, 240, ratio, spread, seed=i)
         Xn = X / torch.linalg.matrix_norm(X)
         c2 = (1 / torch.linalg.matrix_norm(X)) ** 2 * torch.ones(1, 1, 1, dtype=torch.float64)
-        eig = torch.linalg.eigvalsh(torch.eye(96, dtype=torch.float64) + Xn @ Xn.T / c2[0])
+        eig = torch.linalg.eigvalsh(torch.eye(m, dtype=torch.float64) + Xn @ Xn.T / c2[0])
         for dtype in (torch.float32, torch.float64):
-            lo, hi, _ = _eigen_interval(gram(Xn.to(dtype)[None]), c2.to(dtype))
-            assert 1 <= lo.item() <= eig[0] and hi.item() >= eig[-1], (spread, ratio, dtype)
-            if spread == 0.0:
-                assert lo.item() >= 0.99 * hi.item()
+            for certify in (False, True):
+                lo, hi, _ = _eigen_interval(gram(Xn.to(dtype)[None]), c2.to(dtype), certify=certify)
+                assert 1 <= lo.item() <= eig[0] and hi.item() >= eig[-1], (spread, ratio, dtype, certify)
+                if spread == 0.0:
+                    assert lo.item() >= 0.99 * hi.item()
+                if spread == 0.3 and ratio >= 10:  # eigenvalues in [0.49, 1] r^2: the trace bound is 1
+                    assert (lo.item() >= 0.8 * eig[0]) == certify, (ratio, dtype, certify, lo.item() / eig[0])
+
+
+@pytest.mark.parametrize("ratio", (10.0, 1e3))
+def test_spread_spectrum_certified_takes_two_steps_in_float32(monkeypatch, ratio):
+    """Singular values over ratio * [0.7, 1] at m = 400: the trace bounds alone give lo = 1 (float64, 6+ steps
+    at 1e3); Cholesky certificates of t - 2 sd <= eig(X X^T) <= t + 2 sd give two steps in float32."""
+    import spectrakit.linalg.polar_clip as polar_clip
+    from spectrakit.linalg.audit import OpAudit
+
+    lengths = []
+    gather = polar_clip.gather_schedule
+    monkeypatch.setattr(polar_clip, "gather_schedule", lambda *a: lengths.append(gather(*a)) or lengths[-1])
+    X = _near_flat(400, 480, ratio, 0.3).float()
+    with OpAudit() as audit:
+        Y = soft_clip(X, 1.0, method="polar")
+    assert rel_err(Y, oracle.soft_clip(X, 1.0)) <= 1e-3
+    assert [s.coeffs.shape[0] for s in lengths] == [2] and set(audit.matmul_flops) == {torch.float32}
 
 
 @pytest.mark.parametrize("ratio", (1.0, 10.0, 100.0, 1e3, 1e4))
