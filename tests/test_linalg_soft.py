@@ -253,7 +253,7 @@ def test_eigen_interval_of_float32_gram_holds_the_exact_eigenvalues(spread):
     (a lower end above lambda_min would leave those eigenvalues unconverged), yet stays within 1% when flat;
     the Cholesky certificate (``certify``) tightens it where the trace bound is loose (spread 0.3 at m = 200)
     and is refused for an outlying small singular value."""
-    from spectrakit.linalg.polar_clip import _eigen_interval
+    from spectrakit.linalg.polar_clip import _eigen_interval, _gram_bounds
     from spectrakit.linalg.symmetric import gram
 
     m = 200
@@ -265,7 +265,7 @@ def test_eigen_interval_of_float32_gram_holds_the_exact_eigenvalues(spread):
         eig = torch.linalg.eigvalsh(torch.eye(m, dtype=torch.float64) + Xn @ Xn.T / c2[0])
         for dtype in (torch.float32, torch.float64):
             for certify in (False, True):
-                lo, hi, _ = _eigen_interval(gram(Xn.to(dtype)[None]), c2.to(dtype), certify=certify)
+                lo, hi, _ = _eigen_interval(_gram_bounds(gram(Xn.to(dtype)[None]), c2, certify), c2.to(dtype))
                 assert 1 <= lo.item() <= eig[0] and hi.item() >= eig[-1], (spread, ratio, dtype, certify)
                 if spread == 0.0:
                     assert lo.item() >= 0.99 * hi.item()

@@ -79,6 +79,9 @@ def _trace_bounds(G: Tensor) -> tuple[Tensor, Tensor]:
     return t - w, t + w
 
 
+_Bounds = tuple[Tensor, Tensor] | None
+
+
 class _Interval(NamedTuple):
     """The eigenvalues of B = I + G/c^2 lie in [lo, hi]; c2 = c^2. All float64, shape (B, 1, 1)."""
     lo: Tensor
@@ -113,16 +116,20 @@ def _certified(G: Tensor, below: Tensor, above: Tensor, c2: Tensor) -> tuple[Ten
     return torch.where(ok[0], lo, below), torch.where(ok[1], hi, above)
 
 
-def _eigen_interval(G: Tensor, c2: Tensor, bound: Tensor | None = None, certify: bool = False) -> _Interval:
-    """The interval for B = I + G/c^2 (c2 of shape (B, 1, 1), made float64) from the trace bounds on G (with
-    ``certify``, tightened by ``_certified``) and ``bound`` >= lambda_max(G): hi = 1 + min(bound, trace upper
-    bound)/c^2 and lo = max(1, 1 + lower bound/c^2 - LOWER_MARGIN hi) (lambda_min(B) >= 1 always; 1 where the
-    lower bound is NaN)."""
-    c2 = c2.double()
+def _gram_bounds(G: Tensor, c2: Tensor, certify: bool) -> tuple[Tensor, Tensor]:
+    """Bounds (float64, shape (B,)) on the eigenvalues of G: the trace bounds, with ``certify`` tightened by
+    ``_certified`` (c2 = c^2 of shape (B, 1, 1) decides where that is worth it)."""
     below, above = _trace_bounds(G)
-    if certify:
-        below, above = _certified(G, below, above, c2)
-    below, above = below[:, None, None] / c2, above[:, None, None] / c2
+    return _certified(G, below, above, c2.double()) if certify else (below, above)
+
+
+def _eigen_interval(bounds: tuple[Tensor, Tensor], c2: Tensor, bound: Tensor | None = None) -> _Interval:
+    """The interval for B = I + G/c^2 (c2 of shape (B, 1, 1), made float64) from ``bounds`` on the eigenvalues
+    of G (``_gram_bounds``) and ``bound`` >= lambda_max(G): hi = 1 + min(bound, upper bound)/c^2 and
+    lo = max(1, 1 + lower bound/c^2 - LOWER_MARGIN hi) (lambda_min(B) >= 1 always; 1 where the lower bound is
+    NaN)."""
+    c2 = c2.double()
+    below, above = (v[:, None, None] / c2 for v in bounds)
     hi = 1 + (above if bound is None else torch.minimum(above, bound[:, None, None].double() / c2))
     return _Interval(torch.fmax(1 + below - LOWER_MARGIN * hi, torch.ones_like(hi)), hi, c2)
 
@@ -163,8 +170,9 @@ def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
 
 
 def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool
-               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, Tensor | None]:
-    """(X/s, c/s, s, early dtype, late dtype, X/s (X/s)^T or None) with s = ||X||_F per matrix.
+               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, tuple[Tensor, _Bounds] | None]:
+    """(X/s, c/s, s, early dtype, late dtype, G or None) with s = ||X||_F per matrix; G = (X/s (X/s)^T, its
+    ``_gram_bounds`` with ``by_condition``, else None).
 
     Spectral maps obey f_{c/s}(X/s) = f_c(X)/s; the scaling keeps X X^T and its square in range at any scale
     of X. X/s is formed in the early dtype (float64 unless float32 throughout is chosen: rounding X itself to
@@ -185,11 +193,13 @@ def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, 
         return Xn, c32, s32, torch.float32, torch.float32, None
     G = gram(Xn)
     r = _ratio_estimate(G, c32)
+    bounds = None
     if by_condition:
-        lo = float(_eigen_interval(G, (c32 * c32)[:, None, None], certify=True).lo.min())
+        bounds = _gram_bounds(G, (c32 * c32)[:, None, None], certify=True)
+        lo = float(_eigen_interval(bounds, (c32 * c32)[:, None, None]).lo.min())
         r = math.sqrt(max((1 + r * r) / lo - 1, 0.0))
     if r <= FP32_MAX_RATIO:
-        return Xn, c32, s32, torch.float32, torch.float32, G
+        return Xn, c32, s32, torch.float32, torch.float32, (G, bounds)
     late = torch.float32 if r <= MIXED_MAX_RATIO else torch.float64
     return X.double() / s[:, None, None], c.double() / s, s, torch.float64, late, None
 
@@ -223,9 +233,13 @@ def _setup(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
     """Scale X, choose the precision and form G, G^2 and the bound (and the eigenvalue interval); None when
     float32 was chosen from the estimate but the bound shows the (effective) ratio is large (the caller redoes
     the call in float64). ``by_condition``: see ``_normalize``."""
-    Xn, cn, scale, early, late, G = _normalize(X, c, adaptive, dtype, by_condition)
+    Xn, cn, scale, early, late, given = _normalize(X, c, adaptive, dtype, by_condition)
+    G, bounds = given or (None, None)
     G, G2, bound = _gram_and_bound(Xn, G)
-    interval = _eigen_interval(G, (cn * cn)[:, None, None], bound, certify=adaptive) if by_condition else None
+    interval = None
+    if by_condition:
+        c2 = (cn * cn)[:, None, None]
+        interval = _eigen_interval(bounds or _gram_bounds(G, c2, certify=adaptive), c2, bound)
     cn = cn.to(early)
     c2 = (cn * cn)[:, None, None]
     if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2, interval):
