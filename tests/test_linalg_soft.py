@@ -290,6 +290,18 @@ def test_spread_spectrum_certified_takes_two_steps_in_float32(monkeypatch, ratio
     assert [s.coeffs.shape[0] for s in lengths] == [2] and set(audit.matmul_flops) == {torch.float32}
 
 
+@pytest.mark.parametrize("kind", KINDS[1:])
+def test_no_certificate_is_tried_for_wide_spectra(kind):
+    """Spiky, log-spaced and rank-deficient spectra have t - 2 sd < 0: no Cholesky factorisation is spent on them
+    (on the float32 path, which has none of its own)."""
+    from spectrakit.linalg.audit import OpAudit
+
+    X = make_matrix(200, 240, kind, 10.0).float()
+    with OpAudit() as audit:
+        soft_clip(X, 1.0, method="polar")
+    assert audit.other_flops == 0 and set(audit.matmul_flops) == {torch.float32}
+
+
 @pytest.mark.parametrize("ratio", (1.0, 10.0, 100.0, 1e3, 1e4))
 def test_flat_spectrum_takes_one_step_in_float32(monkeypatch, ratio):
     """A flat spectrum (768 x 768 in BENCHMARKS.md: the authors' method needs 3 steps, 10 GFLOP) takes one quintic

@@ -94,9 +94,9 @@ def _certified(G: Tensor, below: Tensor, above: Tensor, c2: Tensor) -> tuple[Ten
     reads the host.
 
     The trace bounds are t -+ sd sqrt(m - 1) (t, sd: mean and standard deviation of the eigenvalues), loose for
-    large m unless the spectrum is flat. t - 2 sd and t + 2 sd are tried where they would select a shorter
-    schedule (a smaller grid index of sqrt((1 + lower/c^2)/(1 + upper/c^2))): the float64 Cholesky of G - tau I
-    (of tau I - G) completing shows lambda_min(G) > tau (lambda_max(G) < tau) up to its backward error
+    large m unless the spectrum is flat. t - 2 sd and t + 2 sd are tried where t - 2 sd > 0 and they would select
+    a shorter schedule (a smaller grid index of sqrt((1 + lower/c^2)/(1 + upper/c^2))): the float64 Cholesky of
+    G - tau I (of tau I - G) completing shows lambda_min(G) > tau (lambda_max(G) < tau) up to its backward error
     (~m^2 eps ||G||, far inside LOWER_MARGIN). Where one fails (an outlying eigenvalue) the trace bound stays.
     Cost 2 m^3/3 float64 multiply-adds, when tried.
     """
@@ -107,7 +107,7 @@ def _certified(G: Tensor, below: Tensor, above: Tensor, c2: Tensor) -> tuple[Ten
     def index(lower: Tensor, upper: Tensor) -> Tensor:
         return grid_index(((1 + lower.clamp(min=0) / c2) / (SAFETY * (1 + upper / c2))).sqrt())
 
-    tried = index(lo, hi) < index(below, above)
+    tried = (lo > 0) & (index(lo, hi) < index(below, above))  # never for log-spaced, spiky or rank-deficient
     if not bool(tried.any()):
         return below, above
     D = torch.cat([G, -G]).to(torch.float64)
