@@ -207,16 +207,16 @@ ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per sp
 shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows, NS-need understates
 what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target). polar =
 soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from bounds on the
-eigenvalues of I + X X^T/c^2: Gershgorin / ||(X X^T)^2||_F and trace bounds, so a flat spectrum takes one step in
-float32); matmul GFLOP counts one call's products (torch dispatch, independent of machine load; float64 products
-run at half the float32 rate on this CPU); polar fixed = adaptive=False (the accelerator default: worst-case
-schedule, float64, no host read). polar uses symmetric_matmul for its Gram-space products (see the "symmetric"
-section); NS is run as the authors wrote it, with full products; "polar, full products" is polar with
-symmetric_matmul turned off, the like-for-like comparison (the same trick would speed NS up too). hard_clip =
-method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed" is skipped to
-keep the run short. NS-need and both polar columns are timed in turn (round robin), best of 7 calls (3 for
-2048x2048) after a warm-up; the other columns best of 3 (1). Taken on a quiet machine (no other jobs), but the VM's
-speed drifts by up to 2x between minutes: compare times within a row only."""
+eigenvalues of I + X X^T/c^2: Gershgorin / ||(X X^T)^2||_F, trace bounds and Cholesky certificates, so a flat
+spectrum takes one step in float32); matmul GFLOP counts one call's products (torch dispatch, independent of
+machine load; float64 products run at half the float32 rate on this CPU); polar fixed = adaptive=False (the
+accelerator default: worst-case schedule, float64, no host read). polar uses symmetric_matmul for its Gram-space
+products (see the "symmetric" section); NS is run as the authors wrote it, with full products; "polar, full
+products" is polar with symmetric_matmul turned off, the like-for-like comparison (the same trick would speed NS up
+too). hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed"
+is skipped to keep the run short. NS-need and both polar columns are timed in turn (round robin), best of 7 calls
+(3 for 2048x2048) after a warm-up; the other columns best of 3 (1). Taken on a quiet machine (no other jobs), but
+the VM's speed drifts by up to 2x between minutes: compare times within a row only."""
 
 
 def positive_int(text: str) -> int:

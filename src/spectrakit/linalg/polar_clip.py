@@ -3,9 +3,10 @@
 Soft clip (SPECTRA, Jiang, Semenov, Stich 2026, arXiv 2603.14315): with A = [X/c; I],
 msign(A) = A (I + X^T X/c^2)^{-1/2}, so H_c(X) = c * top rows of msign(A) = (I + G/c^2)^{-1/2} X with
 G = X X^T. The eigenvalues of B = I + G/c^2 lie in [lo, hi] with lo >= 1 and hi <= 1 + smax^2/c^2, both
-from bounds that cost O(m^2) (``_eigen_interval``: trace bounds, and Gershgorin / ||G^2||_F for hi); dividing B
-by alpha >= hi puts sqrt(eig(B/alpha)) in [l, 1] with l = sqrt(lo/alpha) known, and the polar iteration uses
-minimax quintics optimised for [l, 1] (Polar Express, arXiv 2505.16932). A flat spectrum (lo ~ hi) thus needs
+from bounds that cost O(m^2) (``_eigen_interval``: trace bounds, and Gershgorin / ||G^2||_F for hi), tightened
+on the CPU path by Cholesky certificates where that shortens the schedule; dividing B by alpha >= hi puts
+sqrt(eig(B/alpha)) in [l, 1] with l = sqrt(lo/alpha) known, and the polar iteration uses minimax quintics
+optimised for [l, 1] (Polar Express, arXiv 2505.16932). A flat or nearly flat spectrum (lo ~ hi) thus needs
 a single step at any sigma_max/c.
 It runs on B itself (``gram_iteration.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
 Cholesky factor of B (``gram_iteration.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
