@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from spectrakit.linalg import hard_clip, hard_clip_svd, msign, soft_clip, soft_clip_svd, symmetric  # noqa: E402
+from spectrakit.linalg.audit import OpAudit  # noqa: E402
 from spectrakit.linalg.symmetric import block_count, symmetric_matmul  # noqa: E402
 
 NS_LADDER = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
@@ -105,6 +106,13 @@ def polar_with_full_products(X: torch.Tensor) -> torch.Tensor:
         symmetric.MIN_SIDE = saved
 
 
+def matmul_gflop(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """(matmul GFLOP of one call of ``fn``, the float64 part of it), counted by OpAudit (noise-free)."""
+    with OpAudit() as audit:
+        fn()
+    return audit.total_matmul_flops() / 1e9, audit.float64_matmul_flops / 1e9
+
+
 def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int,
                ns_hint: dict[tuple[str, float], int | None], kind: str = "log") -> dict[str, object]:
     X = test_matrix(m, n, ratio, kind=kind)
@@ -134,14 +142,16 @@ def bench_case(m: int, n: int, ratio: float, reps: int, pair_reps: int,
         t, Y = timings[name]
         row[name] = (t, rel_err(Y, ref) if ref is not None else float("nan"))
     row["ns_steps"] = k
+    row["gflop"] = (matmul_gflop(runs["ns_need"][0])[0], *matmul_gflop(runs["polar"][0]))
     return row
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
     head = ("| spectrum | shape | smax/c | svd ms | NS-10 ms (err) | NS steps for 1e-3 | NS-need ms (err) "
             "| polar ms (err) | polar fixed ms (err) | NS-need / polar | polar, full products ms "
-            "| NS-need / polar, full products | hard_clip ms (err) | msign Keller-5 ms |")
-    lines = [head, "|" + "---|" * 14]
+            "| NS-need / polar, full products | matmul GFLOP NS-need / polar (float64 part) | hard_clip ms (err) "
+            "| msign Keller-5 ms |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         def cell(key: str, r: dict[str, object] = r) -> str:
             if key not in r:
@@ -152,10 +162,13 @@ def format_table(rows: list[dict[str, object]]) -> str:
         speedup = r["ns_need"][0] / r["polar"][0]  # type: ignore[index]
         full = r["polar_full"][0]  # type: ignore[index]
         svd = f"{r['svd'][0] * 1e3:.0f}" if "svd" in r else "-"  # type: ignore[index]
+        ns_gf, polar_gf, polar_gf64 = r["gflop"]  # type: ignore[misc]
+        gflop = f"{ns_gf:.1f} / {polar_gf:.1f} ({polar_gf64:.1f}) = {ns_gf / polar_gf:.1f}x"
         lines.append(f"| {r['kind']} | {r['shape']} | {r['ratio']:g} | {svd} | {cell('ns10')} | "
                      f"{k if k else '> ' + str(NS_LADDER[-1])} | {cell('ns_need')} | {cell('polar')} | "
                      f"{cell('polar_fixed')} | {speedup:.2f}x | {full * 1e3:.0f} | "
-                     f"{r['ns_need'][0] / full:.2f}x | {cell('hard')} | {r['msign'][0] * 1e3:.0f} |")  # type: ignore[index]
+                     f"{r['ns_need'][0] / full:.2f}x | {gflop} | {cell('hard')} | "
+                     f"{r['msign'][0] * 1e3:.0f} |")  # type: ignore[index]
     return "\n".join(lines)
 
 
@@ -185,23 +198,25 @@ repetitions, timed in turn). Below 512 it is not faster, so spectrakit uses it f
 3072) and only on the CPU (not measured on accelerators)."""
 
 
-NOTES = """Errors are relative Frobenius errors vs float64 SVD on float32 inputs U diag(s) V^T, c = 1, with the
-spectrum kinds: log = log-spaced from smax down to smax * 1e-3; flat = every singular value smax; dominant = 4
-values at smax over a tail from smax * 1e-2 to smax * 1e-3; rank-deficient = log-spaced over the first half of
-the singular values, zeros after. NS = the authors' coupled Newton-Schulz soft clip run in float32 (its bfloat16
-default is ~100x slower than float32 on this CPU, which has no bf16 matmul units); "steps for 1e-3" is the first
-count on the ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per spectrum kind and
-ratio on the first shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows,
-NS-need understates what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target).
-polar = soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from the
-bound); polar fixed = adaptive=False (the accelerator default: worst-case schedule, float64, no host read).
-polar uses symmetric_matmul for its Gram-space products (see the "symmetric" section); NS is run as the authors
-wrote it, with full products; "polar, full products" is polar with symmetric_matmul turned off, the like-for-like
-comparison (the same trick would speed NS up too). hard_clip = method "polar". msign in float32. For 2048x2048,
-svd is timed once (smax/c = 1) and "polar fixed" is skipped to keep the run short. NS-need and both polar columns
-are timed in turn (round robin), best of 7 calls (3 for 2048x2048) after a warm-up; the other columns best of 3
-(1). Taken on a quiet machine (no other jobs), but the VM's speed drifts by up to 2x between minutes: compare
-times within a row only."""
+NOTES = """Errors are relative Frobenius errors vs float64 SVD on float32 inputs U diag(s) V^T, c = 1, with the spectrum
+kinds: log = log-spaced from smax down to smax * 1e-3; flat = every singular value smax; dominant = 4 values at
+smax over a tail from smax * 1e-2 to smax * 1e-3; rank-deficient = log-spaced over the first half of the singular
+values, zeros after. NS = the authors' coupled Newton-Schulz soft clip run in float32 (its bfloat16 default is
+~100x slower than float32 on this CPU, which has no bf16 matmul units); "steps for 1e-3" is the first count on the
+ladder 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40 meeting 1e-3 (found once per spectrum kind and ratio on the first
+shape and reused; where the reused count misses 1e-3 on a larger shape, as its error shows, NS-need understates
+what NS needs), "> 40" if none does (then NS-need is run with 40 steps and misses the target). polar =
+soft_clip(method="polar") with its CPU defaults (step count and precision chosen per call from bounds on the
+eigenvalues of I + X X^T/c^2: Gershgorin / ||(X X^T)^2||_F, trace bounds and Cholesky certificates, so a flat
+spectrum takes one step in float32); matmul GFLOP counts one call's products (torch dispatch, independent of
+machine load; float64 products run at half the float32 rate on this CPU); polar fixed = adaptive=False (the
+accelerator default: worst-case schedule, float64, no host read). polar uses symmetric_matmul for its Gram-space
+products (see the "symmetric" section); NS is run as the authors wrote it, with full products; "polar, full
+products" is polar with symmetric_matmul turned off, the like-for-like comparison (the same trick would speed NS up
+too). hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed once (smax/c = 1) and "polar fixed"
+is skipped to keep the run short. NS-need and both polar columns are timed in turn (round robin), best of 7 calls
+(3 for 2048x2048) after a warm-up; the other columns best of 3 (1). Taken on a quiet machine (no other jobs), but
+the VM's speed drifts by up to 2x between minutes: compare times within a row only."""
 
 
 def positive_int(text: str) -> int:

@@ -28,10 +28,15 @@ def spectrum(kind: str, k: int, gen: torch.Generator) -> torch.Tensor:
 def make_matrix(m: int, n: int, kind: str, smax: float, seed: int = 0) -> torch.Tensor:
     """float64 m x n matrix U diag(s) V^T with the given spectrum kind, scaled so sigma_max = smax."""
     gen = torch.Generator().manual_seed(seed)
+    return with_singular_values(m, n, lambda k: spectrum(kind, k, gen) * smax, gen)
+
+
+def with_singular_values(m: int, n: int, values, gen: torch.Generator) -> torch.Tensor:
+    """float64 m x n matrix U diag(values(k)) V^T, k = min(m, n), with random orthonormal U, V drawn from gen."""
     k = min(m, n)
     U, _ = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
-    return (U * (spectrum(kind, k, gen) * smax)) @ V.T
+    return (U * values(k)) @ V.T
 
 
 def rel_err(Y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ def test_quick_benchmark_runs_without_writing(capsys, monkeypatch):
     monkeypatch.setattr(module, "write_section", lambda *a, **k: written.append(a))
     assert module.main(["--quick", "--no-write"]) == 0
     out = capsys.readouterr().out
-    assert "| 12x20 | 10 |" in out and "NS-need / polar" in out
+    assert "| 12x20 | 10 |" in out and "NS-need / polar" in out and "matmul GFLOP" in out
     assert written == []
 
 

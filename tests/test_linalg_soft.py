@@ -5,7 +5,7 @@ from __future__ import annotations
 import _svd_oracle as oracle
 import pytest
 import torch
-from _linalg_cases import KINDS, make_matrix, rel_err
+from _linalg_cases import KINDS, make_matrix, rel_err, with_singular_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,3 +183,141 @@ def test_polar_factor_iteration_matches_svd():
     R = A.mT @ A
     got = polar_factor(A[None], R[None], (R @ R)[None], schedule)[0]
     assert rel_err(got, oracle.polar(A)) <= 1e-9
+
+
+# Flat and nearly flat spectra: the trace (Wolkowicz-Styan) bounds on the eigenvalues of I + G/c^2 shorten the
+# schedule to one step and keep float32 at any sigma_max/c.
+
+def _near_flat(m: int, n: int, ratio: float, spread: float, seed: int = 0) -> torch.Tensor:
+    """float64 m x n matrix with singular values spread uniformly over ratio * [1 - spread, 1] (max = ratio)."""
+    gen = torch.Generator().manual_seed(seed)
+    return with_singular_values(m, n, lambda k: ratio * (1 - spread * torch.linspace(0, 1, k, dtype=torch.float64)),
+                                gen)
+
+
+def _two_levels(m: int, n: int, ratio: float, low: float, seed: int = 0, count: int | None = None) -> torch.Tensor:
+    """Singular values at ratio, the last ``count`` (default half) at ratio * low."""
+    gen = torch.Generator().manual_seed(seed)
+    return with_singular_values(
+        m, n, lambda k: ratio * torch.where(torch.arange(k) < k - (k - k // 2 if count is None else count), 1.0,
+                                            low).double(), gen)
+
+
+@pytest.mark.parametrize("shape", ((48, 80), (80, 48), (1, 30), (256, 300)))
+@pytest.mark.parametrize("spread", (0.0, 1e-6, 1e-3, 1e-2))
+def test_near_flat_spectra_meet_1e3(shape, spread):
+    for i, ratio in enumerate((1e-2, 1.0, 10.0, 100.0, 1e3, 1e4)):
+        for scale in (1e-6, 1.0, 1e6):
+            X = _near_flat(*shape, ratio * scale, spread, seed=i)
+            for dtype, target in ((torch.float32, 1e-3), (torch.float64, 1e-10)):
+                err = rel_err(soft_clip(X.to(dtype), scale, method="polar"), oracle.soft_clip(X.to(dtype), scale))
+                assert err <= target, (shape, spread, ratio, scale, dtype, err)
+
+
+def test_flat_spectra_at_extreme_ratios_stay_accurate():
+    """Flat spectra run in float32 at any sigma_max/c: c^4 and alpha^2 (1e-120 at 1e30) must not underflow."""
+    for ratio in (1e8, 1e15, 1e21, 1e30):
+        for c in (1.0, 1e-20):
+            X = _near_flat(40, 60, ratio * c, 1e-3).float()
+            assert rel_err(soft_clip(X, c, method="polar"), oracle.soft_clip(X, c)) <= 1e-3, (ratio, c)
+
+
+@pytest.mark.parametrize("low, count", [(0.9, None), (0.5, None), (0.3, 1), (0.01, 1)])
+def test_loose_trace_bound_is_still_accurate(low, count):
+    """Two clusters, or one outlying small value (the certificate fails): the lower bound is valid but loose."""
+    for ratio in (1.0, 30.0, 1e3):
+        X = _two_levels(200, 240, ratio, low, count=count).float()
+        assert rel_err(soft_clip(X, 1.0, method="polar"), oracle.soft_clip(X, 1.0)) <= 1e-3
+
+
+def test_trace_bounds_hold_the_spectrum_and_are_exact_for_a_multiple_of_identity():
+    from spectrakit.linalg.polar_clip import _trace_bounds
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 30, 30, generator=gen, dtype=torch.float64)
+    G = A @ A.mT + torch.arange(6, dtype=torch.float64)[:, None, None] * 100 * torch.eye(30, dtype=torch.float64)
+    lo, hi = _trace_bounds(G)
+    eig = torch.linalg.eigvalsh(G)
+    assert torch.all(lo <= eig[:, 0]) and torch.all(hi >= eig[:, -1])
+    # from the centred matrix, so t I gives t to rounding (tr(G^2)/m - t^2 would leave ~sqrt(eps) t of noise)
+    for dtype in (torch.float32, torch.float64):
+        for t in (1e-30, 0.7, 3e4):
+            t = torch.tensor(t, dtype=dtype).item()
+            lo, hi = _trace_bounds(torch.eye(40, dtype=dtype)[None] * t)
+            assert abs(lo.item() - t) <= 1e-14 * t and abs(hi.item() - t) <= 1e-14 * t
+
+
+@pytest.mark.parametrize("spread", (0.0, 1e-6, 1e-3, 1e-2, 0.3, "outlier"))
+def test_eigen_interval_of_float32_gram_holds_the_exact_eigenvalues(spread):
+    """Fail-safe: computed from the float32 X X^T, the interval holds the eigenvalues of the exact I + X X^T/c^2
+    (a lower end above lambda_min would leave those eigenvalues unconverged), yet stays within 1% when flat;
+    the Cholesky certificate (``certify``) tightens it where the trace bound is loose (spread 0.3 at m = 200)
+    and is refused for an outlying small singular value."""
+    from spectrakit.linalg.polar_clip import _eigen_interval, _gram_bounds
+    from spectrakit.linalg.symmetric import gram
+
+    m = 200
+    for i, ratio in enumerate((1.0, 10.0, 1e3, 1e5)):
+        X = _two_levels(m, 240, ratio, 0.3, seed=i, count=1) if spread == "outlier" else \
+            _near_flat(m, 240, ratio, spread, seed=i)
+        Xn = X / torch.linalg.matrix_norm(X)
+        c2 = (1 / torch.linalg.matrix_norm(X)) ** 2 * torch.ones(1, 1, 1, dtype=torch.float64)
+        eig = torch.linalg.eigvalsh(torch.eye(m, dtype=torch.float64) + Xn @ Xn.T / c2[0])
+        for dtype in (torch.float32, torch.float64):
+            for certify in (False, True):
+                lo, hi, _ = _eigen_interval(_gram_bounds(gram(Xn.to(dtype)[None]), c2, certify), c2.to(dtype))
+                assert 1 <= lo.item() <= eig[0] and hi.item() >= eig[-1], (spread, ratio, dtype, certify)
+                if spread == 0.0:
+                    assert lo.item() >= 0.99 * hi.item()
+                if spread == 0.3 and ratio >= 10:  # eigenvalues in [0.49, 1] r^2: the trace bound is 1
+                    assert (lo.item() >= 0.8 * eig[0]) == certify, (ratio, dtype, certify, lo.item() / eig[0])
+
+
+@pytest.mark.parametrize("ratio", (10.0, 1e3))
+def test_spread_spectrum_certified_takes_two_steps_in_float32(monkeypatch, ratio):
+    """Singular values over ratio * [0.7, 1] at m = 400: the trace bounds alone give lo = 1 (float64, 6+ steps
+    at 1e3); Cholesky certificates of t - 2 sd <= eig(X X^T) <= t + 2 sd give two steps in float32."""
+    import spectrakit.linalg.polar_clip as polar_clip
+    from spectrakit.linalg.audit import OpAudit
+
+    lengths = []
+    gather = polar_clip.gather_schedule
+    monkeypatch.setattr(polar_clip, "gather_schedule", lambda *a: lengths.append(gather(*a)) or lengths[-1])
+    X = _near_flat(400, 480, ratio, 0.3).float()
+    with OpAudit() as audit:
+        Y = soft_clip(X, 1.0, method="polar")
+    assert rel_err(Y, oracle.soft_clip(X, 1.0)) <= 1e-3
+    assert [s.coeffs.shape[0] for s in lengths] == [2] and set(audit.matmul_flops) == {torch.float32}
+
+
+@pytest.mark.parametrize("kind", KINDS[1:])
+def test_no_certificate_is_tried_for_wide_spectra(kind):
+    """Spiky, log-spaced and rank-deficient spectra have t - 2 sd < 0: no Cholesky factorisation is spent on them
+    (on the float32 path, which has none of its own)."""
+    from spectrakit.linalg.audit import OpAudit
+
+    X = make_matrix(200, 240, kind, 10.0).float()
+    with OpAudit() as audit:
+        soft_clip(X, 1.0, method="polar")
+    assert audit.other_flops == 0 and set(audit.matmul_flops) == {torch.float32}
+
+
+@pytest.mark.parametrize("ratio", (1.0, 10.0, 100.0, 1e3, 1e4))
+def test_flat_spectrum_takes_one_step_in_float32(monkeypatch, ratio):
+    """A flat spectrum (768 x 768 in BENCHMARKS.md: the authors' method needs 3 steps, 10 GFLOP) takes one quintic
+    step in float32 at any ratio: its only products are X X^T, its square and M X."""
+    import spectrakit.linalg.polar_clip as polar_clip
+    from spectrakit.linalg.audit import OpAudit
+
+    lengths = []
+    gather = polar_clip.gather_schedule
+    monkeypatch.setattr(polar_clip, "gather_schedule", lambda *a: lengths.append(gather(*a)) or lengths[-1])
+    m, n = 64, 96
+    X = _near_flat(m, n, ratio, 0.0).float()
+    with OpAudit() as audit:
+        Y = soft_clip(X, 1.0, method="polar")
+    assert rel_err(Y, oracle.soft_clip(X, 1.0)) <= 1e-3
+    assert [s.coeffs.shape[0] for s in lengths] == [1]
+    assert set(audit.matmul_flops) == {torch.float32}
+    power = 4 * 2 * m * m  # the ratio estimate's four matrix-vector products (when ||X||_F > 16 c)
+    assert audit.total_matmul_flops() - 2 * (2 * m * m * n + m**3) in (0, power)

@@ -147,16 +147,18 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             bfloat16: the fast mode (its n-sized products in bfloat16): ~1e-2 up to sigma_max/c ~ 10, 0.1
             at 100, bounded and finite at every ratio. None = float32 as above when not ``adaptive`` (the
             accelerator default); with ``adaptive`` (the CPU default) float64 (forming X X^T squares the
-            condition number) or float32 where a power-iteration estimate of sigma_max/c allows it
-            (<= 16: all float32; <= 100: float64 X X^T and Cholesky factor, float32 iteration on the
-            factor), with a float64 redo if the computed bound shows the estimate was wrong. Measured:
-            <= 1e-3 vs float64 SVD for sigma_max/c in [1e-2, 1e4], any scale of X. float64 inputs stay
-            float64 with dtype None.
+            condition number) or float32 where a power-iteration estimate of the effective ratio allows it
+            (sqrt(kappa - 1), kappa the condition number of I + X X^T/c^2 from trace bounds and Cholesky
+            certificates on its smallest eigenvalue: sigma_max/c unless the spectrum is nearly flat; <= 16:
+            all float32; <= 100: float64 X X^T and Cholesky factor, float32 iteration on the factor), with a
+            float64 redo if the computed bounds show the estimate was wrong. Measured: <= 1e-3 vs float64 SVD
+            for sigma_max/c in [1e-2, 1e4], any scale of X. float64 inputs stay float64 with dtype None.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
         adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
-            computed bound (and a power-iteration estimate); this reads a few scalars on the host. None
+            computed bounds on the spectrum of I + X X^T/c^2 (and a power-iteration estimate; a nearly flat
+            spectrum takes one step); this reads a few scalars on the host. None
             (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
             float32 accelerator policy runs a fixed schedule covering sigma_max/c <= 1e4 (9 steps), with no
             host read, no float64 and no copy from the host (torch.compile fullgraph-friendly).

@@ -2,9 +2,12 @@
 
 Soft clip (SPECTRA, Jiang, Semenov, Stich 2026, arXiv 2603.14315): with A = [X/c; I],
 msign(A) = A (I + X^T X/c^2)^{-1/2}, so H_c(X) = c * top rows of msign(A) = (I + G/c^2)^{-1/2} X with
-G = X X^T. The singular values of A lie in [1, sqrt(1 + smax^2/c^2)]; dividing B = I + G/c^2 by an upper
-bound alpha of its largest eigenvalue puts sqrt(eig(B/alpha)) in [l, 1] with l = alpha^{-1/2} known, and
-the polar iteration uses minimax quintics optimised for [l, 1] (Polar Express, arXiv 2505.16932).
+G = X X^T. The eigenvalues of B = I + G/c^2 lie in [lo, hi] with lo >= 1 and hi <= 1 + smax^2/c^2, both
+from bounds that cost O(m^2) (``_eigen_interval``: trace bounds, and Gershgorin / ||G^2||_F for hi), tightened
+on the CPU path by Cholesky certificates where that shortens the schedule; dividing B by alpha >= hi puts
+sqrt(eig(B/alpha)) in [l, 1] with l = sqrt(lo/alpha) known, and the polar iteration uses minimax quintics
+optimised for [l, 1] (Polar Express, arXiv 2505.16932). A flat or nearly flat spectrum (lo ~ hi) thus needs
+a single step at any sigma_max/c.
 It runs on B itself (``gram_iteration.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
 Cholesky factor of B (``gram_iteration.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
 factor, with the square root of B's condition number, can be iterated in float32.
@@ -18,6 +21,7 @@ relative to the spectrum's width is then tol/ratio instead of tol/ratio^2.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -37,6 +41,11 @@ TOL_FLOAT64 = 1e-12
 #: so an eigenvalue pushed just above 1 by rounding (or by the error of Z in the hard clip) would be amplified
 #: step after step (the same reason Polar Express divides its coefficients by 1.01).
 SAFETY = 1.01
+
+#: The trace lower bound on lambda_min(B) is lowered by this fraction of the upper end before use: it covers
+#: rounding in forming G and R = B/alpha (~eps * sqrt(m) of the upper end) many times over. A lower end that
+#: is too low only costs steps; one that is too high leaves eigenvalues below it less converged.
+LOWER_MARGIN = 1e-3
 
 #: Hard clip: singular values within SIGN_TOL * c of c may have their sign only partly resolved; the
 #: resulting error is at most SIGN_TOL / 2 relative to c per such singular value.
@@ -58,13 +67,84 @@ def _gram_and_bound(X: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor,
     return G, G2, bound
 
 
+def _trace_bounds(G: Tensor) -> tuple[Tensor, Tensor]:
+    """Wolkowicz-Styan bounds (float64, shape (B,)) on the eigenvalues of each symmetric m x m matrix G:
+    with t = tr(G)/m and s^2 = ||G - t I||_F^2 / m, t - s sqrt(m - 1) <= lambda_min <= lambda_max <=
+    t + s sqrt(m - 1) (equality for G = t I). s is formed from the centred matrix in float64, not as
+    tr(G^2)/m - t^2, which cancels catastrophically when the spectrum is nearly flat."""
+    m = G.shape[-1]
+    D = G.to(torch.float64, copy=True)
+    t = D.diagonal(dim1=-2, dim2=-1).mean(-1)
+    D.diagonal(dim1=-2, dim2=-1).sub_(t[:, None])
+    w = torch.linalg.matrix_norm(D) * math.sqrt((m - 1) / m)
+    return t - w, t + w
+
+
+_Bounds = tuple[Tensor, Tensor] | None
+
+
+class _Interval(NamedTuple):
+    """The eigenvalues of B = I + G/c^2 lie in [lo, hi]; c2 = c^2. All float64, shape (B, 1, 1)."""
+    lo: Tensor
+    hi: Tensor
+    c2: Tensor
+
+
+def _certified(G: Tensor, below: Tensor, above: Tensor, c2: Tensor) -> tuple[Tensor, Tensor]:
+    """Tighter bounds on lambda_min(G) and lambda_max(G) (shape (B,)) where Cholesky factorisations prove them;
+    reads the host.
+
+    The trace bounds are t -+ sd sqrt(m - 1) (t, sd: mean and standard deviation of the eigenvalues), loose for
+    large m unless the spectrum is flat. t - 2 sd and t + 2 sd are tried where t - 2 sd > 0 and they would select
+    a shorter schedule (a smaller grid index of sqrt((1 + lower/c^2)/(1 + upper/c^2))): the float64 Cholesky of
+    G - tau I (of tau I - G) completing shows lambda_min(G) > tau (lambda_max(G) < tau) up to its backward error
+    (~m^2 eps ||G||, far inside LOWER_MARGIN). Where one fails (an outlying eigenvalue) the trace bound stays.
+    Cost 2 m^3/3 float64 multiply-adds, when tried.
+    """
+    m, c2 = G.shape[-1], c2.flatten()
+    sd = (above - below) / (2 * math.sqrt(max(m - 1, 1)))
+    lo, hi = (below + above) / 2 - 2 * sd, (below + above) / 2 + 2 * sd
+
+    def index(lower: Tensor, upper: Tensor) -> Tensor:
+        return grid_index(((1 + lower.clamp(min=0) / c2) / (SAFETY * (1 + upper / c2))).sqrt())
+
+    tried = (lo > 0) & (index(lo, hi) < index(below, above))  # never for log-spaced, spiky or rank-deficient
+    if not bool(tried.any()):
+        return below, above
+    D = torch.cat([G, -G]).to(torch.float64)
+    D.diagonal(dim1=-2, dim2=-1).sub_(torch.cat([lo, -hi])[:, None])
+    ok = (torch.linalg.cholesky_ex(D).info == 0).view(2, -1) & tried
+    return torch.where(ok[0], lo, below), torch.where(ok[1], hi, above)
+
+
+def _gram_bounds(G: Tensor, c2: Tensor, certify: bool) -> tuple[Tensor, Tensor]:
+    """Bounds (float64, shape (B,)) on the eigenvalues of G: the trace bounds, with ``certify`` tightened by
+    ``_certified`` (c2 = c^2 of shape (B, 1, 1) decides where that is worth it)."""
+    below, above = _trace_bounds(G)
+    return _certified(G, below, above, c2.double()) if certify else (below, above)
+
+
+def _eigen_interval(bounds: tuple[Tensor, Tensor], c2: Tensor, bound: Tensor | None = None) -> _Interval:
+    """The interval for B = I + G/c^2 (c2 of shape (B, 1, 1), made float64) from ``bounds`` on the eigenvalues
+    of G (``_gram_bounds``) and ``bound`` >= lambda_max(G): hi = 1 + min(bound, upper bound)/c^2 and
+    lo = max(1, 1 + lower bound/c^2 - LOWER_MARGIN hi) (lambda_min(B) >= 1 always; 1 where the lower bound is
+    NaN)."""
+    c2 = c2.double()
+    below, above = (v[:, None, None] / c2 for v in bounds)
+    hi = 1 + (above if bound is None else torch.minimum(above, bound[:, None, None].double() / c2))
+    return _Interval(torch.fmax(1 + below - LOWER_MARGIN * hi, torch.ones_like(hi)), hi, c2)
+
+
 #: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c
-#: (largest in the batch). Measured relative errors vs float64 SVD at 768 x 768 for flat, spiky, logspace and
-#: rank-deficient spectra (with the float32 tolerance TOL): r <= FP32_MAX_RATIO: float32 throughout
-#: (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient inputs: X X^T in float32 carries errors
-#: ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and its Cholesky factor in float64, the iteration
-#: on the factor and the product with X in float32 (<= 1.7e-4 at r = 100, up to 2e-3 at r = 1000: the
-#: float32 steps cost ~eps * r); larger r: float64 throughout.
+#: (largest in the batch); the soft clip uses the effective ratio r_eff = sqrt(kappa - 1) instead, with
+#: kappa = (1 + r^2)/lo an estimate of the condition number of B = I + G/c^2 (r_eff = r when lo = 1): the
+#: float32 rounding of G costs ~eps * r^2 relative to lambda_min(B) = lo, and that of the iteration ~eps * kappa,
+#: so kappa is what matters (a flat spectrum runs in float32 at any r). Measured relative errors vs float64 SVD
+#: at 768 x 768 for flat, spiky, logspace and rank-deficient spectra (with the float32 tolerance TOL):
+#: r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient
+#: inputs: X X^T in float32 carries errors ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and its
+#: Cholesky factor in float64, the iteration on the factor and the product with X in float32 (<= 1.7e-4 at
+#: r = 100, up to 2e-3 at r = 1000: the float32 steps cost ~eps * r); larger r: float64 throughout.
 FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
@@ -90,15 +170,17 @@ def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
     return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300)
 
 
-def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None
-               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, Tensor | None]:
-    """(X/s, c/s, s, early dtype, late dtype, X/s (X/s)^T or None) with s = ||X||_F per matrix.
+def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool
+               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, tuple[Tensor, _Bounds] | None]:
+    """(X/s, c/s, s, early dtype, late dtype, G or None) with s = ||X||_F per matrix; G = (X/s (X/s)^T, its
+    ``_gram_bounds`` with ``by_condition``, else None).
 
     Spectral maps obey f_{c/s}(X/s) = f_c(X)/s; the scaling keeps X X^T and its square in range at any scale
     of X. X/s is formed in the early dtype (float64 unless float32 throughout is chosen: rounding X itself to
     float32 would cost eps * sigma_max/c). With ``adaptive`` and dtype None, float32 throughout is chosen
     without any extra work when ||X||_F/c <= FP32_MAX_RATIO (sigma_max <= ||X||_F); otherwise from a power
-    estimate on the float32 Gram matrix, which is returned for reuse when float32 is chosen.
+    estimate on the float32 Gram matrix, which is returned for reuse when float32 is chosen. ``by_condition``:
+    the estimate is the effective ratio (condition number of B, see the policy above) instead of r.
     """
     s = _frobenius(X, adaptive)
     if dtype is not None or not adaptive or X.dtype == torch.float64:
@@ -112,22 +194,30 @@ def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None
         return Xn, c32, s32, torch.float32, torch.float32, None
     G = gram(Xn)
     r = _ratio_estimate(G, c32)
+    bounds = None
+    if by_condition:
+        bounds = _gram_bounds(G, (c32 * c32)[:, None, None], certify=True)
+        lo = float(_eigen_interval(bounds, (c32 * c32)[:, None, None]).lo.min())
+        r = math.sqrt(max((1 + r * r) / lo - 1, 0.0))
     if r <= FP32_MAX_RATIO:
-        return Xn, c32, s32, torch.float32, torch.float32, G
+        return Xn, c32, s32, torch.float32, torch.float32, (G, bounds)
     late = torch.float32 if r <= MIXED_MAX_RATIO else torch.float64
     return X.double() / s[:, None, None], c.double() / s, s, torch.float64, late, None
 
 
-def _missed_large_ratio(bound: Tensor, c2: Tensor) -> bool:
+def _missed_large_ratio(bound: Tensor, c2: Tensor, interval: _Interval | None) -> bool:
     """Backstop for the float32 choice (reads the host, adaptive mode only): the power-iteration estimate
-    missed a large sigma_max/c (unlucky start). The bound is at most rank^(1/4) loose, so this never fires
-    when sigma_max/c <= FP32_MAX_RATIO for matrices with rank up to ~10^5."""
-    return float((bound[:, None, None] / c2).max()) > (4 * FP32_MAX_RATIO) ** 2
+    missed a large sigma_max/c (unlucky start), or with the ``interval`` a large effective ratio (kappa <=
+    hi/lo). The bound is at most rank^(1/4) loose, so this never fires when the ratio is <= FP32_MAX_RATIO for
+    matrices with rank up to ~10^5."""
+    excess = bound[:, None, None] / c2 if interval is None else interval.hi / interval.lo - 1
+    return float(excess.max()) > (4 * FP32_MAX_RATIO) ** 2
 
 
 class _Setup(NamedTuple):
     """What both polar clips start from: the scaled X, c^2 (B, 1, 1), the scale, the early and late dtypes,
-    G = X X^T, G^2 and the bound on lambda_max(G)."""
+    G = X X^T, G^2, the bound on lambda_max(G) and, with ``by_condition``, the interval holding the eigenvalues
+    of I + G/c^2 (``_eigen_interval``; else None)."""
     X: Tensor
     c2: Tensor
     scale: Tensor
@@ -136,18 +226,26 @@ class _Setup(NamedTuple):
     G: Tensor
     G2: Tensor
     bound: Tensor
+    interval: _Interval | None
 
 
-def _setup(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None) -> _Setup | None:
-    """Scale X, choose the precision and form G, G^2 and the bound; None when float32 was chosen from the
-    estimate but the bound shows sigma_max/c is large (the caller redoes the call in float64)."""
-    Xn, cn, scale, early, late, G = _normalize(X, c, adaptive, dtype)
-    cn = cn.to(early)
+def _setup(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool = False
+           ) -> _Setup | None:
+    """Scale X, choose the precision and form G, G^2 and the bound (and the eigenvalue interval); None when
+    float32 was chosen from the estimate but the bound shows the (effective) ratio is large (the caller redoes
+    the call in float64). ``by_condition``: see ``_normalize``."""
+    Xn, cn, scale, early, late, given = _normalize(X, c, adaptive, dtype, by_condition)
+    G, bounds = given or (None, None)
     G, G2, bound = _gram_and_bound(Xn, G)
+    interval = None
+    if by_condition:
+        c2 = (cn * cn)[:, None, None]
+        interval = _eigen_interval(bounds or _gram_bounds(G, c2, certify=adaptive), c2, bound)
+    cn = cn.to(early)
     c2 = (cn * cn)[:, None, None]
-    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2):
+    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2, interval):
         return None
-    return _Setup(Xn, c2, scale, early, late, G, G2, bound)
+    return _Setup(Xn, c2, scale, early, late, G, G2, bound, interval)
 
 
 def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
@@ -160,23 +258,26 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
                     dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
     """(H_c(X), sigma_bound) for a (B, m <= n) batch X; c of shape (B,); result in float32 or float64.
 
-    dtype float32/float64: everything in that dtype; None: the mixed policy above.
+    dtype float32/float64: everything in that dtype; None: the mixed policy above (by the effective ratio).
+    The schedule is the one for l = sqrt(lo/alpha), alpha = SAFETY * hi, [lo, hi] from ``_eigen_interval``.
     """
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    setup = _setup(X, c, adaptive, dtype)
+    setup = _setup(X, c, adaptive, dtype, by_condition=True)
     if setup is None:
         return soft_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
     X_in = X
-    X, c2, scale, early, late, G, G2, bound = setup
-    alpha = (1 + bound[:, None, None] / c2) * SAFETY
-    inv = 1 / alpha
-    # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal
-    R = _with_unit_diagonal_added(G * (inv / c2), inv)
-    R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (inv * inv / (c2 * c2)), G, 2 * inv * inv / c2), inv * inv)
-    idx = grid_index(inv.sqrt().flatten())
+    X, _, scale, early, late, G, G2, bound, (lo, hi, c2) = setup
+    alpha = hi * SAFETY
+    # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal;
+    # the factors are formed in float64 (in float32, c^4 and alpha^2 under- or overflow at large sigma_max/c)
+    inv, g = 1 / alpha, 1 / (alpha * c2)
+    R = _with_unit_diagonal_added(G * g.to(early), inv.to(early))
+    R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (g * g).to(early), G, (2 * g * inv).to(early)),
+                                   (inv * inv).to(early))
+    idx = grid_index((lo * inv).sqrt().flatten())
     schedule = gather_schedule(idx, steps, late, tol, adaptive)
     if early == late:
-        M = inverse_sqrt(R, R2, schedule) * inv.sqrt()
+        M = inverse_sqrt(R, R2, schedule) * alpha.rsqrt().to(early)
     else:
         M = _inverse_sqrt_by_factor(R, R2, inv, schedule, late)
     # M ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1]: applying it to the unscaled input is safe
@@ -213,7 +314,7 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     setup = _setup(X, c, adaptive, dtype)
     if setup is None:
         return hard_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
-    X, c2, scale, dtype, _, G, G2, bound = setup
+    X, c2, scale, dtype, _, G, G2, bound, _ = setup
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     Gh = G / c2
