@@ -42,3 +42,15 @@ def with_singular_values(m: int, n: int, values, gen: torch.Generator) -> torch.
 def rel_err(Y: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error (of the whole batch) in float64."""
     return (torch.linalg.vector_norm(Y.double() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-300)).item()
+
+
+def assert_meets_targets(clip, reference, shape: tuple[int, int], kind: str, targets, scales) -> None:
+    """``clip(X, c)`` (float32 X, c = the scale) within each target's tolerance of ``reference(X, c)`` (float64)
+    at every (sigma_max/c, tolerance) of ``targets`` and every scale of X and c."""
+    for i, (ratio, tol) in enumerate(targets):
+        for scale in scales:
+            X = make_matrix(*shape, kind, ratio * scale, seed=i).float()
+            Y = clip(X, scale)
+            assert Y.dtype == torch.float32 and Y.shape == X.shape
+            err = rel_err(Y, reference(X, scale))
+            assert err <= tol, (shape, kind, ratio, scale, err)

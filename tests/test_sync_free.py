@@ -65,6 +65,16 @@ def _assert_same_params(a, b) -> None:
         assert torch.equal(p, q), name
 
 
+def _assert_poisoned_step_changes_nothing(model, opt) -> None:
+    """A step on step 2's gradients with an Inf leaves every parameter and state entry bitwise unchanged."""
+    params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
+    _poison(model, 2)
+    opt.step()
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q)
+    _assert_same_state(_state_values(opt), state)
+
+
 def _inner_reads(opt: SpectraWrapper, model) -> int:
     """Host reads of the wrapped optimizer's own step on a copy (what the wrapper cannot remove)."""
     inner_model, inner = copy.deepcopy((model, opt.optimizer))  # one memo: the copy steps the copied parameters
@@ -122,12 +132,7 @@ def test_nonfinite_step_changes_nothing_and_is_counted(info):
     model, reference = _model(), _model()
     opt, ref_opt = info.make(model, sync_free=True), info.make(reference, sync_free=True)
     _lockstep([(model, opt), (reference, ref_opt)], range(2))
-    params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
-    _poison(model, 2)
-    opt.step()
-    for p, q in zip(model.parameters(), params):
-        assert torch.equal(p, q)
-    _assert_same_state(_state_values(opt), state)
+    _assert_poisoned_step_changes_nothing(model, opt)
     assert isinstance(opt.skipped_steps, torch.Tensor) and opt.skipped_steps.dtype == torch.int64
     assert int(opt.skipped_steps) == 1
     _lockstep([(model, opt), (reference, ref_opt)], (3, 4))  # the reference never saw step 2
@@ -267,12 +272,7 @@ def test_masking_in_runs_of_one_tensor_changes_nothing_on_a_skip(monkeypatch, ma
     opt, ref_opt = make(model), make(reference)
     opt.sync_free, ref_opt.sync_free = True, False
     _lockstep([(model, opt), (reference, ref_opt)], range(2))
-    params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
-    _poison(model, 2)
-    opt.step()
-    for p, q in zip(model.parameters(), params):
-        assert torch.equal(p, q)
-    _assert_same_state(_state_values(opt), state)
+    _assert_poisoned_step_changes_nothing(model, opt)
     _lockstep([(model, opt), (reference, ref_opt)], (3, 4))
     _assert_same_params(model, reference)
 

@@ -387,7 +387,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_a_corrupt_error(tmp_path, cache_dir, 
 def test_auto_dtype_follows_the_cpu_and_both_branches_train(tmp_path, cache_dir, data, monkeypatch, amx):
     """dtype="auto" is bfloat16 autocast on CPUs with AMX tiles, float32 elsewhere: both branches run on every
     machine by patching the capability check; the bfloat16 branch is held to bfloat16 tolerances."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr("spectrakit.linalg.capability._cpu_has_amx", lambda: amx)
     assert trainer_mod.autocast_dtype(torch.device("cpu"), "auto") == (torch.bfloat16 if amx else None)
     assert trainer_mod.autocast_dtype(torch.device("cpu"), "float32") is None
     results = {}
