@@ -57,12 +57,11 @@ def _step_coefficients(coefficients: Coefficients, steps: int, safety: bool) -> 
 
 
 def polar_iterate(X: Tensor, coefficients: list[tuple[float, float, float]]) -> Tensor:
-    """Apply the quintic steps to a wide (..., m <= n) matrix already scaled to ||X||_2 <= 1."""
-    fused = torch.baddbmm if X.dim() == 3 else torch.addmm
+    """Apply the quintic steps to a batch (B, m <= n) of wide matrices already scaled to ||X||_2 <= 1."""
     for a, b, c in coefficients:
         A = gram(X)
         B = symmetric_addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-        X = fused(X, B, X, beta=a)  # a X + B X
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
     return X
 
 

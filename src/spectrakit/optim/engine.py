@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._chunks import budgeted_runs, chunks_by_key, stack_key, stack_size
+from ._chunks import chunks_by_key, stack_key, stack_size
 from .directions import Direction
 from .scale import shape_scale
 from .spectral_optimizer import SpectralOptimizer, decoupled_step, decoupled_steps
@@ -118,17 +118,14 @@ class SpectralEngine(SpectralOptimizer):
         plain, transformed = [], []
         for item in named:
             (transformed if plan.transform is not None and plan.selected(*item) else plain).append(item)
-        plain_params = [p for _, p in plain]
-        for run in budgeted_runs(plain_params):
-            params = [plain_params[i] for i in run]
-            self._masked(partial(self._plain_run, plan, params, group), params)
+        self._masked_runs([p for _, p in plain], partial(self._plain_run, plan, group))
         vectors = [[item] for item in transformed if item[1].dim() < 2]
         matrices = chunks_by_key([item for item in transformed if item[1].dim() >= 2],
                                  lambda item: stack_key(item[1]), lambda item: stack_size(item[1], plan.batch))
         for chunk in vectors + matrices:
             self._masked(partial(self._transformed_run, plan, c, chunk, group, statistics), [p for _, p in chunk])
 
-    def _plain_run(self, plan: StepPlan, params: list[Tensor], group: dict[str, Any]) -> None:
+    def _plain_run(self, plan: StepPlan, group: dict[str, Any], params: list[Tensor]) -> None:
         """Step 2 for ``params``: the direction and the plain decoupled step."""
         directions = plan.direction([p.grad for p in params], [self.state[p] for p in params], group)
         decoupled_steps(params, directions, group["lr"], group["weight_decay"])

@@ -267,6 +267,13 @@ class SpectralOptimizer(Optimizer):
         self.skipped_steps = count_skipped(self.skipped_steps, found_inf)
         return loss
 
+    def _masked_runs(self, params: list[Tensor], update: Callable[[list[Tensor]], None]) -> None:
+        """``update(run)`` for each bounded run of ``params`` (``_chunks.budgeted_runs``), each masked on its own
+        (``_masked``)."""
+        for run in budgeted_runs(params):
+            members = [params[i] for i in run]
+            self._masked(partial(update, members), members)
+
     def _masked(self, update: Callable[[], None], params: list[Tensor]) -> None:
         """Run ``update``, which changes only ``params`` and their state. In a sync-free step with a non-finite
         check, they are selected back where a gradient was non-finite (``sync_free.masked_step``): the copies
@@ -326,10 +333,8 @@ class SpectralOptimizer(Optimizer):
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
         with_grad = [p for p in group["params"] if p.grad is not None]
-        for part in foreach_parts(with_grad):
-            for run in budgeted_runs([with_grad[i] for i in part]):
-                params = [with_grad[part[i]] for i in run]
-                self._masked(partial(self._adamw_run, group, params), params)
+        for part in foreach_parts(with_grad):  # adamw_moments takes one foreach-compatible list
+            self._masked_runs([with_grad[i] for i in part], partial(self._adamw_run, group))
 
     def _adamw_run(self, group: dict[str, Any], params: list[Tensor]) -> None:
         directions = adamw_moments([p.grad for p in params], [self.state[p] for p in params],
