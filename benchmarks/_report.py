@@ -14,6 +14,17 @@ import torch
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (repetitions, steps, rounds): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def machine_description() -> str:
     """CPU/GPU, core count, torch version: the line every table carries."""
     if torch.cuda.is_available():

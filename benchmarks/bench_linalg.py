@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import positive_int, write_section  # noqa: E402
 
 from spectrakit.linalg import hard_clip, hard_clip_svd, msign, soft_clip, soft_clip_svd, symmetric  # noqa: E402
 from spectrakit.linalg.audit import OpAudit  # noqa: E402
@@ -217,17 +217,6 @@ too). hard_clip = method "polar". msign in float32. For 2048x2048, svd is timed 
 is skipped to keep the run short. NS-need and both polar columns are timed in turn (round robin), best of 7 calls
 (3 for 2048x2048) after a warm-up; the other columns best of 3 (1). Taken on a quiet machine (no other jobs), but
 the VM's speed drifts by up to 2x between minutes: compare times within a row only."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type for repetition counts: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

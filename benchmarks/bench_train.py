@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import positive_int, write_section  # noqa: E402
 
 #: label -> extra `spectrakit train` arguments
 CONTENDERS: dict[str, list[str]] = {
@@ -80,11 +80,15 @@ def table(rates: dict[str, list[float]]) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 steps of adamw and spectra-adamw; print only")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the CLI's)")
+    parser.add_argument("--steps", type=positive_int, default=40)
+    parser.add_argument("--log-every", type=positive_int, default=10)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads of each run (default: the CLI's)")
     args = parser.parse_args(argv)
+    if args.steps <= args.log_every:
+        parser.error(f"--steps ({args.steps}) must exceed --log-every ({args.log_every}): the first logging "
+                     "interval holds the warm-up and is not timed")
     if args.quick:
         body = table(measure([BASELINE, "spectra-adamw"], 4, 2, 1, 1, QUICK_SETTINGS))
         print(body)
