@@ -108,10 +108,9 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *
             break
         active = ~finished
         outward = lam0 - sign0 * bracket_start * torch.exp2(expansions)
-        if method == "illinois":
-            outward = _secant_reach(outward, lam0, h0, low, h_low, sign0, bracket_start * 2.0**bracket_steps)
         inner = 0.5 * (low + high)
         if method == "illinois":
+            outward = _secant_reach(outward, lam0, h0, low, h_low, sign0, bracket_start * 2.0**bracket_steps)
             gap = f_high - f_low
             inner = torch.where(gap == 0, inner, (low * f_high - high * f_low) / torch.where(gap == 0, 1.0, gap))
         trial = torch.where(active, torch.where(bracketed, inner, outward), best_lam)
