@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from spectrakit.optim import Spectra, SpectraWrapper, available, create, registration
+from spectrakit.optim import SSO, Spectra, SpectraWrapper, available, create, registration
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,17 @@ def _spectra_entries() -> list[OptimInfo]:
     return out
 
 
+def _sso_illinois() -> OptimInfo:
+    """SSO with the Illinois solver (secant bracketing, false position): the registered "sso" entry's settings."""
+    sso = _REGISTERED["sso"]
+    return OptimInfo("SSO-illinois", SSO, SSO, {**sso["kwargs"], "solver": "illinois"}, sso["group_options"],
+                     sso["wd_args"], sso["retracts"], sso["skips"])
+
+
 OPTIMIZERS: list[OptimInfo] = [
     *_registered_entries(),
     *_spectra_entries(),
+    _sso_illinois(),
     OptimInfo("SpectraWrapper-AdamW", SpectraWrapper, _wrapper_over(torch.optim.AdamW, {}),
               {"lr": 1e-2, "clip_c": 1.0}, {"clip_c": 0.5, "betas": (0.8, 0.99)}),
     OptimInfo("SpectraWrapper-SGD", SpectraWrapper,
