@@ -111,4 +111,5 @@ def test_polar_clip_ratio_estimate_is_four_products_with_the_gram_matrix():
     v = torch.randn(3, 10, 1, generator=torch.Generator().manual_seed(0))
     power = [torch.linalg.matrix_power(G.double(), j) @ v.double() for j in (3, 4)]
     lam = torch.linalg.vector_norm(power[1], dim=(-2, -1)) / torch.linalg.vector_norm(power[0], dim=(-2, -1))
-    assert abs(_ratio_estimate(G, c) - float((lam.sqrt() / c).max())) <= 1e-5 * float((lam.sqrt() / c).max())
+    expected = lam.sqrt() / c
+    assert torch.allclose(_ratio_estimate(G, c), expected, rtol=1e-5, atol=0)

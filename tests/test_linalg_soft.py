@@ -153,7 +153,7 @@ def test_hypothesis_shapes(m, n, batch, log_ratio, seed):
 def test_precision_backstop_when_the_ratio_estimate_is_wrong(monkeypatch):
     import spectrakit.linalg.polar_clip as polar_clip
 
-    monkeypatch.setattr(polar_clip, "_ratio_estimate", lambda Xn, cn, iters=3: 1.0)  # claims float32 is safe
+    monkeypatch.setattr(polar_clip, "_ratio_estimate", lambda G, cn, iters=2: torch.ones(G.shape[0], dtype=torch.float64))  # claims float32 is safe
     X = make_matrix(20, 30, "logspace", 1e4).float()
     assert rel_err(soft_clip(X, 1.0, method="polar"), oracle.soft_clip(X, 1.0)) <= 1e-3
 
@@ -321,3 +321,41 @@ def test_flat_spectrum_takes_one_step_in_float32(monkeypatch, ratio):
     assert set(audit.matmul_flops) == {torch.float32}
     power = 4 * 2 * m * m  # the ratio estimate's four matrix-vector products (when ||X||_F > 16 c)
     assert audit.total_matmul_flops() - 2 * (2 * m * m * n + m**3) in (0, power)
+
+
+@pytest.mark.parametrize("clip, reference", [(soft_clip, oracle.soft_clip), (None, oracle.hard_clip)])
+def test_each_matrix_of_a_batch_gets_its_own_precision(monkeypatch, clip, reference):
+    """A stack with sigma_max/c = 5, 50 and 1e3 (and a zero matrix): the float32 Gram matrix of all four decides,
+    and only the two large ratios form X X^T again in float64 (of their raw entries; the soft clip's mixed and
+    float64 parts apart); each matches the SVD."""
+    import spectrakit.linalg.polar_clip as polar_clip
+    from spectrakit.linalg import hard_clip
+
+    clip = clip or hard_clip
+    grams = []
+    gram = polar_clip.gram
+    monkeypatch.setattr(polar_clip, "gram", lambda X: grams.append((X.dtype, X.shape[0])) or gram(X))
+    X = torch.stack([make_matrix(30, 50, kind, ratio, seed=i).float() for i, (kind, ratio) in
+                     enumerate([("spiky", 5.0), ("logspace", 50.0), ("rank_deficient", 1e3), ("flat", 1.0)])])
+    X[3] = 0
+    Y = clip(X, 1.0, method="polar")
+    float64 = [(torch.float64, 1)] * 2 if clip is soft_clip else [(torch.float64, 2)]
+    assert grams == [(torch.float32, 4), *float64]
+    assert Y.dtype == torch.float32 and not Y[3].any()
+    for i in range(3):
+        assert rel_err(Y[i], reference(X[i], 1.0)) <= 1e-3, i
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+@pytest.mark.parametrize("ratio", [5.0, 50.0])
+def test_a_tall_matrix_is_clipped_in_its_own_layout(kind, ratio):
+    """A tall matrix is clipped as its wide transpose; the result comes back contiguous (the last product runs in
+    the input's layout, so the optimizer's update adds without strided reads)."""
+    from spectrakit.linalg import hard_clip
+
+    clip, reference = (soft_clip, oracle.soft_clip) if kind == "soft" else (hard_clip, oracle.hard_clip)
+    X = torch.stack([make_matrix(300, 70, "logspace", ratio, seed=s).float() for s in range(2)])
+    Y = clip(X, 1.0, method="polar")
+    assert Y.is_contiguous() and rel_err(Y, reference(X, 1.0)) <= 1e-3
+    Y = clip(torch.stack([X[0], 50 * X[1]]), 1.0, method="polar")  # two precision parts, put back in X's layout
+    assert Y.is_contiguous()

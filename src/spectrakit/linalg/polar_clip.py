@@ -21,7 +21,9 @@ relative to the spectrum's width is then tol/ratio instead of tol/ratio^2.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -52,19 +54,16 @@ LOWER_MARGIN = 1e-3
 SIGN_TOL = 2e-4
 
 
-def _gram_and_bound(X: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """G = X X^T (unless given), G^2 and an upper bound on lambda_max(G) (shape (B,)), without host sync.
+def _gram_and_bound(G: Tensor) -> tuple[Tensor, Tensor]:
+    """G^2 and an upper bound on lambda_max(G) (shape (B,)) for G = X X^T, without host sync.
 
     bound = min(Gershgorin(G), sqrt(||G^2||_F)): the second is within a factor rank^{1/4} of lambda_max (and
     below ||G||_F) and costs nothing extra because G^2 is needed by the first polar step anyway; the first
     is tighter for nearly flat spectra.
     """
-    if G is None:
-        G = gram(X)
     G2 = symmetric_matmul(G, G)
     gershgorin = torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1)  # max absolute row sum, one pass
-    bound = torch.minimum(gershgorin, torch.linalg.matrix_norm(G2).sqrt())
-    return G, G2, bound
+    return G2, torch.minimum(gershgorin, torch.linalg.matrix_norm(G2).sqrt())
 
 
 def _trace_bounds(G: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,14 +148,15 @@ FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
 
-def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 2) -> float:
-    """Largest sigma_max/c in the batch from ``iters`` steps of :func:`power.block_power_iteration` (k = 1) on
-    G = X X^T: lambda = ||G^(2 iters) v|| / ||G^(2 iters - 1) v|| <= lambda_max(G) = sigma_max^2 (O(m^2) per
-    product; a lower estimate, which ``_missed_large_ratio`` backs up); reads the host. NaN gives inf."""
+def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 2) -> Tensor:
+    """sigma_max/c of each matrix (float64, shape (B,)) from ``iters`` steps of
+    :func:`power.block_power_iteration` (k = 1) on G = X X^T: lambda = ||G^(2 iters) v|| / ||G^(2 iters - 1) v||
+    <= lambda_max(G) = sigma_max^2 (O(m^2) per product; a lower estimate, which ``_missed_large_ratio`` backs
+    up). NaN gives inf."""
     gen = torch.Generator(device=G.device).manual_seed(0)
     v = torch.randn(G.shape[0], G.shape[-1], 1, generator=gen, dtype=G.dtype, device=G.device)
     lam = block_power_iteration(G, v, iters, rayleigh_ritz=False)[1][:, 0]
-    return float((lam.double().sqrt() / cn).nan_to_num(float("inf")).max())
+    return (lam.double().sqrt() / cn).nan_to_num(float("inf"))
 
 
 def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
@@ -170,39 +170,65 @@ def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
     return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300)
 
 
-def _normalize(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool
-               ) -> tuple[Tensor, Tensor, Tensor, torch.dtype, torch.dtype, tuple[Tensor, _Bounds] | None]:
-    """(X/s, c/s, s, early dtype, late dtype, G or None) with s = ||X||_F per matrix; G = (X/s (X/s)^T, its
-    ``_gram_bounds`` with ``by_condition``, else None).
+class _Part(NamedTuple):
+    """The matrices of a batch that share a precision: their indices in the batch (None: all of them), c/s and
+    s = ||X||_F (float64, shape (b,)), the early and late dtypes, G = (X/s)(X/s)^T in the early dtype and its
+    ``_gram_bounds`` when already computed (else None)."""
+    rows: Tensor | None
+    cn: Tensor
+    scale: Tensor
+    early: torch.dtype
+    late: torch.dtype
+    G: Tensor
+    bounds: _Bounds
 
-    Spectral maps obey f_{c/s}(X/s) = f_c(X)/s; the scaling keeps X X^T and its square in range at any scale
-    of X. X/s is formed in the early dtype (float64 unless float32 throughout is chosen: rounding X itself to
-    float32 would cost eps * sigma_max/c). With ``adaptive`` and dtype None, float32 throughout is chosen
-    without any extra work when ||X||_F/c <= FP32_MAX_RATIO (sigma_max <= ||X||_F); otherwise from a power
-    estimate on the float32 Gram matrix, which is returned for reuse when float32 is chosen. ``by_condition``:
-    the estimate is the effective ratio (condition number of B, see the policy above) instead of r.
+
+def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool) -> list[_Part]:
+    """The batch split by precision (one part when all matrices share one).
+
+    Spectral maps obey f_{c/s}(X/s) = f_c(X)/s with s = ||X||_F: the scaling keeps X X^T and its square in
+    range at any scale of X. With ``dtype`` given, float64 inputs or not ``adaptive``: one part in that dtype
+    (float64 for None). Otherwise each matrix gets the policy above from its own ratio: float32 throughout
+    without any extra work when ||X||_F/c <= FP32_MAX_RATIO for all (sigma_max <= ||X||_F), else from a power
+    estimate on the float32 Gram matrix (kept for the float32 part); ``by_condition``: the effective ratio
+    (condition number of B) instead of r. The mixed and float64 parts form X X^T of their matrices in float64
+    (exact products of the float32/16 entries, then divided by s^2: no scaled float64 copy of X).
     """
     s = _frobenius(X, adaptive)
     if dtype is not None or not adaptive or X.dtype == torch.float64:
         work = dtype or torch.float64
         if work != torch.float64:
             s = s.clamp(1.2e-38, 3e38)  # float32 normal range
-        return X.to(work) / s.to(work)[:, None, None], c.double() / s, s, work, work, None
+        return [_Part(None, c.double() / s, s, work, work, gram(X.to(work) / s.to(work)[:, None, None]), None)]
     s32 = s.clamp(1.2e-38, 3e38)
-    Xn, c32 = X.float() / s32.float()[:, None, None], c.double() / s32
-    if float((1 / c32).max()) <= FP32_MAX_RATIO:
-        return Xn, c32, s32, torch.float32, torch.float32, None
-    G = gram(Xn)
-    r = _ratio_estimate(G, c32)
+    cn = c.double() / s32
+    G = gram(X.float() / s32.float()[:, None, None])
+    if float((1 / cn).max()) <= FP32_MAX_RATIO:
+        return [_Part(None, cn, s32, torch.float32, torch.float32, G, None)]
+    r = _ratio_estimate(G, cn)
     bounds = None
     if by_condition:
-        bounds = _gram_bounds(G, (c32 * c32)[:, None, None], certify=True)
-        lo = float(_eigen_interval(bounds, (c32 * c32)[:, None, None]).lo.min())
-        r = math.sqrt(max((1 + r * r) / lo - 1, 0.0))
-    if r <= FP32_MAX_RATIO:
-        return Xn, c32, s32, torch.float32, torch.float32, (G, bounds)
-    late = torch.float32 if r <= MIXED_MAX_RATIO else torch.float64
-    return X.double() / s[:, None, None], c.double() / s, s, torch.float64, late, None
+        c2 = (cn * cn)[:, None, None]
+        bounds = _gram_bounds(G, c2, certify=True)
+        r = ((1 + r * r) / _eigen_interval(bounds, c2).lo.flatten() - 1).clamp_min(0).sqrt()
+    tier = (r > FP32_MAX_RATIO).long() + (r > MIXED_MAX_RATIO).long()  # 0 float32, 1 mixed, 2 float64
+    if not by_condition:  # the hard clip runs in float64 throughout above FP32_MAX_RATIO
+        tier = tier.clamp(max=1)
+    parts = []
+    for t in sorted(set(tier.tolist())):
+        rows = None if bool((tier == t).all()) else (tier == t).nonzero().flatten()
+
+        def pick(v: Tensor, rows: Tensor | None = rows) -> Tensor:
+            return v if rows is None else v[rows]
+        if t == 0:
+            given = None if bounds is None else (pick(bounds[0]), pick(bounds[1]))
+            parts.append(_Part(rows, pick(cn), pick(s32), torch.float32, torch.float32, pick(G), given))
+        else:
+            sd = pick(s).clamp_min(1e-100)  # a float32/16 X has s >= 1e-45 unless it is zero (then G = 0)
+            Gd = gram(pick(X).double()) / (sd * sd)[:, None, None]
+            parts.append(_Part(rows, pick(c).double() / sd, sd, torch.float64,
+                               torch.float32 if t == 1 else torch.float64, Gd, None))
+    return parts
 
 
 def _missed_large_ratio(bound: Tensor, c2: Tensor, interval: _Interval | None) -> bool:
@@ -215,10 +241,9 @@ def _missed_large_ratio(bound: Tensor, c2: Tensor, interval: _Interval | None) -
 
 
 class _Setup(NamedTuple):
-    """What both polar clips start from: the scaled X, c^2 (B, 1, 1), the scale, the early and late dtypes,
-    G = X X^T, G^2, the bound on lambda_max(G) and, with ``by_condition``, the interval holding the eigenvalues
-    of I + G/c^2 (``_eigen_interval``; else None)."""
-    X: Tensor
+    """What both polar clips start from, for one ``_Part``: c^2 (b, 1, 1) and s of the scaled matrices X/s, the
+    early and late dtypes, G = (X/s)(X/s)^T, G^2, the bound on lambda_max(G) and, with ``by_condition``, the
+    interval holding the eigenvalues of I + G/c^2 (``_eigen_interval``; else None)."""
     c2: Tensor
     scale: Tensor
     early: torch.dtype
@@ -229,23 +254,52 @@ class _Setup(NamedTuple):
     interval: _Interval | None
 
 
-def _setup(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_condition: bool = False
-           ) -> _Setup | None:
-    """Scale X, choose the precision and form G, G^2 and the bound (and the eigenvalue interval); None when
-    float32 was chosen from the estimate but the bound shows the (effective) ratio is large (the caller redoes
-    the call in float64). ``by_condition``: see ``_normalize``."""
-    Xn, cn, scale, early, late, given = _normalize(X, c, adaptive, dtype, by_condition)
-    G, bounds = given or (None, None)
-    G, G2, bound = _gram_and_bound(Xn, G)
+def _setup(part: _Part, adaptive: bool, dtype: torch.dtype | None, by_condition: bool) -> _Setup | None:
+    """Form G^2 and the bound (and the eigenvalue interval) of ``part``; None when float32 was chosen from the
+    estimate but the bound shows the (effective) ratio is large (the caller redoes the part in float64)."""
+    G2, bound = _gram_and_bound(part.G)
     interval = None
     if by_condition:
-        c2 = (cn * cn)[:, None, None]
-        interval = _eigen_interval(bounds or _gram_bounds(G, c2, certify=adaptive), c2, bound)
-    cn = cn.to(early)
+        c2 = (part.cn * part.cn)[:, None, None]
+        interval = _eigen_interval(part.bounds or _gram_bounds(part.G, c2, certify=adaptive), c2, bound)
+    cn = part.cn.to(part.early)
     c2 = (cn * cn)[:, None, None]
-    if early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2, interval):
+    if part.early == torch.float32 and dtype is None and _missed_large_ratio(bound, c2, interval):
         return None
-    return _Setup(Xn, c2, scale, early, late, G, G2, bound, interval)
+    return _Setup(c2, part.scale, part.early, part.late, part.G, G2, bound, interval)
+
+
+def _left_multiply(F: Tensor, X: Tensor) -> Tensor:
+    """F @ X in the memory layout of X: a transposed view X (a tall matrix taken in the wide orientation) gets
+    (X^T F^T)^T, whose transpose back to the caller's orientation is contiguous."""
+    if X.mT.is_contiguous() and not X.is_contiguous():
+        return (X.mT @ F.mT).mT
+    return F @ X
+
+
+_PartClip = Callable[[Tensor, _Setup, int | None, bool], tuple[Tensor, Tensor]]
+
+
+def _clip_by_parts(clip_part: _PartClip, X: Tensor, c: Tensor, steps: int | None, adaptive: bool,
+                   dtype: torch.dtype | None, by_condition: bool) -> tuple[Tensor, Tensor]:
+    """Run ``clip_part`` on each precision part of the batch X (``_parts``; a part whose float32 choice the bound
+    refutes runs in float64) and put the results back in batch order."""
+    results = []
+    for part in _parts(X, c, adaptive, dtype, by_condition):
+        Xp, cp = (X, c) if part.rows is None else (X[part.rows], c[part.rows])
+        setup = _setup(part, adaptive, dtype, by_condition)
+        if setup is None:
+            setup = _setup(_parts(Xp, cp, adaptive, torch.float64, by_condition)[0], adaptive, torch.float64,
+                           by_condition)
+        Y, bound = clip_part(Xp, setup, steps, adaptive)
+        if part.rows is None:
+            return Y, bound
+        results.append((part.rows, Y, bound))
+    dtype = functools.reduce(torch.promote_types, (Y.dtype for _, Y, _ in results))
+    Y, bound = torch.empty_like(X, dtype=dtype), X.new_empty(X.shape[:1], dtype=torch.float64)  # X's layout
+    for rows, Yp, bp in results:
+        Y[rows], bound[rows] = Yp.to(dtype), bp.double()
+    return Y, bound
 
 
 def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
@@ -258,15 +312,17 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
                     dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
     """(H_c(X), sigma_bound) for a (B, m <= n) batch X; c of shape (B,); result in float32 or float64.
 
-    dtype float32/float64: everything in that dtype; None: the mixed policy above (by the effective ratio).
-    The schedule is the one for l = sqrt(lo/alpha), alpha = SAFETY * hi, [lo, hi] from ``_eigen_interval``.
+    dtype float32/float64: everything in that dtype; None: the mixed policy above (by the effective ratio, per
+    matrix). The schedule is the one for l = sqrt(lo/alpha), alpha = SAFETY * hi, [lo, hi] from
+    ``_eigen_interval``.
     """
+    return _clip_by_parts(_soft_clip_part, X, c, steps, adaptive, dtype, by_condition=True)
+
+
+def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
+    """H_c(X) = M X with M = (I + G/c^2)^{-1/2} from the polar iteration on R = (I + G/c^2)/alpha."""
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    setup = _setup(X, c, adaptive, dtype, by_condition=True)
-    if setup is None:
-        return soft_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
-    X_in = X
-    X, _, scale, early, late, G, G2, bound, (lo, hi, c2) = setup
+    _, scale, early, late, G, G2, bound, (lo, hi, c2) = setup
     alpha = hi * SAFETY
     # R = (I + G/c^2)/alpha and R^2 = (I + 2 G/c^2 + G^2/c^4)/alpha^2, with the identity added on the diagonal;
     # the factors are formed in float64 (in float32, c^4 and alpha^2 under- or overflow at large sigma_max/c)
@@ -280,9 +336,8 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
         M = inverse_sqrt(R, R2, schedule) * alpha.rsqrt().to(early)
     else:
         M = _inverse_sqrt_by_factor(R, R2, inv, schedule, late)
-    # M ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1]: applying it to the unscaled input is safe
-    Y = M @ X_in if X_in.dtype == late else (M * scale[:, None, None].to(late)) @ X.to(late)
-    return Y, bound.sqrt() * scale
+    # M ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1] and is scale-free: it applies to the unscaled input
+    return _left_multiply(M, X.to(late)), bound.sqrt() * scale
 
 
 def _inverse_sqrt_by_factor(R: Tensor, R2: Tensor, inv: Tensor, schedule: Schedule, dtype: torch.dtype
@@ -304,23 +359,26 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     """(hard clip of X at c, sigma_bound) for a (B, m <= n) batch X; c of shape (B,).
 
     Computed in ``dtype``; None = float64, or float32 when ``adaptive`` and a power-iteration estimate of
-    sigma_max/c is <= FP32_MAX_RATIO (the sign iteration has no well-conditioned late phase to run in float32).
+    sigma_max/c is <= FP32_MAX_RATIO (per matrix; the sign iteration has no well-conditioned late phase to run
+    in float32).
 
     With Gh = G/c^2 and beta = max(1, bound/c^2): Z = Gh^{-1/2} from the polar iteration on Gh/beta
     (accurate for sigma >= c/2), Gh^{1/2} = Gh Z, S = sign((Gh^{1/2} - I)/gamma) with gamma = max(1, sqrt(beta)),
     and hard_clip(X) = 1/2 [(I + S) Z + (I - S)] X.  ``steps`` (if given) is used for both iterations.
     """
+    return _clip_by_parts(_hard_clip_part, X, c, steps, adaptive, dtype, by_condition=False)
+
+
+def _hard_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
+    """hard_clip(X) = F X with F = 1/2 [(I + S) Z + (I - S)] (see ``hard_clip_polar``)."""
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
-    setup = _setup(X, c, adaptive, dtype)
-    if setup is None:
-        return hard_clip_polar(X, c, steps=steps, adaptive=adaptive, dtype=torch.float64)
-    X, c2, scale, dtype, _, G, G2, bound, _ = setup
+    c2, scale, dtype, _, G, G2, bound, _ = setup
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     Gh = G / c2
     idx_z = grid_index(0.5 * beta.rsqrt().flatten())
     Qz = inverse_sqrt(Gh / beta, G2 / (c2 * c2 * beta * beta),
-                      gather_schedule(idx_z, steps, X.dtype, tol, adaptive),
+                      gather_schedule(idx_z, steps, dtype, tol, adaptive),
                       symmetric=False)
     Z = Qz * beta.rsqrt()
     gamma = beta.sqrt() * SAFETY
@@ -328,6 +386,6 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     E = (0.5 * (E + E.mT) - eye) / gamma  # symmetric in exact arithmetic (Gh and Z commute); keep it so
     idx_s = grid_index(SIGN_TOL / gamma.flatten())
     # S multiplies X itself in (I - S) X: an error e in S costs e * sigma_max/c, so S is converged to TOL_FLOAT64
-    S = symmetric_sign(E, gather_schedule(idx_s, steps, X.dtype, TOL_FLOAT64, adaptive))
+    S = symmetric_sign(E, gather_schedule(idx_s, steps, dtype, TOL_FLOAT64, adaptive))
     F = 0.5 * ((eye + S) @ Z + (eye - S))  # S and Z commute only approximately: a full product
-    return (F @ X) * scale[:, None, None].to(dtype), bound.sqrt() * scale
+    return _left_multiply(F, X.to(dtype)), bound.sqrt() * scale
