@@ -106,6 +106,7 @@ def test_hypothesis_shapes(m, n, log_ratio, seed):
 def test_precision_backstop_when_the_ratio_estimate_is_wrong(monkeypatch):
     import spectrakit.linalg.polar_clip as polar_clip
 
-    monkeypatch.setattr(polar_clip, "_ratio_estimate", lambda G, cn, iters=2: torch.ones(G.shape[0], dtype=torch.float64))  # claims float32 is safe
+    claims_float32 = lambda G, cn, iters=2: torch.ones(G.shape[0], dtype=torch.float64)  # noqa: E731
+    monkeypatch.setattr(polar_clip, "_ratio_estimate", claims_float32)  # claims float32 is safe
     X = make_matrix(20, 30, "logspace", 1e4).float()
     assert rel_err(hard_clip(X, 1.0, method="polar"), oracle.hard_clip(X, 1.0)) <= 1e-3

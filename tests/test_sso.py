@@ -130,6 +130,51 @@ def test_solver_handles_a_batch_like_single_problems_and_without_host_sync() -> 
         assert float(batched.lam[i]) == pytest.approx(root, abs=2e-3)
 
 
+def test_a_round_evaluates_only_the_unfinished_matrices() -> None:
+    """With host syncs allowed, each round's msign gets only the matrices still unfinished (a shrinking batch), and
+    the answers are those of the run that evaluates every matrix in every round."""
+    g = torch.Generator().manual_seed(3)
+    Theta = top_pair(torch.randn(6, 8, 6, generator=g, dtype=torch.float64))
+    M_hat = torch.randn(6, 8, 6, generator=g, dtype=torch.float64)
+    M_hat /= torch.linalg.matrix_norm(M_hat, keepdim=True)
+    warm = torch.tensor([0.0, 0.01, -0.02, 0.3, -0.5, 0.05], dtype=torch.float64)
+    sizes: list[int] = []
+    compact = solve_multiplier(M_hat, Theta, warm, msign_fn=lambda X: sizes.append(X.shape[0]) or msign_svd(X))
+    full = solve_multiplier(M_hat, Theta, warm, msign_fn=msign_svd, sync=False)
+    assert sizes[0] == 6 and sizes == sorted(sizes, reverse=True) and sizes[-1] < 6
+    assert len(sizes) == compact.calls
+    assert torch.allclose(compact.lam, full.lam, rtol=0, atol=1e-9)
+    assert torch.allclose(compact.phi, full.phi, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 24), (3, 24, 5), (3, 7, 7)])
+def test_a_rank_one_theta_given_by_its_vectors_solves_in_a_small_basis(shape: tuple[int, int, int]) -> None:
+    """Theta = (u, v): where q + 1 columns save work (wide or tall, not square), each msign runs on q x (q + 1)
+    matrices, and lambda, h and Phi are those of the solve with the full matrix u v^T."""
+    g = torch.Generator().manual_seed(4)
+    U, _, Vh = torch.linalg.svd(torch.randn(shape, generator=g, dtype=torch.float64), full_matrices=False)
+    u, v = U[..., 0], Vh[..., 0, :]
+    M_hat = torch.randn(shape, generator=g, dtype=torch.float64)
+    M_hat /= torch.linalg.matrix_norm(M_hat, keepdim=True)
+    seen: list[tuple[int, ...]] = []
+    small = solve_multiplier(M_hat, (u, v), msign_fn=lambda X: seen.append(tuple(X.shape[-2:])) or msign_svd(X))
+    full = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], msign_fn=msign_svd)
+    q = min(shape[1:])
+    assert set(seen) == ({(q, q + 1)} if shape[1] != shape[2] else {shape[1:]})
+    assert small.calls == full.calls
+    assert torch.allclose(small.lam, full.lam, rtol=0, atol=1e-10)
+    assert torch.allclose(small.h, full.h, rtol=0, atol=1e-10)
+    assert small.phi.shape == shape and torch.allclose(small.phi, full.phi, rtol=0, atol=1e-10)
+
+
+def test_theta_vectors_of_the_wrong_shape_are_named() -> None:
+    M_hat = torch.randn(2, 4, 9, dtype=torch.float64)
+    with pytest.raises(ValueError, match="v must have shape"):
+        solve_multiplier(M_hat, (torch.ones(2, 4), torch.ones(2, 4)))
+    with pytest.raises(ValueError, match="u must have shape"):
+        solve_multiplier(M_hat, (torch.ones(4), torch.ones(2, 9)))
+
+
 def test_illinois_needs_fewer_msign_calls_than_bisection() -> None:
     g = torch.Generator().manual_seed(2)
     Theta = top_pair(torch.randn(16, 12, 10, generator=g, dtype=torch.float64))

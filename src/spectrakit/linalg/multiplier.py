@@ -32,8 +32,47 @@ class Multiplier(NamedTuple):
     lam: Tensor  # lambda* (float64 for float64 inputs, else float32)
     phi: Tensor  # msign(M_hat + lambda* Theta)
     h: Tensor  # <Theta, phi>, float32
-    calls: int  # msign evaluations (each one batched over all matrices)
+    calls: int  # msign evaluations (each one batched over the matrices it needs)
     fallback: Tensor  # bool: bracketing failed, lambda = 0 was used
+
+
+class _Reduced(NamedTuple):
+    """SSO's problem written in a basis of q + 1 columns (see ``_rank_one_basis``)."""
+
+    M: Tensor  # M_hat Q, (..., q, q + 1), in the wide orientation
+    Theta: Tensor  # u z^T, z = Q^T v
+    basis: Tensor  # Q, (..., p, q + 1), orthonormal columns
+    transposed: bool  # M_hat was tall: M and Theta are those of M_hat^T
+
+    def expand(self, phi: Tensor) -> Tensor:
+        """msign(M_hat + lambda Theta) = phi Q^T from phi = msign(M + lambda Theta) (transposed back if tall)."""
+        full = phi @ self.basis.mT
+        return full.mT if self.transposed else full
+
+
+def _rank_one_basis(M_hat: Tensor, u: Tensor, v: Tensor) -> _Reduced | None:
+    """The solver's matrices in a (q + 1)-column basis, for Theta = u v^T (None where that saves < 20%).
+
+    In the wide orientation (M_hat q x p, q <= p; a tall M_hat is transposed, and u, v swap), every row of
+    A(lambda) = M_hat + lambda u v^T lies in the span of M_hat's rows and v. The QR factorisation
+    [M_hat^T, v] = Q R (Q: p x (q + 1), orthonormal columns) gives M_hat Q = R[:, :q]^T and z = Q^T v = R[:, q],
+    so that A(lambda) = (R[:, :q]^T + lambda u z^T) Q^T and, Q^T having orthonormal rows,
+    msign(A(lambda)) = msign(R[:, :q]^T + lambda u z^T) Q^T,  <Theta, msign(A)> = <u z^T, msign(R[:, :q]^T + ...)>,
+    with the same Frobenius norm, so the same normalised polar iteration. An evaluation then costs ~q/p of one
+    on A (products of q x (q + 1) instead of q x p matrices).
+    """
+    for name, t, size in (("u", u, M_hat.shape[-2]), ("v", v, M_hat.shape[-1])):
+        if not isinstance(t, Tensor) or t.shape != (*M_hat.shape[:-2], size):
+            raise ValueError(f"Theta = (u, v): {name} must have shape {(*M_hat.shape[:-2], size)}, got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    transposed = M_hat.shape[-2] > M_hat.shape[-1]
+    if transposed:
+        M_hat, u, v = M_hat.mT, v, u
+    q, p = M_hat.shape[-2:]
+    if 5 * (q + 1) > 4 * p:
+        return None
+    Q, R = torch.linalg.qr(torch.cat([M_hat.mT, v[..., :, None].to(M_hat.dtype)], dim=-1))
+    return _Reduced(R[..., :q].mT, u[..., :, None].to(R.dtype) * R[..., q][..., None, :], Q, transposed)
 
 
 def _evaluate(msign_fn: Callable[[Tensor], Tensor], M_hat: Tensor, Theta: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,9 +95,11 @@ def _secant_reach(doubling: Tensor, lam0: Tensor, h0: Tensor, last: Tensor, h_la
     return torch.where(farther, torch.where((secant - limit) * sign0 < 0, limit, secant), doubling)
 
 
-def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *, method: str = "bisection",
-                     tol: float = 2e-4, max_iter: int = 20, bracket_steps: int = 10, bracket_start: float = 1e-3,
-                     msign_fn: Callable[[Tensor], Tensor] = msign, sync: bool = True) -> Multiplier:
+def solve_multiplier(M_hat: Tensor, Theta: Tensor | tuple[Tensor, Tensor], lam0: Tensor | None = None, *,
+                     method: str = "bisection",
+                     tol: float = 2e-4, max_iter: int = 20, bracket_steps: int = 10,
+                     bracket_start: float = 1e-3, msign_fn: Callable[[Tensor], Tensor] = msign,
+                     sync: bool = True) -> Multiplier:
     """Root of h(lambda) = <Theta, msign(M_hat + lambda Theta)> for every matrix of a batch (..., m, n).
 
     From lambda_0 (``lam0``, the previous step's root; 0 when None): if |h(lambda_0)| <= tol stop; else step
@@ -78,10 +119,32 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *
     norm's subdifferential (the tangent steepest direction).
 
     All matrices advance together: each round is ONE batched msign call, and the per-matrix bookkeeping is done
-    with ``torch.where`` on the device. ``sync=True`` ends the loop as soon as every matrix is finished (one
-    host sync per round); ``sync=False`` runs all ``bracket_steps + max_iter`` rounds (no host sync at all).
+    with ``torch.where`` on the device. ``sync=True`` reads on the host, once per round, which matrices are
+    unfinished: the round evaluates only those, and the loop ends when none is left; ``sync=False`` evaluates
+    every matrix in all ``bracket_steps + max_iter`` rounds (no host sync at all).
+
+    ``Theta`` is the (..., m, n) matrix, or the pair (u, v) of unit vectors of a rank-one Theta = u v^T (SSO's):
+    then, where it saves work, every msign runs on a q x (q + 1) matrix instead (q = min(m, n); see
+    ``_rank_one_basis``), the same iteration in exact arithmetic.
     """
     check_choice(method, "method", SOLVERS)
+    if isinstance(Theta, tuple):
+        reduced = _rank_one_basis(M_hat, *Theta)
+        if reduced is not None:
+            answer = solve_multiplier(reduced.M, reduced.Theta, lam0, method=method, tol=tol, max_iter=max_iter,
+                                      bracket_steps=bracket_steps, bracket_start=bracket_start, msign_fn=msign_fn,
+                                      sync=sync)
+            return answer._replace(phi=reduced.expand(answer.phi))
+        u, v = Theta
+        Theta = u[..., :, None] * v[..., None, :]
+    if M_hat.dim() != 3:  # one batch dimension, so that a round can index its unfinished matrices
+        batch, shape = M_hat.shape[:-2], M_hat.shape[-2:]
+        flat = solve_multiplier(M_hat.reshape(-1, *shape), Theta.reshape(-1, *shape),
+                                None if lam0 is None else lam0.reshape(-1), method=method, tol=tol,
+                                max_iter=max_iter, bracket_steps=bracket_steps, bracket_start=bracket_start,
+                                msign_fn=msign_fn, sync=sync)
+        return Multiplier(flat.lam.reshape(batch), flat.phi.reshape(*batch, *shape), flat.h.reshape(batch),
+                          flat.calls, flat.fallback.reshape(batch))
     batch = M_hat.shape[:-2]
     at_zero = lam0 is None
     scalar = torch.float64 if M_hat.dtype == torch.float64 else torch.float32
@@ -114,7 +177,12 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor, lam0: Tensor | None = None, *
             gap = f_high - f_low
             inner = torch.where(gap == 0, inner, (low * f_high - high * f_low) / torch.where(gap == 0, 1.0, gap))
         trial = torch.where(active, torch.where(bracketed, inner, outward), best_lam)
-        phi, h = _evaluate(msign_fn, M_hat, Theta, trial)
+        if sync:  # only the unfinished matrices (this round read which they are anyway); the rest keep their best
+            rows = active.nonzero().squeeze(-1)
+            phi_rows, h_rows = _evaluate(msign_fn, M_hat[rows], Theta[rows], trial[rows])
+            phi, h = best_phi.index_copy(0, rows, phi_rows), best_h.index_copy(0, rows, h_rows)
+        else:
+            phi, h = _evaluate(msign_fn, M_hat, Theta, trial)
         calls += 1
         better = active & (h.abs() < best_h.abs())
         best_lam, best_h = torch.where(better, trial, best_lam), torch.where(better, h, best_h)

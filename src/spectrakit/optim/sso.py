@@ -226,8 +226,10 @@ class SSO(MatrixViews, SpectralOptimizer):
             the authors' code; a = ``retraction_rate``, multiplied by lr when ``retraction_rate_times_lr``,
             the paper's variant).
         solver_tol, solver_max_iter, solver_bracket_steps: |h| tolerance, bisection and doubling budgets.
-        solver_sync: end the solver as soon as every block has converged (one host sync per solver round);
-            False runs the full budget of rounds with no host sync.
+        solver_sync: one host sync per solver round: each round evaluates only the blocks not yet converged,
+            and the solver ends when all are; False runs the full budget of rounds on every block with no host
+            sync. Either way each msign runs on q x (q + 1) matrices for blocks with q + 1 < 0.8 max(m, n)
+            (q = min(m, n); ``solve_multiplier`` with Theta = (u, v)).
         power_iters: power iterations per step (warm-started from the previous step's vector);
             the first step, which has no vector yet, runs ``cold_power_iters``.
         batch: the most blocks stacked into one power iteration and one multiplier solve. Blocks of the same
@@ -396,7 +398,7 @@ class SSO(MatrixViews, SpectralOptimizer):
             self.msign_calls += 1
         else:
             lam0 = torch.cat([piece.gather(piece.state["lambda"][..., piece.index], 0) for piece in chunk])
-            answer = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], lam0, method=group["solver"],
+            answer = solve_multiplier(M_hat, (u, v), lam0, method=group["solver"],
                                       tol=group["solver_tol"], max_iter=group["solver_max_iter"],
                                       bracket_steps=group["solver_bracket_steps"], msign_fn=msign_fn,
                                       sync=group["solver_sync"] and not self._sync_free_step)
