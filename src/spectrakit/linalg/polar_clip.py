@@ -174,7 +174,7 @@ class _Part(NamedTuple):
     """The matrices of a batch that share a precision: their indices in the batch (None: all of them), c/s and
     s = ||X||_F (float64, shape (b,)), the early and late dtypes, G = (X/s)(X/s)^T in the early dtype and its
     ``_gram_bounds`` when already computed (else None)."""
-    rows: Tensor | None
+    rows: slice | Tensor | None
     cn: Tensor
     scale: Tensor
     early: torch.dtype
@@ -214,11 +214,11 @@ def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
     tier = (r > FP32_MAX_RATIO).long() + (r > MIXED_MAX_RATIO).long()  # 0 float32, 1 mixed, 2 float64
     if not by_condition:  # the hard clip runs in float64 throughout above FP32_MAX_RATIO
         tier = tier.clamp(max=1)
-    parts = []
-    for t in sorted(set(tier.tolist())):
-        rows = None if bool((tier == t).all()) else (tier == t).nonzero().flatten()
+    parts, tiers = [], tier.tolist()
+    for t in sorted(set(tiers)):
+        rows = _rows([i for i, ti in enumerate(tiers) if ti == t], len(tiers), X.device)
 
-        def pick(v: Tensor, rows: Tensor | None = rows) -> Tensor:
+        def pick(v: Tensor, rows: slice | Tensor | None = rows) -> Tensor:
             return v if rows is None else v[rows]
         if t == 0:
             given = None if bounds is None else (pick(bounds[0]), pick(bounds[1]))
@@ -229,6 +229,16 @@ def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
             parts.append(_Part(rows, pick(c).double() / sd, sd, torch.float64,
                                torch.float32 if t == 1 else torch.float64, Gd, None))
     return parts
+
+
+def _rows(indices: list[int], size: int, device: torch.device) -> slice | Tensor | None:
+    """The batch rows ``indices`` of a batch of ``size``: None for all of them, a slice (a view, no copy) when they
+    are consecutive, else an index tensor."""
+    if len(indices) == size:
+        return None
+    if indices[-1] - indices[0] + 1 == len(indices):
+        return slice(indices[0], indices[-1] + 1)
+    return torch.tensor(indices, device=device)
 
 
 def _missed_large_ratio(bound: Tensor, c2: Tensor, interval: _Interval | None) -> bool:
