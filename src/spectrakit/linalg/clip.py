@@ -148,9 +148,10 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             at 100, bounded and finite at every ratio. None = float32 as above when not ``adaptive`` (the
             accelerator default); with ``adaptive`` (the CPU default) float64 (forming X X^T squares the
             condition number) or float32 where a power-iteration estimate of the effective ratio allows it
-            (sqrt(kappa - 1), kappa the condition number of I + X X^T/c^2 from trace bounds and Cholesky
-            certificates on its smallest eigenvalue: sigma_max/c unless the spectrum is nearly flat; <= 16:
-            all float32; <= 100: float64 X X^T and Cholesky factor, float32 iteration on the factor), with a
+            (per matrix of a stack; sqrt(kappa - 1), kappa the condition number of I + X X^T/c^2 from trace
+            bounds and Cholesky certificates on its smallest eigenvalue: sigma_max/c unless the spectrum is
+            nearly flat; <= 16: all float32; <= 100: float64 X X^T and Cholesky factor, float32 iteration on
+            the factor), with a
             float64 redo if the computed bounds show the estimate was wrong. Measured: <= 1e-3 vs float64 SVD
             for sigma_max/c in [1e-2, 1e4], any scale of X. float64 inputs stay float64 with dtype None.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
@@ -198,7 +199,8 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             sigma_max/c ~ 1e22 on, where the soft clip's (c/||X||_F)^2 underflows). None = float32 as
             above when not ``adaptive`` (the accelerator default); with ``adaptive`` (the CPU default) float64
             (forming X X^T squares the condition number) or float32 where a power-iteration estimate of
-            sigma_max/c is <= 16, with a float64 redo if the computed bound shows the estimate was wrong:
+            sigma_max/c is <= 16 (per matrix of a stack), with a float64 redo if the computed bound shows the
+            estimate was wrong:
             <= 1e-3 for sigma_max/c in [1e-2, 1e4]. float64 inputs stay float64 with dtype None. bfloat16 is
             not offered: on the CPU this was measured on (2 AVX2 cores, no bf16 matmul units) bf16 matmuls
             are ~20-300x slower than float32, and it would miss 1e-3.

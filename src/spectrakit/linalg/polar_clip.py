@@ -134,16 +134,16 @@ def _eigen_interval(bounds: tuple[Tensor, Tensor], c2: Tensor, bound: Tensor | N
     return _Interval(torch.fmax(1 + below - LOWER_MARGIN * hi, torch.ones_like(hi)), hi, c2)
 
 
-#: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c
-#: (largest in the batch); the soft clip uses the effective ratio r_eff = sqrt(kappa - 1) instead, with
-#: kappa = (1 + r^2)/lo an estimate of the condition number of B = I + G/c^2 (r_eff = r when lo = 1): the
-#: float32 rounding of G costs ~eps * r^2 relative to lambda_min(B) = lo, and that of the iteration ~eps * kappa,
-#: so kappa is what matters (a flat spectrum runs in float32 at any r). Measured relative errors vs float64 SVD
-#: at 768 x 768 for flat, spiky, logspace and rank-deficient spectra (with the float32 tolerance TOL):
-#: r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient
-#: inputs: X X^T in float32 carries errors ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and its
-#: Cholesky factor in float64, the iteration on the factor and the product with X in float32 (<= 1.7e-4 at
-#: r = 100, up to 2e-3 at r = 1000: the float32 steps cost ~eps * r); larger r: float64 throughout.
+#: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c of each
+#: matrix (a stack is split into parts that share a precision, ``_parts``); the soft clip uses the effective ratio
+#: r_eff = sqrt(kappa - 1) instead, with kappa = (1 + r^2)/lo an estimate of the condition number of B = I + G/c^2
+#: (r_eff = r when lo = 1): the float32 rounding of G costs ~eps * r^2 relative to lambda_min(B) = lo, and that of
+#: the iteration ~eps * kappa, so kappa is what matters (a flat spectrum runs in float32 at any r). Measured relative
+#: errors vs float64 SVD at 768 x 768 for flat, spiky, logspace and rank-deficient spectra (with the float32
+#: tolerance TOL): r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on
+#: rank-deficient inputs: X X^T in float32 carries errors ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and
+#: its Cholesky factor in float64, the iteration on the factor and the product with X in float32 (<= 1.7e-4 at r =
+#: 100, up to 2e-3 at r = 1000: the float32 steps cost ~eps * r); larger r: float64 throughout.
 FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
