@@ -358,9 +358,14 @@ def _spd(n: int = 4) -> torch.Tensor:
     (lambda A: torch.linalg.solve_triangular(A, A, upper=True), ["linalg_solve_triangular"], 0),
     (lambda A: A[A > 0], ["gt", "index"], 1),
     (lambda A: A.nonzero(), ["nonzero"], 1),
+    (lambda A: A.repeat_interleave(torch.tensor([1, 2, 1, 2]), dim=0),
+     ["lift_fresh", "repeat_interleave", "index_select"], 1),
+    (lambda A: A.repeat_interleave(torch.tensor([1, 2, 1, 2]), dim=0, output_size=6),
+     ["lift_fresh", "repeat_interleave", "index_select"], 0),
     (lambda A: float(A.sum()), ["sum", "_local_scalar_dense"], 1),
 ], ids=["eigh", "eigvalsh", "svd", "norm2", "inv", "solve", "cholesky", "inv_ex", "inv_ex-checked", "solve_ex",
-        "cholesky_ex", "cholesky_ex-checked", "qr", "solve_triangular", "bool-index", "nonzero", "item"])
+        "cholesky_ex", "cholesky_ex-checked", "qr", "solve_triangular", "bool-index", "nonzero", "repeats",
+        "repeats-sized", "item"])
 def test_audit_counts_the_ops_that_synchronise_by_the_names_they_dispatch(call, names, syncs):
     """What torch.linalg's front ends dispatch under a dispatch mode (composites decomposed), and which of it
     synchronises on CUDA (spectrakit.linalg.audit's list, from ATen's sources)."""

@@ -79,7 +79,7 @@ def _boolean_index(func, args, kwargs) -> bool:  # noqa: ANN001
 
 
 def _sized_repeats(func, args, kwargs) -> bool:  # noqa: ANN001
-    return func._overloadname.startswith("Tensor") and _argument(func, args, kwargs, "output_size") is None
+    return func._overloadname in ("Tensor", "self_Tensor") and _argument(func, args, kwargs, "output_size") is None
 
 
 def _range_from_data(func, args, kwargs) -> bool:  # noqa: ANN001
