@@ -4,11 +4,13 @@ and the identities that make them one power iteration."""
 from __future__ import annotations
 
 import _svd_oracle as oracle
+import pytest
 import torch
-from _linalg_cases import make_matrix
+from _linalg_cases import make_matrix, with_singular_values
 
 from spectrakit.linalg import block_power_iteration, spectral_norm, top_singular
 from spectrakit.linalg.polar_clip import _ratio_estimate
+from spectrakit.linalg.power import ritz_rotation, top_eigenvector, top_triplet
 from spectrakit.linalg.symmetric import gram
 
 
@@ -113,3 +115,142 @@ def test_polar_clip_ratio_estimate_is_four_products_with_the_gram_matrix():
     lam = torch.linalg.vector_norm(power[1], dim=(-2, -1)) / torch.linalg.vector_norm(power[0], dim=(-2, -1))
     expected = lam.sqrt() / c
     assert torch.allclose(_ratio_estimate(G, c), expected, rtol=1e-5, atol=0)
+
+
+# ------------------------------------------------------------------- sync-free Rayleigh-Ritz replacements
+def _values(kind: str, k: int) -> torch.Tensor:
+    """k singular values of a named spectrum (float64)."""
+    f64 = {"dtype": torch.float64}
+    if kind == "logspace":
+        return torch.logspace(0, -2, k, **f64)
+    if kind == "flat":  # all within 1%
+        return 1 + 0.01 * torch.linspace(1, 0, k, **f64)
+    if kind == "dominant":
+        return torch.cat([torch.tensor([10.0, 7.0, 5.0], **f64), torch.linspace(1, 0.1, k - 3, **f64)])
+    if kind == "rank_deficient":
+        return torch.cat([torch.tensor([3.0, 2.0], **f64), torch.zeros(k - 2, **f64)])
+    if kind == "repeated_top":
+        return torch.cat([torch.tensor([5.0, 5.0], **f64), torch.linspace(2, 0.1, k - 2, **f64)])
+    if kind == "tiny":
+        return 1e-30 * torch.logspace(0, -2, k, **f64)
+    if kind == "huge":
+        return 1e30 * torch.logspace(0, -2, k, **f64)
+    raise ValueError(kind)
+
+
+_KINDS = ("logspace", "flat", "dominant", "rank_deficient", "repeated_top", "tiny", "huge")
+_EPS = {torch.float32: 1e-6, torch.float64: 1e-14}
+
+
+def _stack(m: int, n: int, kind: str, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([with_singular_values(m, n, lambda k: _values(kind, k), gen) for _ in range(2)]).to(dtype)
+
+
+def _orthonormal(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(shape, generator=gen, dtype=torch.float64)).Q.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", _KINDS)
+def test_top_triplet_is_the_top_singular_triplet_without_svd(kind, dtype):
+    """top_triplet(Q, B, V) against a float64 SVD of B (2 x 4 x 20, batched): sigma_1, a unit top pair
+    (B v = sigma u_B with sigma = sigma_1, any pair of a repeated top value), and the block identity
+    U diag(S) V^T = Q B with U orthonormal and V unit columns (a valid warm start)."""
+    B, Q, V0 = _stack(4, 20, kind, dtype), _orthonormal((2, 30, 4), dtype, 1), _orthonormal((2, 20, 4), dtype, 2)
+    U, S, V = top_triplet(Q, B, V0)
+    assert U.dtype == S.dtype == V.dtype == dtype
+    sigma1 = oracle.singular_values(B)[:, 0]
+    tol = 20 * _EPS[dtype]
+    torch.testing.assert_close(S[:, 0].double(), sigma1, rtol=tol, atol=0)
+    Bv = (B.double() @ V[..., 0, None].double())[..., 0]
+    u_B = (Q.mT.double() @ U[..., 0, None].double())[..., 0]
+    assert float(((Bv - S[:, 0, None].double() * u_B).norm(dim=-1) / sigma1).max()) <= tol
+    scale = sigma1[:, None, None]
+    torch.testing.assert_close(((U.double() * S.double()[:, None]) @ V.double().mT) / scale,
+                               (Q.double() @ B.double()) / scale, rtol=0, atol=tol)
+    torch.testing.assert_close(U.mT.double() @ U.double(), torch.eye(4, dtype=torch.float64).expand(2, 4, 4),
+                               rtol=0, atol=tol)
+    torch.testing.assert_close(torch.linalg.vector_norm(V.double(), dim=-2), torch.ones(2, 4, dtype=torch.float64),
+                               rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_triplet_of_a_zero_matrix_keeps_the_basis(dtype):
+    Q, V0 = _orthonormal((2, 30, 4), dtype, 1), _orthonormal((2, 20, 4), dtype, 2)
+    U, S, V = top_triplet(Q, torch.zeros(2, 4, 20, dtype=dtype), V0)
+    assert torch.equal(S, torch.zeros_like(S)) and torch.equal(V, V0)
+    torch.testing.assert_close(U.mT @ U, torch.eye(4, dtype=dtype).expand(2, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_eigenvector_of_a_close_second_value_loses_at_most_the_documented_quotient(dtype):
+    """lambda_2 / lambda_1 = 1 - 2^-17 (the worst case of the squarings): z^T C z >= lambda_1 (1 - 3e-6 k)."""
+    gen = torch.Generator().manual_seed(3)
+    Z = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=torch.float64)).Q
+    lam = torch.tensor([1.0, 1 - 2.0**-17, 0.5, 0.1], dtype=torch.float64)
+    C = (Z * lam) @ Z.T
+    z = top_eigenvector(C.to(dtype)).double()
+    assert float(z @ C @ z) >= 1 - 3e-6 * 4
+    assert abs(float(z.norm()) - 1) <= 10 * _EPS[dtype]
+
+
+def test_top_singular_sync_free_matches_the_svd_triplet_and_warm_starts():
+    """The sync-free top_singular: the same top triplet as the SVD one (float32), and its V block warm-starts."""
+    X = _gapped(36, 28).float()
+    U, S, V = top_singular(X, 3, iters=20)
+    Uf, Sf, Vf = top_singular(X, 3, iters=20, sync_free=True)
+    torch.testing.assert_close(Sf[0], S[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(Uf[:, :1] @ Vf[:, :1].T, U[:, :1] @ V[:, :1].T, rtol=0, atol=1e-5)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        X = X + 0.02 * torch.randn(X.shape, generator=gen)
+        _, Sf, Vf = top_singular(X, 3, iters=1, v0=Vf, sync_free=True)
+        torch.testing.assert_close(Sf[0].double(), oracle.singular_values(X)[0], rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", _KINDS)
+def test_ritz_rotation_diagonalises_the_gram_matrix_without_eigh(kind, dtype):
+    """ritz_rotation(W) against a float64 SVD of W (2 x 30 x 6): Z orthogonal, the column norms of W Z the
+    singular values, and the polar factor W Z diag(1/s) Z^T (over the non-zero s) that of W; the 1% cluster
+    ("flat") to its documented delta / 4. float32: G = W^T W holds s_i / s_1 = 1e-2 to ~1e-3 (so does eigh's);
+    float64: the exactly repeated top value of a cold start is resolved to ~3e-8."""
+    W = _stack(30, 6, kind, dtype)
+    Z = ritz_rotation(W)
+    assert Z.dtype == dtype
+    torch.testing.assert_close(Z.mT @ Z, torch.eye(6, dtype=dtype).expand(2, 6, 6), rtol=0, atol=10 * _EPS[dtype])
+    Wn = W.double() / W.double().abs().amax(dim=(-2, -1), keepdim=True)  # the scale out (norms of 1e+-30 in float32)
+    WZ = Wn @ Z.double()
+    s = torch.linalg.vector_norm(WZ, dim=-2)
+    exact = oracle.singular_values(Wn)
+    cluster = 0.01 if kind == "flat" else 0.0
+    tol = {torch.float32: 1e-3, torch.float64: 1e-7}[dtype] + cluster / 4  # measured 9e-4 (logspace), 3e-8
+    torch.testing.assert_close(s.sort(-1, descending=True).values / exact[:, :1], exact / exact[:, :1], rtol=0,
+                               atol=tol)
+    kept = s > 1e-6 * exact[:, :1]
+    polar = (WZ * (kept / s.clamp_min(1e-300))[:, None, :]) @ Z.double().mT
+    U, S, Vh = oracle.svd(Wn)
+    r = int((S[0] > 1e-6 * S[0, 0]).sum())
+    torch.testing.assert_close(polar, U[..., :r] @ Vh[..., :r, :], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ritz_rotation_of_a_zero_matrix_is_orthogonal(dtype):
+    Z = ritz_rotation(torch.zeros(2, 30, 6, dtype=dtype))
+    torch.testing.assert_close(Z.mT @ Z, torch.eye(6, dtype=dtype).expand(2, 6, 6))
+
+
+def test_sync_free_block_power_iteration_gives_the_rayleigh_ritz_triplets():
+    """Three close spikes (10, 8, 6 over a tail): the sync-free rotation gives the eigh one's triplets, and
+    U diag(s) V^T = U U^T X still."""
+    X = _gapped(30, 20)
+    V0 = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    U, s, V = block_power_iteration(X.float(), V0.float(), 3)
+    Uf, sf, Vf = block_power_iteration(X.float(), V0.float(), 3, sync_free=True)
+    torch.testing.assert_close(sf, s, rtol=1e-6, atol=0)
+    torch.testing.assert_close(Uf @ Vf.mT, U @ V.mT, rtol=0, atol=1e-5)
+    torch.testing.assert_close((Uf * sf) @ Vf.mT, Uf @ (Uf.mT @ X.float()), rtol=0, atol=1e-5)
+    U, s, V = block_power_iteration(X, V0, 40, sync_free=True)
+    torch.testing.assert_close(s, torch.tensor([10.0, 8.0, 6.0], dtype=torch.float64), rtol=1e-10, atol=0)

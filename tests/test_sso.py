@@ -240,13 +240,15 @@ def test_zero_momentum_gives_a_zero_step() -> None:
 
 
 # ---------------------------------------------------------------------------------- the update rule
+@pytest.mark.parametrize("sync_free", [False, True], ids=["synchronising", "sync-free"])
 @pytest.mark.parametrize("solver", ["bisection", "illinois", None])
-def test_matches_the_reference_from_the_equations(solver: str | None) -> None:
+def test_matches_the_reference_from_the_equations(solver: str | None, sync_free: bool) -> None:
+    """Sync-free: the top triplet without SVD (top_triplet) and the solver's full budget."""
     W0 = matrix_with_gap(12, 8, 4) * 3.0
     g = torch.Generator().manual_seed(5)
     grads = [torch.randn(12, 8, generator=g) for _ in range(4)]
     p = nn.Parameter(W0.clone())
-    opt = SSO([p], lr=0.05, solver=solver, solver_tol=1e-6, solver_max_iter=40)
+    opt = SSO([p], lr=0.05, solver=solver, solver_tol=1e-6, solver_max_iter=40, sync_free=sync_free)
     for G in grads:
         p.grad = G.clone()
         opt.step()
@@ -337,13 +339,15 @@ def _blocks(net: _Net) -> list[tuple[torch.Tensor, float]]:
     return out
 
 
-def test_every_block_is_on_its_sphere_after_the_retraction_and_near_it_after_the_step() -> None:
+@pytest.mark.parametrize("sync_free", [False, True], ids=["synchronising", "sync-free"])
+def test_every_block_is_on_its_sphere_after_the_retraction_and_near_it_after_the_step(sync_free: bool) -> None:
     """Hard retraction puts every atomic block on ||W||_2 = R at the start of each step; the tangent step then
-    moves it by at most lr R (Weyl), and only to second order. A step with lr = 0 is a pure retraction."""
+    moves it by at most lr R (Weyl), and only to second order. A step with lr = 0 is a pure retraction. The
+    sync-free sigma (top_triplet, stacked blocks of several shapes) retracts as well."""
     torch.manual_seed(0)
     net = _Net()
     lr = 0.02
-    opt = SSO(_groups(net), lr=lr)
+    opt = SSO(_groups(net), lr=lr, sync_free=sync_free)
     for _ in range(6):
         _train(net, opt, 1)
         for block, R in _blocks(net):

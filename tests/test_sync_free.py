@@ -25,6 +25,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: optimizers whose power iteration runs its cold start (more iterations) on a parameter's first step: a skipped
 #: first step has spent it (the next step starts from the same seeded block with the warm iteration count)
 _COLD_START = (SSO, MuonSphere, SpikeAware)
+#: optimizers whose sync-free step replaces an eigh / SVD (a device sync on CUDA) by matmul and QR steps
+#: (``spectrakit.linalg.power``): the same trajectory to float32 rounding, not bitwise; their power iteration's
+#: basis (the warm start) spans the same subspace with other columns
+_OWN_LINALG = (SSO, MuonSphere, SpikeAware)
+_BASES = ("power_v", "spike_v")
+_ROUNDING = {"rtol": 1e-5, "atol": 1e-6}  # float32: measured <= 3e-7 over 6 steps of the small model
 
 
 def _model():
@@ -65,6 +71,28 @@ def _assert_same_params(a, b) -> None:
         assert torch.equal(p, q), name
 
 
+def _span(V: torch.Tensor) -> torch.Tensor:
+    """The orthogonal projector onto the column span of each trailing matrix of V (float64)."""
+    Q = torch.linalg.qr(V.double()).Q
+    return Q @ Q.mT
+
+
+def _assert_like_synchronising(cls, free_model, synced_model, free_state: dict, synced_state: dict) -> None:
+    """Bitwise for most optimizers; to float32 rounding (bases by their span) for those of ``_OWN_LINALG``."""
+    if not issubclass(cls, _OWN_LINALG):
+        _assert_same_params(free_model, synced_model)
+        _assert_same_state(free_state, synced_state)
+        return
+    for (name, p), q in zip(free_model.named_parameters(), synced_model.parameters()):
+        torch.testing.assert_close(p, q, **_ROUNDING, msg=name)
+    assert free_state.keys() == synced_state.keys()
+    for key, value in free_state.items():
+        if key[1] in _BASES:
+            torch.testing.assert_close(_span(value), _span(synced_state[key]), rtol=0, atol=1e-4, msg=str(key))
+        else:
+            torch.testing.assert_close(value, synced_state[key], **_ROUNDING, msg=str(key))
+
+
 def _assert_poisoned_step_changes_nothing(model, opt) -> None:
     """A step on step 2's gradients with an Inf leaves every parameter and state entry bitwise unchanged."""
     params, state = copy.deepcopy(list(model.parameters())), _state_values(opt)
@@ -75,41 +103,46 @@ def _assert_poisoned_step_changes_nothing(model, opt) -> None:
     _assert_same_state(_state_values(opt), state)
 
 
-def _inner_reads(opt: SpectraWrapper, model) -> int:
-    """Host reads of the wrapped optimizer's own step on a copy (what the wrapper cannot remove)."""
+def _inner_syncs(opt: SpectraWrapper, model) -> tuple[int, int]:
+    """Host reads and device syncs of the wrapped optimizer's own step on a copy (what the wrapper cannot
+    remove)."""
     inner_model, inner = copy.deepcopy((model, opt.optimizer))  # one memo: the copy steps the copied parameters
     for p, q in zip(model.parameters(), inner_model.parameters()):
         q.grad = p.grad.clone()
     with OpAudit() as audit:
         inner.step()
-    return audit.host_reads
+    return audit.host_reads, audit.device_syncs
 
 
 @pytest.mark.parametrize("info, lr_kind", cases("test_step_makes_no_host_read", {"float-lr": "float",
                                                                                  "tensor-lr": "tensor"}))
-def test_step_makes_no_host_read(info, lr_kind):
+def test_step_makes_no_host_read(info, lr_kind, monkeypatch):
+    """No host read and no op that synchronises on CUDA (OpAudit.device_syncs: eigh, svd, info checks, ...). The
+    clips' "auto" method is made to choose as on an accelerator (polar; on the CPU small matrices take the exact
+    SVD, which synchronises on CUDA)."""
+    monkeypatch.setattr("spectrakit.linalg.clip._AUTO_SVD_MAX_SIDE_CPU", {"soft": 0, "hard": 0})
     model = _model()
     lr = torch.tensor(info.lr) if lr_kind == "tensor" else info.lr
     opt = info.make(model, lr=lr, sync_free=True)
     for k in range(3):
         backward(model, k)
-        expected = _inner_reads(opt, model) if isinstance(opt, SpectraWrapper) else 0
+        reads, syncs = _inner_syncs(opt, model) if isinstance(opt, SpectraWrapper) else (0, 0)
         with OpAudit() as audit:
             opt.step()
-        assert audit.host_reads == expected and audit.host_copies == 0, (k, audit.op_names)
+        assert audit.host_reads == reads and audit.host_copies == 0, (k, audit.op_names)
+        assert audit.device_syncs == syncs, (k, audit.sync_ops)
     assert isinstance(opt.skipped_steps, torch.Tensor) and int(opt.skipped_steps) == 0
 
 
 @pytest.mark.parametrize("info", cases("test_trajectory_equals_synchronising_steps"))
 def test_trajectory_equals_synchronising_steps(info):
     """Bitwise: the masking selects the computed step, and step counts held in float64 tensors give the same
-    bias corrections as Python ints."""
+    bias corrections as Python ints. SSO, MuonSphere and SpikeAware to float32 rounding (``_OWN_LINALG``)."""
     synced, free = _model(), _model()
     opt_synced, opt_free = info.make(synced, sync_free=False), info.make(free, sync_free=True)
     for k in range(4):
         _lockstep([(synced, opt_synced), (free, opt_free)], [k])
-        _assert_same_params(free, synced)
-    _assert_same_state(_state_values(opt_free), _state_values(opt_synced))
+        _assert_like_synchronising(info.cls, free, synced, _state_values(opt_free), _state_values(opt_synced))
     assert opt_synced.skipped_steps == 0 and int(opt_free.skipped_steps) == 0
 
 
@@ -124,7 +157,7 @@ def test_parameter_joining_later_steps_like_the_synchronising_run(info):
     for model in (synced, free):
         model[0].requires_grad_(True)
     _lockstep([(synced, opt_synced), (free, opt_free)], range(2, 4))
-    _assert_same_params(free, synced)
+    _assert_like_synchronising(info.cls, free, synced, _state_values(opt_free), _state_values(opt_synced))
 
 
 @pytest.mark.parametrize("info", cases("test_nonfinite_step_changes_nothing_and_is_counted"))
@@ -274,7 +307,7 @@ def test_masking_in_runs_of_one_tensor_changes_nothing_on_a_skip(monkeypatch, ma
     _lockstep([(model, opt), (reference, ref_opt)], range(2))
     _assert_poisoned_step_changes_nothing(model, opt)
     _lockstep([(model, opt), (reference, ref_opt)], (3, 4))
-    _assert_same_params(model, reference)
+    _assert_like_synchronising(type(opt), model, reference, _state_values(opt), _state_values(ref_opt))
 
 
 def test_a_sync_free_step_holds_one_run_of_copies_not_the_models(monkeypatch):
@@ -300,3 +333,95 @@ def test_a_sync_free_step_holds_one_run_of_copies_not_the_models(monkeypatch):
     whole = sum(p.numel() + sum(v.numel() for v in opt.state[p].values()) for p in params)
     assert [n for n, _ in runs] == [2, 2, 2, 2]
     assert max(size for _, size in runs) <= whole / 4 + 8
+
+
+# ------------------------------------------------------------------------------- device syncs (OpAudit)
+def _spd(n: int = 4) -> torch.Tensor:
+    A = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    return A @ A.mT + torch.eye(n)
+
+
+@pytest.mark.parametrize("call, names, syncs", [
+    (lambda A: torch.linalg.eigh(A), ["_linalg_eigh"], 1),
+    (lambda A: torch.linalg.eigvalsh(A), ["_linalg_eigh"], 1),
+    (lambda A: torch.linalg.svd(A), ["_linalg_svd"], 1),
+    (lambda A: torch.linalg.matrix_norm(A, ord=2), ["permute", "_linalg_svd", "amax"], 1),
+    (lambda A: torch.linalg.inv(A), ["linalg_inv_ex", "_linalg_check_errors"], 1),
+    (lambda A: torch.linalg.solve(A, A), ["_linalg_solve_ex", "_linalg_check_errors"], 1),
+    (lambda A: torch.linalg.cholesky(A), ["linalg_cholesky_ex", "_linalg_check_errors"], 1),
+    (lambda A: torch.linalg.inv_ex(A), ["linalg_inv_ex"], 0),
+    (lambda A: torch.linalg.inv_ex(A, check_errors=True), ["linalg_inv_ex"], 1),
+    (lambda A: torch.linalg.solve_ex(A, A), ["_linalg_solve_ex"], 0),
+    (lambda A: torch.linalg.cholesky_ex(A), ["linalg_cholesky_ex"], 0),
+    (lambda A: torch.linalg.cholesky_ex(A, check_errors=True), ["linalg_cholesky_ex"], 1),
+    (lambda A: torch.linalg.qr(A), ["linalg_qr"], 0),
+    (lambda A: torch.linalg.solve_triangular(A, A, upper=True), ["linalg_solve_triangular"], 0),
+    (lambda A: A[A > 0], ["gt", "index"], 1),
+    (lambda A: A.nonzero(), ["nonzero"], 1),
+    (lambda A: A.repeat_interleave(torch.tensor([1, 2, 1, 2]), dim=0),
+     ["lift_fresh", "repeat_interleave", "index_select"], 1),
+    (lambda A: A.repeat_interleave(torch.tensor([1, 2, 1, 2]), dim=0, output_size=6),
+     ["lift_fresh", "repeat_interleave", "index_select"], 0),
+    (lambda A: float(A.sum()), ["sum", "_local_scalar_dense"], 1),
+], ids=["eigh", "eigvalsh", "svd", "norm2", "inv", "solve", "cholesky", "inv_ex", "inv_ex-checked", "solve_ex",
+        "cholesky_ex", "cholesky_ex-checked", "qr", "solve_triangular", "bool-index", "nonzero", "repeats",
+        "repeats-sized", "item"])
+def test_audit_counts_the_ops_that_synchronise_by_the_names_they_dispatch(call, names, syncs):
+    """What torch.linalg's front ends dispatch under a dispatch mode (composites decomposed), and which of it
+    synchronises on CUDA (spectrakit.linalg.audit's list, from ATen's sources)."""
+    A = _spd()
+    with OpAudit() as audit:
+        call(A)
+    assert list(audit.op_names) == names
+    assert audit.device_syncs == syncs
+
+
+def _free_and_synced_audits(make) -> tuple[OpAudit, OpAudit]:
+    """The audits of a sync-free step and of a synchronising step (each the second step of its run)."""
+    out = []
+    for sync_free in (True, False):
+        model = _model()
+        opt = make(model, sync_free=sync_free)
+        backward(model, 0)
+        opt.step()
+        backward(model, 1)
+        with OpAudit() as audit:
+            opt.step()
+        out.append(audit)
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("make", [lambda m, **kw: SSO(m, solver_sync=False, **kw),
+                                  lambda m, **kw: SpikeAware(m, rank_fraction=0.3, nonfinite="ignore", **kw)],
+                         ids=["sso", "spike-aware"])
+def test_sync_free_steps_of_sso_and_spike_aware_make_no_device_sync(make):
+    """The sync-free steps avoid the SVD (SSO's last Rayleigh-Ritz step) and the eigh (SpikeAware's rotation);
+    the synchronising steps take them (so the count sees them). Here with no host read either way (no solver
+    sync, no non-finite check): only the linear algebra."""
+    free, synced = _free_and_synced_audits(make)
+    assert free.device_syncs == 0, free.sync_ops
+    assert free.float64_matmul_flops == 0
+    assert synced.device_syncs > 0
+
+
+@pytest.mark.parametrize("cls, kwargs", [(SSO, {"lr": 0.02, "solver_max_iter": 3, "solver_bracket_steps": 3}),
+                                         (SpikeAware, {"lr": 1e-2, "rank_fraction": 0.3})],
+                         ids=["sso", "spike-aware"])
+def test_sync_free_linalg_steps_compile_fullgraph(cls, kwargs):
+    """SSO's and SpikeAware's sync-free steps (top_triplet, ritz_rotation) trace into one graph, and take the
+    eager steps. The first step runs eagerly: its cold start draws the seeded Gaussian block from a
+    torch.Generator, which dynamo does not trace."""
+    torch._dynamo.reset()
+    eager_model, compiled_model = _model(), _model()
+    eager, optimizer = cls(eager_model, sync_free=True, **kwargs), cls(compiled_model, sync_free=True, **kwargs)
+    _lockstep([(eager_model, eager), (compiled_model, optimizer)], [0])
+    compiled_step = torch.compile(optimizer.step, backend="eager", fullgraph=True)
+    try:
+        for k in range(1, 4):
+            for model, step in ((eager_model, eager.step), (compiled_model, compiled_step)):
+                backward(model, k)
+                step()
+    finally:
+        torch._dynamo.reset()
+    for p, q in zip(compiled_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

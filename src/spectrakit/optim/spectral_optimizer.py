@@ -120,11 +120,12 @@ class SpectralOptimizer(Optimizer):
             Inf gradient is skipped by masking on the device (parameters and state bitwise unchanged) and
             counted in ``skipped_steps``, then a 0-d int64 tensor on the device; the threshold schedule
             follows the calls of ``step()``, as an LR scheduler does (its c_t is a device tensor when lr is
-            one); SSO's multiplier solver runs its full budget. Raising needs a host read: sync_free=True with
-            nonfinite="raise" is a ValueError. False: the synchronising step (an int ``skipped_steps``).
-            None (default): resolved at each step, True when the first parameter lives on an accelerator (not
-            "cpu" or "meta") unless nonfinite="raise". An attribute like ``nonfinite`` (kept by deepcopy and
-            pickling, not in ``state_dict``).
+            one); SSO's multiplier solver runs its full budget; SSO's and SpikeAware's Rayleigh-Ritz steps take
+            no eigh/SVD, which synchronise on CUDA (``spectrakit.linalg.power``). Raising needs a host read:
+            sync_free=True with nonfinite="raise" is a ValueError. False: the synchronising step (an int
+            ``skipped_steps``). None (default): resolved at each step, True when the first parameter lives on an
+            accelerator (not "cpu" or "meta") unless nonfinite="raise". An attribute like ``nonfinite`` (kept by
+            deepcopy and pickling, not in ``state_dict``).
     """
 
     sync_free: bool | None = None  # (class defaults: optimizers pickled before the option existed)

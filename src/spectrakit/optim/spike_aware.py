@@ -29,7 +29,11 @@ and a zero momentum still takes a zero step.
 The block power iteration (T steps, warm-started from the cached V_k; the first step starts from a Gaussian
 block, a randomized range finder) is  P = M V;  U = QR(P);  W = M^T U;  s = column norms of W;  V = W / s.
 By default a Rayleigh-Ritz rotation within the block (a k x k eigendecomposition) then makes (U, s, V) the
-exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M, so Tail = (I - U U^T) M.
+exact singular triplets of U U^T M. Either way U diag(s) V^T = U U^T M, so Tail = (I - U U^T) M. In a sync-free
+step (``sync_free``) the eigendecomposition, which synchronises on CUDA, is replaced by QR and simultaneous
+Jacobi sweeps on the k x k W^T W (:func:`spectrakit.linalg.power.ritz_rotation`, accumulating over the block
+steps and the warm-started optimizer steps): the same triplets and polar factor U_k V_k^T to float32 rounding
+when the spectrum is resolved, Tail unchanged (see spectrakit.linalg.power for the worst cases).
 
 State per matrix: the momentum and V (n x k), (1 + k/m)/2 of AdamW's two moments: about 0.51x for k/m = 1.5%.
 """
@@ -123,8 +127,8 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
         power_iters: block power iterations per step (warm-started from the cached V).
         cold_power_iters: iterations of the first step (a randomized range finder from a Gaussian block).
         rayleigh_ritz: rotate the power iteration's basis to the exact singular triplets of its subspace (a k x k
-            eigendecomposition; see :func:`spectrakit.linalg.block_power_iteration`). False is the quoted Algorithm 1
-            as is.
+            eigendecomposition, or orthogonal iteration on it in a sync-free step; see
+            :func:`spectrakit.linalg.block_power_iteration`). False is the quoted Algorithm 1 as is.
         update_scale: the 0.2 in 0.2 lr O / RMS(O). eps: added to RMS(O).
         weight_decay: decoupled weight decay of the hidden matrices, W <- (1 - lr wd) W.
         exact_svd: take the top-k triplets from a full SVD (float32; float64 for float64 parameters) instead of
@@ -192,7 +196,8 @@ class SpikeAware(MatrixViews, SpectralOptimizer):
                 if cold:
                     state["spike_v"] = start_block((*M.shape[:-2], n, k), p.device, compute)
                 iters = group["cold_power_iters"] if cold else group["power_iters"]
-                U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"])
+                U, s, V = block_power_iteration(M, state["spike_v"].to(compute), iters, group["rayleigh_ritz"],
+                                                sync_free=self._sync_free_step)
                 state["spike_v"] = V
             tol = 2 * torch.finfo(buf.dtype).eps + 16 * torch.finfo(compute).eps
             O = spike_shaped(M, U, s, V, tol)

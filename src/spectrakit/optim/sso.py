@@ -6,7 +6,8 @@ takes the steepest unit-spectral-norm step tangent to it. Per step and atomic bl
 
     M <- beta M + (1 - beta) G               (Nesterov input: (1 - beta) G + beta M)
     M_hat = M / ||M||_F
-    (sigma, u, v) = top singular triplet of W (warm-started power iteration, float32)
+    (sigma, u, v) = top singular triplet of W (warm-started power iteration, float32; its last Rayleigh-Ritz
+                    step an SVD, or in a sync-free step the matmul-only top_triplet)
     W <- W R / sigma                          (hard retraction, before the step)
     Theta = u v^T
     lambda* = root of h(lambda) = <Theta, msign(M_hat + lambda Theta)>
@@ -384,7 +385,7 @@ class SSO(MatrixViews, SpectralOptimizer):
         M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in chunk]).float()
         V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in chunk])
         iters = group["cold_power_iters"] if cold else group["power_iters"]
-        U, S, V = top_singular(W, V0.shape[-1], iters=iters, v0=V0)
+        U, S, V = top_singular(W, V0.shape[-1], iters=iters, v0=V0, sync_free=self._sync_free_step)
         sigma, u, v = S[..., 0], U[..., 0], V[..., 0]
         if group["retraction"] == "hard":
             W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(W.dtype))
