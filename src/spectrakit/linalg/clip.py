@@ -143,7 +143,8 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             float32: the accelerator policy (spectrakit.linalg.restart): float32 products only, a Gram phase,
             one restart from the stacked matrix and a Cholesky-factor phase; measured <= 4.3e-4 relative
             error vs float64 SVD for sigma_max/c <= 1e4 (also with split-precision 3xTF32 products; plain
-            TF32 products miss 1e-3, so keep torch's float32 matmul precision at "highest"), finite beyond.
+            TF32 products miss 1e-3, so keep torch's float32 matmul precision at "highest"); beyond 1e4
+            finite, inaccurate in its small singular values, with its top singular value within 1e-3 of c.
             bfloat16: the fast mode (its n-sized products in bfloat16): ~1e-2 up to sigma_max/c ~ 10, 0.1
             at 100, bounded and finite at every ratio. None = float32 as above when not ``adaptive`` (the
             accelerator default); with ``adaptive`` (the CPU default) float64 (forming X X^T squares the
@@ -195,8 +196,7 @@ def hard_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             measured relative error vs float64 SVD <= 3e-6 for sigma_max/c <= 10, <= 1.8e-4 at 1e3,
             <= 7.6e-4 at 1e4 (flat, spiky, logspace and rank-deficient spectra up to 768 x 3072, any scale of
             X; also with split-precision 3xTF32 products; plain TF32 products stay finite but miss 1e-3, so
-            keep torch's float32 matmul precision at "highest"), finite and clipped beyond (but 0 from
-            sigma_max/c ~ 1e22 on, where the soft clip's (c/||X||_F)^2 underflows). None = float32 as
+            keep torch's float32 matmul precision at "highest"), finite and clipped beyond. None = float32 as
             above when not ``adaptive`` (the accelerator default); with ``adaptive`` (the CPU default) float64
             (forming X X^T squares the condition number) or float32 where a power-iteration estimate of
             sigma_max/c is <= 16 (per matrix of a stack), with a float64 redo if the computed bound shows the

@@ -40,8 +40,10 @@ from .symmetric import symmetric_matmul
 
 #: Steps of the Gram phase before the restart (measured best of 1..4 at r = 1e3..1e5 in float32).
 RESTART_AFTER = 3
-#: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly; beyond it the result stays
-#: finite but loses accuracy (measured 7e-3 at 1e5).
+#: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly. Beyond it the result loses
+#: accuracy (the small singular values are under-resolved: measured worst 4e-2 at 1e5, 0.5 at 1e6, 0.7 at
+#: 1e12 and 1e25), but stays finite with its top singular value within 1e-3 of c (``covered_index``,
+#: ``_within_exact_bound``; before, cut-short schedules overshot to ~2c and c^2 underflowed to a zero result).
 MAX_RATIO = 1e4
 #: The factor phase assumes its lower end is this fraction of l_K / sqrt(bound): the rounding of G moves the
 #: small eigenvalues of R_K (measured: without it, 1.4e-3 on a flat spectrum at 1e4; with it, 4e-6).
@@ -76,6 +78,19 @@ def _fixed_steps(max_ratio: float, tol: float) -> tuple[int, int]:
     return head, steps_for_index(jk, tol)
 
 
+@torch.compiler.assume_constant_result
+def covered_index(steps: int, tol: float = TOL) -> int:
+    """The largest grid index whose schedule converges within ``steps`` steps. Matrices whose lower end lies
+    below that grid point (beyond the range the steps cover) take its schedule: their small singular values
+    are then under-resolved (mapped below their exact value), never pushed above 1."""
+    return _covered_index(steps, tol)
+
+
+@functools.cache
+def _covered_index(steps: int, tol: float) -> int:
+    return max(j for j in range(len(grid_lower_ends())) if steps_for_index(j, tol) <= steps)
+
+
 def _gram(X: Tensor) -> Tensor:
     m, n = X.shape[-2:]
     return symmetric_matmul(X, X.mT, blocks=4 if n >= WIDE * m else None)
@@ -106,7 +121,8 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     """
     s = _scale(X)
     Xn = (X.float() / s[:, None, None]).to(dtype)
-    c2 = ((c.float() / s) ** 2).clamp(max=1e30)[:, None, None]  # inf for X = 0; 0 (underflow) is handled
+    cs = (c.float() / s).clamp(max=1e15)[:, None, None]  # c / ||X||_F (1e15 for X = 0)
+    c2 = cs * cs  # underflows to 0 from sigma_max/c ~ 1e19 on: only the negligible identity terms use it
     G = _gram(Xn).float()
     G2 = symmetric_matmul(G, G)
     bound = torch.minimum(torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(G2).sqrt())
@@ -114,11 +130,12 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     # that neither under- nor overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0)
     w = 1 / ((c2 + bound[:, None, None]) * SAFETY)
     inv = w * c2  # 1/alpha
+    root_inv = cs * w.sqrt()  # alpha^{-1/2}, formed without c^2 (no underflow)
     R = G * w
     R.diagonal(dim1=-2, dim2=-1).add_(inv[:, :, 0])
     R2 = torch.addcmul(G2 * (w * w), G, 2 * w * inv)
     R2.diagonal(dim1=-2, dim2=-1).add_((inv * inv)[:, :, 0])
-    idx = grid_index(inv.sqrt().flatten())
+    idx = grid_index(root_inv.flatten())
     fixed = fixed_steps() if steps is None and not adaptive else None
     k = min(RESTART_AFTER, steps) if steps is not None else (fixed[0] if fixed else RESTART_AFTER)
     head = gather_schedule(idx, k, torch.float32, TOL, adaptive=False)
@@ -134,7 +151,10 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     RK = RK / beta[:, None, None]
     lk = _lower_end_after(torch.pow(10.0, idx.float() / -GRID_PER_DECADE), head.coeffs)
     tail_steps = fixed[1] if fixed else (None if steps is None else steps - k)
-    tail = gather_schedule(grid_index(MARGIN * lk / beta.sqrt()), tail_steps, torch.float32, TOL, adaptive)
+    tail_idx = grid_index(MARGIN * lk / beta.sqrt())
+    if tail_steps is not None:  # a row cut short would end mid-way, where its iterates overshoot 1 (up to 2)
+        tail_idx = tail_idx.clamp(max=covered_index(tail_steps))
+    tail = gather_schedule(tail_idx, tail_steps, torch.float32, TOL, adaptive)
     # Cholesky without error check (no host read); where it fails (R_K singular to working precision, far
     # beyond MAX_RATIO), the factor of R_K + delta I is used instead
     eye = torch.eye(RK.shape[-1], dtype=RK.dtype, device=RK.device)
@@ -145,5 +165,14 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     Rt = L @ L.mT
     U = polar_factor(L.mT, Rt, symmetric_matmul(Rt, Rt), tail)
     M = torch.linalg.solve_triangular(L.mT, U, upper=True)
-    out = (M.to(dtype) @ Yd).float() * ((inv / beta[:, None, None]).sqrt() * s[:, None, None])
-    return out, bound.sqrt() * s
+    out = (M.to(dtype) @ Yd).float() * (root_inv / beta[:, None, None].sqrt() * s[:, None, None])
+    return _within_exact_bound(out, s, c.float() * X.shape[-2] ** 0.5), bound.sqrt() * s
+
+
+def _within_exact_bound(H: Tensor, x_norm: Tensor, c_root_m: Tensor) -> Tensor:
+    """H scaled down where ||H||_F exceeds min(||X||_F, c sqrt(m)), which bounds every exact H_c(X)
+    (sigma -> sigma / sqrt(1 + sigma^2/c^2) <= min(sigma, c)): a no-op within the covered range, and a bound on
+    what rounding can make of an unresolved problem (reduced-precision products far beyond MAX_RATIO)."""
+    limit = torch.minimum(x_norm, c_root_m)
+    norm = _scale(H)  # no overflow at any scale of H
+    return H * torch.where(norm > limit, limit / norm, 1.0)[:, None, None]
