@@ -256,6 +256,29 @@ def test_adamw_factory_skips_decay_on_vectors():
         build_optimizer("adamw", model, extra={"momentum": 0.9})
 
 
+@pytest.mark.parametrize("name", ["sso", "muon-sphere"])
+def test_sphere_optimizers_give_each_attention_head_its_own_sphere(name):
+    """SPEC section 4: q/k/v split per head (k and v by the key/value heads under grouped-query attention); the
+    rest of the hidden matrices whole; embeddings, head and vectors to AdamW. ``heads`` in extra opts out."""
+    from spectrakit.train.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, seq_len=8))
+    opt = build_optimizer(name, model)
+    by_heads = {g.get("heads"): g["param_names"] for g in opt.param_groups if g["rule"] == "spectral"}
+    assert sorted(by_heads[4]) == [f"layers.{i}.attn.q_proj.weight" for i in range(2)]
+    assert sorted(by_heads[2]) == sorted(f"layers.{i}.attn.{w}_proj.weight" for i in range(2) for w in "kv")
+    assert sorted(by_heads[None]) == sorted(f"layers.{i}.{m}_proj.weight" for i in range(2)
+                                            for m in ("attn.o", "mlp.gate", "mlp.up", "mlp.down"))
+    adamw = [n for g in opt.param_groups if g["rule"] == "adamw" for n in g["param_names"]]
+    assert "embed.weight" in adamw and "lm_head.weight" in adamw
+    x = torch.randint(0, 64, (2, 9))
+    model(x[:, :-1], x[:, 1:]).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    whole = build_optimizer(name, model, extra={"heads": 1})
+    assert {g.get("heads") for g in whole.param_groups if g["rule"] == "spectral"} == {1}
+
+
 def strict_json(path):
     """A JSON file read by a strict parser (no NaN / Infinity)."""
     def refuse(token):

@@ -63,17 +63,42 @@ def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: flo
     return {**defaults, **kwargs}
 
 
+#: Optimizers that give each attention head of the q/k/v projections its own sphere (SSO's granularity in the
+#: paper, SPEC section 4).
+_PER_HEAD = ("sso", "muon-sphere")
+_HEAD_PROJECTIONS = ("q_proj.weight", "k_proj.weight", "v_proj.weight")
+
+
+def head_spheres(model: nn.Module) -> nn.Module | list[dict[str, Any]]:
+    """Param groups of named parameters for ``model`` in which the q/k/v projections of the harness's
+    Transformer are cut into their heads (n_heads blocks for q, kv_heads for k and v: ``heads`` of SSO's
+    groups); the model itself where it has no such configuration."""
+    config = getattr(model, "config", None)
+    if not hasattr(config, "n_heads") or not hasattr(config, "kv_heads"):
+        return model
+    heads = {"q_proj.weight": config.n_heads, "k_proj.weight": config.kv_heads, "v_proj.weight": config.kv_heads}
+    split: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    rest = []
+    for n, p in model.named_parameters():
+        h = next((count for suffix, count in heads.items() if n.endswith(suffix)), None)
+        (rest if h is None else split.setdefault(h, [])).append((n, p))
+    return [{"params": named, "heads": h} for h, named in split.items()] + [{"params": rest}]
+
+
 def build_optimizer(name: str, model: nn.Module, *, lr: float | None = None, weight_decay: float = 0.1,
                     clip_c: float | None = None, extra: dict[str, Any] | None = None) -> torch.optim.Optimizer:
     """Construct the optimizer ``name`` over ``model`` (arguments: see ``optimizer_arguments``).
 
     torch AdamW gets two groups: matrices with ``weight_decay`` and 1-D parameters without. spectrakit optimizers
     receive the module and route its parameters themselves (embeddings, head and vectors to their internal AdamW
-    where their defaults say so). ``clip_c`` applies to the spectra-* variants only; ``extra`` holds any other
+    where their defaults say so); SSO and MuonSphere receive named param groups in which each attention head of
+    the q/k/v projections is its own sphere (``head_spheres``, the paper's granularity) unless ``extra`` sets
+    ``heads``. ``clip_c`` applies to the spectra-* variants only; ``extra`` holds any other
     constructor arguments.
     """
     kwargs = optimizer_arguments(name, lr=lr, weight_decay=weight_decay, clip_c=clip_c, extra=extra)
+    params = head_spheres(model) if name in _PER_HEAD and "heads" not in kwargs else model
     try:
-        return create(name, model, **kwargs)
+        return create(name, params, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments for optimizer {name!r} ({registration(name).class_name}): {exc}") from exc
