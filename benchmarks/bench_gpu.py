@@ -20,12 +20,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
-from spectrakit.linalg import soft_clip, soft_clip_svd
-from spectrakit.optim import Muon, Spectra
-from spectrakit.train.model import PRESETS, ModelConfig, Transformer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import positive_int  # noqa: E402
+
+from spectrakit.linalg import soft_clip, soft_clip_svd  # noqa: E402
+from spectrakit.optim import Muon, Spectra  # noqa: E402
+from spectrakit.train.model import PRESETS, ModelConfig, Transformer  # noqa: E402
 
 SHAPES_160M = {"attention 768x768 (x48)": (48, 768, 768), "MLP 2048x768 (x36)": (36, 2048, 768),
                "embedding/head 50304x768 (x1)": (1, 50304, 768)}
@@ -165,11 +169,9 @@ def profile_counts(device: torch.device, preset: str, layers: int | None) -> str
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (checks that it runs)")
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=16, help="micro-batch (sequences) for fwd+bwd")
+    parser.add_argument("--reps", type=positive_int, default=10)
+    parser.add_argument("--batch", type=positive_int, default=16, help="micro-batch (sequences) for fwd+bwd")
     args = parser.parse_args(argv)
-    if args.reps < 1 or args.batch < 1:
-        parser.error("--reps and --batch must be integers >= 1")
     if args.dry_run:
         device, shapes, preset, layers, reps, batch, acc = torch.device("cpu"), SHAPES_DRY, "tiny", 1, 1, 2, (16, 24)
     else:

@@ -40,6 +40,14 @@ def test_bench_gpu_dry_run_on_cpu(capsys):
     assert "| accurate (float32) | highest |" in body
 
 
+def test_bench_gpu_counts_must_be_positive_integers(capsys):
+    module = load_benchmark("bench_gpu")
+    for argv in (["--reps", "0"], ["--batch", "-1"], ["--reps", "x"]):
+        with pytest.raises(SystemExit):
+            module.main(["--dry-run", *argv])
+        assert "must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_bench_precision_quick_table():
     module = load_benchmark("bench_precision")
     before = REPORT.read_text()

@@ -9,7 +9,7 @@ from _linalg_cases import KINDS, make_matrix, rel_err, with_singular_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrakit.linalg import soft_clip, soft_clip_svd
+from spectrakit.linalg import hard_clip, soft_clip, soft_clip_svd
 
 RATIOS = (1e-2, 1.0, 10.0, 100.0, 1e3, 1e4)
 SHAPES = ((24, 16), (16, 40), (1, 30), (30, 1))
@@ -324,15 +324,12 @@ def test_flat_spectrum_takes_one_step_in_float32(monkeypatch, ratio):
     assert audit.total_matmul_flops() - 2 * (2 * m * m * n + m**3) in (0, power)
 
 
-@pytest.mark.parametrize("clip, reference", [(soft_clip, oracle.soft_clip), (None, oracle.hard_clip)])
+@pytest.mark.parametrize("clip, reference", [(soft_clip, oracle.soft_clip), (hard_clip, oracle.hard_clip)])
 def test_each_matrix_of_a_batch_gets_its_own_precision(monkeypatch, clip, reference):
     """A stack with sigma_max/c = 5, 50 and 1e3 (and a zero matrix): the float32 Gram matrix of all four decides,
     and only the two large ratios form X X^T again in float64 (of their raw entries; the soft clip's mixed and
     float64 parts apart); each matches the SVD."""
     import spectrakit.linalg.polar_clip as polar_clip
-    from spectrakit.linalg import hard_clip
-
-    clip = clip or hard_clip
     grams = []
     gram = polar_clip.gram
     monkeypatch.setattr(polar_clip, "gram", lambda X: grams.append((X.dtype, X.shape[0])) or gram(X))
@@ -352,8 +349,6 @@ def test_each_matrix_of_a_batch_gets_its_own_precision(monkeypatch, clip, refere
 def test_a_tall_matrix_is_clipped_in_its_own_layout(kind, ratio):
     """A tall matrix is clipped as its wide transpose; the result comes back contiguous (the last product runs in
     the input's layout, so the optimizer's update adds without strided reads)."""
-    from spectrakit.linalg import hard_clip
-
     clip, reference = (soft_clip, oracle.soft_clip) if kind == "soft" else (hard_clip, oracle.hard_clip)
     X = torch.stack([make_matrix(300, 70, "logspace", ratio, seed=s).float() for s in range(2)])
     Y = clip(X, 1.0, method="polar")

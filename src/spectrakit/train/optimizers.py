@@ -66,7 +66,6 @@ def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: flo
 #: Optimizers that give each attention head of the q/k/v projections its own sphere (SSO's granularity in the
 #: paper, SPEC section 4).
 _PER_HEAD = ("sso", "muon-sphere")
-_HEAD_PROJECTIONS = ("q_proj.weight", "k_proj.weight", "v_proj.weight")
 
 
 def head_spheres(model: nn.Module) -> nn.Module | list[dict[str, Any]]:
