@@ -326,18 +326,20 @@ def test_flat_spectrum_takes_one_step_in_float32(monkeypatch, ratio):
 
 @pytest.mark.parametrize("clip, reference", [(soft_clip, oracle.soft_clip), (hard_clip, oracle.hard_clip)])
 def test_each_matrix_of_a_batch_gets_its_own_precision(monkeypatch, clip, reference):
-    """A stack with sigma_max/c = 5, 50 and 1e3 (and a zero matrix): the float32 Gram matrix of all four decides,
-    and only the two large ratios form X X^T again in float64 (of their raw entries; the soft clip's mixed and
-    float64 parts apart); each matches the SVD."""
+    """A stack with sigma_max/c = 5, 50 and 1e3 (and a zero matrix): the float32 Gram matrix of all four decides;
+    the soft clip forms X X^T again in float64 (of the raw entries) only for 1e3 (its mixed part at 50 starts from
+    the float32 one), the hard clip for both large ratios; each matches the SVD."""
     import spectrakit.linalg.polar_clip as polar_clip
     grams = []
-    gram = polar_clip.gram
+    gram, gram_float64 = polar_clip.gram, polar_clip.gram_float64
     monkeypatch.setattr(polar_clip, "gram", lambda X: grams.append((X.dtype, X.shape[0])) or gram(X))
+    monkeypatch.setattr(polar_clip, "gram_float64",
+                        lambda X: grams.append((torch.float64, X.shape[0])) or gram_float64(X))
     X = torch.stack([make_matrix(30, 50, kind, ratio, seed=i).float() for i, (kind, ratio) in
                      enumerate([("spiky", 5.0), ("logspace", 50.0), ("rank_deficient", 1e3), ("flat", 1.0)])])
     X[3] = 0
     Y = clip(X, 1.0, method="polar")
-    float64 = [(torch.float64, 1)] * 2 if clip is soft_clip else [(torch.float64, 2)]
+    float64 = [(torch.float64, 1)] if clip is soft_clip else [(torch.float64, 2)]
     assert grams == [(torch.float32, 4), *float64]
     assert Y.dtype == torch.float32 and not Y[3].any()
     for i in range(3):

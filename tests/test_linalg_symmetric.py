@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrakit.linalg.symmetric import MIN_SIDE, block_count, gram, symmetric_addmm, symmetric_matmul
+from spectrakit.linalg.symmetric import (CHUNK_BYTES, MIN_SIDE, block_count, gram, gram_float64, symmetric_addmm,
+                                        symmetric_matmul)
 
 
 @settings(max_examples=25, deadline=None)
@@ -47,6 +48,41 @@ def test_symmetric_addmm_is_beta_c_plus_alpha_ab(batch, blocks):
     got = symmetric_addmm(A, A, A, beta=-4.775, alpha=2.0315, blocks=blocks)
     torch.testing.assert_close(got, -4.775 * A + 2.0315 * (A @ A), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(symmetric_addmm(None, A, A, blocks=blocks), A @ A, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("blocks", [None, 1, 4])
+def test_symmetric_addmm_updates_in_place(blocks):
+    """out=C: beta C + alpha A @ B written over C (each block reads its part of C before it is overwritten)."""
+    m = MIN_SIDE + 5
+    X = torch.randn(2, m, 30, dtype=torch.float64)
+    C, A = X @ X.mT, X[:, :, :20] @ X[:, :, :20].mT
+    expected = 0.5 * C + 3.0 * (A @ A)
+    got = symmetric_addmm(C, A, A, beta=0.5, alpha=3.0, blocks=blocks, out=C)
+    assert got.data_ptr() == C.data_ptr()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [40, MIN_SIDE + 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gram_float64_sums_converted_chunks(monkeypatch, m, dtype, transposed):
+    """X X^T of a low-precision X in float64 (exact products of its entries) over several column chunks (the last
+    one short), in either memory layout; no float64 copy larger than a chunk is made."""
+    import spectrakit.linalg.symmetric as symmetric
+    width = max(256, CHUNK_BYTES // (8 * m))
+    n = 3 * width + 17
+    X = torch.randn(2, n, m).mT if transposed else torch.randn(2, m, n)
+    X = X.to(dtype)
+    conversions = []
+    double = torch.Tensor.double
+    monkeypatch.setattr(torch.Tensor, "double", lambda t: conversions.append(t.shape[-1]) or double(t))
+    G = gram_float64(X)
+    assert G.dtype == torch.float64 and conversions == [width] * 3 + [17]
+    torch.testing.assert_close(G, double(X) @ double(X).mT, rtol=1e-13, atol=1e-10)
+    small = X[..., :width]  # short enough for one conversion
+    conversions.clear()
+    torch.testing.assert_close(gram_float64(small), double(small) @ double(small).mT, rtol=1e-13, atol=1e-10)
+    assert conversions == [width]
 
 
 def test_batched_and_broadcast_operands():

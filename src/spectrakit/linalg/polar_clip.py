@@ -32,7 +32,7 @@ from torch import Tensor
 from .coefficients import grid_index
 from .gram_iteration import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
 from .power import block_power_iteration
-from .symmetric import gram, symmetric_matmul
+from .symmetric import gram, gram_float64, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
 #: below their 1e-3 target with room for rounding; float64 inputs use TOL_FLOAT64.
@@ -137,13 +137,15 @@ def _eigen_interval(bounds: tuple[Tensor, Tensor], c2: Tensor, bound: Tensor | N
 #: Precision policy for dtype=None with ``adaptive`` (otherwise float64 throughout), from r = sigma_max/c of each
 #: matrix (a stack is split into parts that share a precision, ``_parts``); the soft clip uses the effective ratio
 #: r_eff = sqrt(kappa - 1) instead, with kappa = (1 + r^2)/lo an estimate of the condition number of B = I + G/c^2
-#: (r_eff = r when lo = 1): the float32 rounding of G costs ~eps * r^2 relative to lambda_min(B) = lo, and that of
-#: the iteration ~eps * kappa, so kappa is what matters (a flat spectrum runs in float32 at any r). Measured relative
-#: errors vs float64 SVD at 768 x 768 for flat, spiky, logspace and rank-deficient spectra (with the float32
-#: tolerance TOL): r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on
-#: rank-deficient inputs: X X^T in float32 carries errors ~eps * r^2 relative to I); r <= MIXED_MAX_RATIO: X X^T and
-#: its Cholesky factor in float64, the iteration on the factor and the product with X in float32 (<= 1.7e-4 at r =
-#: 100, up to 2e-3 at r = 1000: the float32 steps cost ~eps * r); larger r: float64 throughout.
+#: (r_eff = r when lo = 1): the float32 iteration on B propagates rounding errors ~eps * kappa relative to
+#: lambda_min(B) = lo, so kappa is what matters (a flat spectrum runs in float32 at any r). Measured relative errors
+#: vs float64 SVD for flat, spiky, logspace and rank-deficient spectra (with the float32 tolerance TOL):
+#: r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient inputs).
+#: r <= MIXED_MAX_RATIO: the soft clip forms B and its Cholesky factor in float64 from the float32 X X^T and
+#: iterates on the factor (condition number sqrt(kappa)) in float32, as is the product with X: <= 1.8e-4 at r = 100
+#: from 128 x 1024 to 768 x 50304, the same as with X X^T formed in float64 (up to 8.7e-5 vs 3.8e-5); from r ~ 200
+#: on the float32 X X^T costs accuracy (3.4e-4 at 200, 2.3e-3 at 1000). Larger r: float64 throughout, X X^T
+#: included. The hard clip has no such middle tier: float64 throughout above FP32_MAX_RATIO.
 FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
@@ -159,15 +161,22 @@ def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 2) -> Tensor:
     return (lam.double().sqrt() / cn).nan_to_num(float("inf"))
 
 
-def _frobenius(X: Tensor, adaptive: bool) -> Tensor:
-    """||X||_F per matrix in float64, clamped to [1e-300, 1e300]. Computed in X's dtype where a host check
-    (``adaptive`` only) shows no overflow or underflow (one pass, no float64 copy), else in float64."""
+#: ``_frobenius``'s host check: with 1/UNSCALED_RANGE < ||X||_F < UNSCALED_RANGE, the float32 entries of X X^T that
+#: matter (down to ~1e-8 ||X||_F^2) are normal numbers and none overflows, so X X^T is formed from X itself and the
+#: small Gram matrix divided by ||X||_F^2 afterwards (no scaled copy of X).
+UNSCALED_RANGE = 1e15
+
+
+def _frobenius(X: Tensor, adaptive: bool) -> tuple[Tensor, bool]:
+    """||X||_F per matrix in float64, clamped to [1e-300, 1e300], and whether all lie within UNSCALED_RANGE.
+    Computed in X's dtype where a host check (``adaptive`` only) shows no overflow or underflow (one pass, no
+    float64 copy), else in float64 (and the range is not claimed)."""
     if adaptive and X.dtype != torch.float64:
         s = torch.linalg.vector_norm(X, dim=(-2, -1))
         lo, hi = s.aminmax()
         if float(lo) > 1e-18 and float(hi) < 1e18:
-            return s.double()
-    return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300)
+            return s.double(), float(lo) > 1 / UNSCALED_RANGE and float(hi) < UNSCALED_RANGE
+    return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300), False
 
 
 class _Part(NamedTuple):
@@ -190,11 +199,12 @@ def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
     range at any scale of X. With ``dtype`` given, float64 inputs or not ``adaptive``: one part in that dtype
     (float64 for None). Otherwise each matrix gets the policy above from its own ratio: float32 throughout
     without any extra work when ||X||_F/c <= FP32_MAX_RATIO for all (sigma_max <= ||X||_F), else from a power
-    estimate on the float32 Gram matrix (kept for the float32 part); ``by_condition``: the effective ratio
-    (condition number of B) instead of r. The mixed and float64 parts form X X^T of their matrices in float64
-    (exact products of the float32/16 entries, then divided by s^2: no scaled float64 copy of X).
+    estimate on the float32 Gram matrix (kept for the float32 part and, upcast, for the soft clip's mixed part);
+    ``by_condition``: the effective ratio (condition number of B) instead of r. The float64 parts form X X^T of
+    their matrices in float64 (``gram_float64``: exact products of the float32/16 entries, then divided by s^2, no
+    float64 copy of X); the float32 Gram matrix is divided by s^2 after the product where ``_frobenius`` allows it.
     """
-    s = _frobenius(X, adaptive)
+    s, unscaled = _frobenius(X, adaptive)
     if dtype is not None or not adaptive or X.dtype == torch.float64:
         work = dtype or torch.float64
         if work != torch.float64:
@@ -202,7 +212,10 @@ def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
         return [_Part(None, c.double() / s, s, work, work, gram(X.to(work) / s.to(work)[:, None, None]), None)]
     s32 = s.clamp(1.2e-38, 3e38)
     cn = c.double() / s32
-    G = gram(X.float() / s32.float()[:, None, None])
+    if unscaled:
+        G = gram(X.float()).div_((s32 * s32).float()[:, None, None])
+    else:
+        G = gram(X.float() / s32.float()[:, None, None])
     if float((1 / cn).max()) <= FP32_MAX_RATIO:
         return [_Part(None, cn, s32, torch.float32, torch.float32, G, None)]
     r = _ratio_estimate(G, cn)
@@ -220,14 +233,14 @@ def _parts(X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None, by_c
 
         def pick(v: Tensor, rows: slice | Tensor | None = rows) -> Tensor:
             return v if rows is None else v[rows]
-        if t == 0:
+        if t == 0 or (t == 1 and by_condition):  # the soft clip's mixed part starts from the float32 G too
             given = None if bounds is None else (pick(bounds[0]), pick(bounds[1]))
-            parts.append(_Part(rows, pick(cn), pick(s32), torch.float32, torch.float32, pick(G), given))
+            early = torch.float32 if t == 0 else torch.float64
+            parts.append(_Part(rows, pick(cn), pick(s32), early, torch.float32, pick(G).to(early), given))
         else:
             sd = pick(s).clamp_min(1e-100)  # a float32/16 X has s >= 1e-45 unless it is zero (then G = 0)
-            Gd = gram(pick(X).double()) / (sd * sd)[:, None, None]
-            parts.append(_Part(rows, pick(c).double() / sd, sd, torch.float64,
-                               torch.float32 if t == 1 else torch.float64, Gd, None))
+            Gd = gram_float64(pick(X)).div_((sd * sd)[:, None, None])
+            parts.append(_Part(rows, pick(c).double() / sd, sd, torch.float64, torch.float64, Gd, None))
     return parts
 
 
@@ -279,37 +292,48 @@ def _setup(part: _Part, adaptive: bool, dtype: torch.dtype | None, by_condition:
     return _Setup(c2, part.scale, part.early, part.late, part.G, G2, bound, interval)
 
 
-def _left_multiply(F: Tensor, X: Tensor) -> Tensor:
-    """F @ X in the memory layout of X: a transposed view X (a tall matrix taken in the wide orientation) gets
-    (X^T F^T)^T, whose transpose back to the caller's orientation is contiguous."""
+def _left_multiply(F: Tensor, X: Tensor, out: Tensor | None = None) -> Tensor:
+    """F @ X in the memory layout of X (written into ``out``, of X's shape, layout and dtype, when given): a
+    transposed view X (a tall matrix taken in the wide orientation) gets (X^T F^T)^T, whose transpose back to the
+    caller's orientation is contiguous."""
     if X.mT.is_contiguous() and not X.is_contiguous():
-        return (X.mT @ F.mT).mT
-    return F @ X
+        return (X.mT @ F.mT).mT if out is None else torch.matmul(X.mT, F.mT, out=out.mT).mT
+    return F @ X if out is None else torch.matmul(F, X, out=out)
 
 
-_PartClip = Callable[[Tensor, _Setup, int | None, bool], tuple[Tensor, Tensor]]
+_PartClip = Callable[[Tensor, _Setup, int | None, bool, Tensor | None], tuple[Tensor, Tensor]]
 
 
 def _clip_by_parts(clip_part: _PartClip, X: Tensor, c: Tensor, steps: int | None, adaptive: bool,
                    dtype: torch.dtype | None, by_condition: bool) -> tuple[Tensor, Tensor]:
     """Run ``clip_part`` on each precision part of the batch X (``_parts``; a part whose float32 choice the bound
-    refutes runs in float64) and put the results back in batch order."""
-    results = []
-    for part in _parts(X, c, adaptive, dtype, by_condition):
-        Xp, cp = (X, c) if part.rows is None else (X[part.rows], c[part.rows])
-        setup = _setup(part, adaptive, dtype, by_condition)
-        if setup is None:
-            setup = _setup(_parts(Xp, cp, adaptive, torch.float64, by_condition)[0], adaptive, torch.float64,
-                           by_condition)
-        Y, bound = clip_part(Xp, setup, steps, adaptive)
-        if part.rows is None:
-            return Y, bound
-        results.append((part.rows, Y, bound))
-    dtype = functools.reduce(torch.promote_types, (Y.dtype for _, Y, _ in results))
-    Y, bound = torch.empty_like(X, dtype=dtype), X.new_empty(X.shape[:1], dtype=torch.float64)  # X's layout
-    for rows, Yp, bp in results:
-        Y[rows], bound[rows] = Yp.to(dtype), bp.double()
+    refutes runs in float64) and put the results in batch order, in X's memory layout: a part of consecutive
+    matrices writes its last product straight into its slice of the result when its dtype is the result's."""
+    parts = _parts(X, c, adaptive, dtype, by_condition)
+    if parts[0].rows is None:
+        return clip_part(X, _setup_or_float64(parts[0], X, c, adaptive, dtype, by_condition), steps, adaptive, None)
+    Y = torch.empty_like(X, dtype=functools.reduce(torch.promote_types, (p.late for p in parts)))
+    bound = X.new_empty(X.shape[:1], dtype=torch.float64)
+    native = X.is_contiguous() or X.mT.is_contiguous()  # a layout the last product writes as it is
+    for part in parts:
+        setup = _setup_or_float64(part, X[part.rows], c[part.rows], adaptive, dtype, by_condition)
+        direct = native and isinstance(part.rows, slice) and setup.late == Y.dtype
+        Yp, bp = clip_part(X[part.rows], setup, steps, adaptive, Y[part.rows] if direct else None)
+        if Yp.dtype != Y.dtype:  # the float64 redo of a float32 part where the rest is float32
+            Y = Y.double()
+        if not direct:
+            Y[part.rows] = Yp.to(Y.dtype)
+        bound[part.rows] = bp.double()
     return Y, bound
+
+
+def _setup_or_float64(part: _Part, X: Tensor, c: Tensor, adaptive: bool, dtype: torch.dtype | None,
+                      by_condition: bool) -> _Setup:
+    """``_setup`` of the part of X (and c), redone in float64 where the bound refutes its float32 choice."""
+    setup = _setup(part, adaptive, dtype, by_condition)
+    if setup is None:
+        setup = _setup(_parts(X, c, adaptive, torch.float64, by_condition)[0], adaptive, torch.float64, by_condition)
+    return setup
 
 
 def _with_unit_diagonal_added(A: Tensor, diag: Tensor) -> Tensor:
@@ -329,8 +353,10 @@ def soft_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     return _clip_by_parts(_soft_clip_part, X, c, steps, adaptive, dtype, by_condition=True)
 
 
-def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
-    """H_c(X) = M X with M = (I + G/c^2)^{-1/2} from the polar iteration on R = (I + G/c^2)/alpha."""
+def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool, out: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
+    """H_c(X) = M X with M = (I + G/c^2)^{-1/2} from the polar iteration on R = (I + G/c^2)/alpha (the product
+    written into ``out`` when given)."""
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
     _, scale, early, late, G, G2, bound, (lo, hi, c2) = setup
     alpha = hi * SAFETY
@@ -347,7 +373,7 @@ def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool)
     else:
         M = _inverse_sqrt_by_factor(R, R2, inv, schedule, late)
     # M ~ (I + G/c^2)^{-1/2} has eigenvalues in (0, 1] and is scale-free: it applies to the unscaled input
-    return _left_multiply(M, X.to(late)), bound.sqrt() * scale
+    return _left_multiply(M, X.to(late), out), bound.sqrt() * scale
 
 
 def _inverse_sqrt_by_factor(R: Tensor, R2: Tensor, inv: Tensor, schedule: Schedule, dtype: torch.dtype
@@ -379,8 +405,10 @@ def hard_clip_polar(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
     return _clip_by_parts(_hard_clip_part, X, c, steps, adaptive, dtype, by_condition=False)
 
 
-def _hard_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
-    """hard_clip(X) = F X with F = 1/2 [(I + S) Z + (I - S)] (see ``hard_clip_polar``)."""
+def _hard_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool, out: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
+    """hard_clip(X) = F X with F = 1/2 [(I + S) Z + (I - S)] (see ``hard_clip_polar``; the product written into
+    ``out`` when given)."""
     tol = TOL_FLOAT64 if X.dtype == torch.float64 else TOL
     c2, scale, dtype, _, G, G2, bound, _ = setup
     beta = torch.clamp(bound[:, None, None] / c2, min=1.0) * SAFETY
@@ -398,4 +426,4 @@ def _hard_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool)
     # S multiplies X itself in (I - S) X: an error e in S costs e * sigma_max/c, so S is converged to TOL_FLOAT64
     S = symmetric_sign(E, gather_schedule(idx_s, steps, dtype, TOL_FLOAT64, adaptive))
     F = 0.5 * ((eye + S) @ Z + (eye - S))  # S and Z commute only approximately: a full product
-    return _left_multiply(F, X.to(dtype)), bound.sqrt() * scale
+    return _left_multiply(F, X.to(dtype), out), bound.sqrt() * scale

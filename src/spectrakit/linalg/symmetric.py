@@ -42,16 +42,21 @@ def symmetric_matmul(A: Tensor, B: Tensor, *, blocks: int | None = None) -> Tens
 
 
 def symmetric_addmm(C: Tensor | None, A: Tensor, B: Tensor, *, beta: float = 1.0, alpha: float = 1.0,
-                    blocks: int | None = None) -> Tensor:
+                    blocks: int | None = None, out: Tensor | None = None) -> Tensor:
     """beta C + alpha A @ B (A @ B alone for C None) where C and A @ B are symmetric, as one fused product
-    (``torch.baddbmm`` / ``torch.addmm``) per block; 3-D operands of one batch shape, or 2-D ones."""
+    (``torch.baddbmm`` / ``torch.addmm``) per block; 3-D operands of one batch shape, or 2-D ones. ``out`` (which
+    may be C itself: an in-place update) receives the result."""
     m = A.shape[-2]
     k = block_count(m, A.device, A.dtype) if blocks is None else max(1, min(blocks, m))
     fused = torch.baddbmm if A.dim() == 3 else torch.addmm
     if k == 1:
-        return A @ B if C is None else fused(C, A, B, beta=beta, alpha=alpha)
+        if C is None:
+            return torch.matmul(A, B, out=out) if out is not None else A @ B
+        return fused(C, A, B, beta=beta, alpha=alpha, out=out) if out is not None else fused(C, A, B, beta=beta,
+                                                                                            alpha=alpha)
     step = -(-m // k)
-    out = torch.empty(*torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]), m, m, dtype=A.dtype, device=A.device)
+    if out is None:
+        out = torch.empty(*torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]), m, m, dtype=A.dtype, device=A.device)
     for start in range(0, m, step):
         stop = min(m, start + step)
         rows, cols, block = A[..., start:stop, :], B[..., :, :stop], out[..., start:stop, :stop]
@@ -67,3 +72,22 @@ def symmetric_addmm(C: Tensor | None, A: Tensor, B: Tensor, *, beta: float = 1.0
 def gram(X: Tensor) -> Tensor:
     """X X^T for (..., m, n) X via ``symmetric_matmul``."""
     return symmetric_matmul(X, X.mT)
+
+
+#: ``gram_float64`` converts X to float64 in column chunks of about this many bytes (cache-sized, so the float64
+#: copy of a chunk is still in cache when the product reads it, and no float64 copy of the whole X is allocated).
+CHUNK_BYTES = 1 << 21
+
+
+def gram_float64(X: Tensor) -> Tensor:
+    """X X^T in float64 for a (B, m, n) X of any floating dtype: sum_j X_j X_j^T over column chunks X_j, each
+    converted to float64 on its own (at least 256 columns, about CHUNK_BYTES), accumulated in place."""
+    m, n = X.shape[-2:]
+    width = max(256, CHUNK_BYTES // (8 * m))
+    if X.dtype == torch.float64 or n <= 2 * width:
+        return gram(X.double())
+    G = None
+    for start in range(0, n, width):
+        chunk = X[..., start:start + width].double()
+        G = gram(chunk) if G is None else symmetric_addmm(G, chunk, chunk.mT, out=G)
+    return G
