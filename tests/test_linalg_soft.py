@@ -357,3 +357,18 @@ def test_a_tall_matrix_is_clipped_in_its_own_layout(kind, ratio):
     assert Y.is_contiguous() and rel_err(Y, reference(X, 1.0)) <= 1e-3
     Y = clip(torch.stack([X[0], 50 * X[1]]), 1.0, method="polar")  # two precision parts, put back in X's layout
     assert Y.is_contiguous()
+
+
+def test_ratio_estimate_is_a_lower_estimate_of_sigma_max_over_c():
+    """The power estimate that picks a matrix's precision: below sigma_max/c (from the top, within 5% after its
+    four products on a spectrum with a 10x spike), 0 for a zero matrix, inf for NaN; per matrix of a stack."""
+    from spectrakit.linalg.polar_clip import _ratio_estimate
+    from spectrakit.linalg.symmetric import gram
+    X = torch.stack([make_matrix(40, 60, kind, 1.0, seed=i) for i, kind in enumerate(("spiky", "logspace", "flat"))]
+                    + [torch.zeros(40, 60, dtype=torch.float64), torch.full((40, 60), float("nan"), dtype=torch.float64)])
+    s = torch.linalg.vector_norm(X, dim=(-2, -1)).nan_to_num(1.0).clamp_min(1e-300)
+    c = torch.tensor([0.1, 0.01, 0.5, 1.0, 1.0], dtype=torch.float64)
+    r = _ratio_estimate(gram(X / s[:, None, None]), c / s)
+    truth = torch.linalg.matrix_norm(X[:3], ord=2) / c[:3]
+    assert (r[:3] <= truth * (1 + 1e-12)).all() and (r[:3] >= 0.95 * truth[:3]).all(), (r, truth)
+    assert r[3] == 0 and r[4] == float("inf")

@@ -31,7 +31,6 @@ from torch import Tensor
 
 from .coefficients import grid_index
 from .gram_iteration import Schedule, gather_schedule, inverse_sqrt, polar_factor, symmetric_sign
-from .power import block_power_iteration
 from .symmetric import gram, gram_float64, symmetric_matmul
 
 #: Convergence tolerance of the schedules (relative error of the iteration itself) for float32/16 inputs,
@@ -150,15 +149,18 @@ FP32_MAX_RATIO = 16.0
 MIXED_MAX_RATIO = 100.0
 
 
-def _ratio_estimate(G: Tensor, cn: Tensor, iters: int = 2) -> Tensor:
-    """sigma_max/c of each matrix (float64, shape (B,)) from ``iters`` steps of
-    :func:`power.block_power_iteration` (k = 1) on G = X X^T: lambda = ||G^(2 iters) v|| / ||G^(2 iters - 1) v||
-    <= lambda_max(G) = sigma_max^2 (O(m^2) per product; a lower estimate, which ``_missed_large_ratio`` backs
-    up). NaN gives inf."""
+def _ratio_estimate(G: Tensor, cn: Tensor, products: int = 4) -> Tensor:
+    """sigma_max/c of each matrix (float64, shape (B,)) from ``products`` normalised products with G = X X^T from a
+    seeded random start: v_k = G v_{k-1} / ||G v_{k-1}||, lambda = ||G v_{products - 1}|| = ||G^p v|| / ||G^(p-1) v||
+    <= lambda_max(G) = sigma_max^2 (O(m^2) per product; a lower estimate, which ``_missed_large_ratio`` backs up).
+    NaN gives inf."""
     gen = torch.Generator(device=G.device).manual_seed(0)
     v = torch.randn(G.shape[0], G.shape[-1], 1, generator=gen, dtype=G.dtype, device=G.device)
-    lam = block_power_iteration(G, v, iters, rayleigh_ritz=False)[1][:, 0]
-    return (lam.double().sqrt() / cn).nan_to_num(float("inf"))
+    for _ in range(products):
+        w = G @ v
+        lam = torch.linalg.vector_norm(w, dim=-2, keepdim=True)
+        v = w / lam.clamp_min(torch.finfo(G.dtype).tiny)
+    return (lam.flatten().double().sqrt() / cn).nan_to_num(float("inf"))
 
 
 #: ``_frobenius``'s host check: with 1/UNSCALED_RANGE < ||X||_F < UNSCALED_RANGE, the float32 entries of X X^T that
