@@ -372,3 +372,21 @@ def test_ratio_estimate_is_a_lower_estimate_of_sigma_max_over_c():
     truth = torch.linalg.matrix_norm(X[:3], ord=2) / c[:3]
     assert (r[:3] <= truth * (1 + 1e-12)).all() and (r[:3] >= 0.95 * truth[:3]).all(), (r, truth)
     assert r[3] == 0 and r[4] == float("inf")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mixed_tier_reaches_sigma_max_over_c_200_from_the_float32_gram_matrix(monkeypatch, kind):
+    """Between FP32_MAX_RATIO and MIXED_MAX_RATIO (here 120 and 190) the soft clip forms no float64 X X^T and still
+    meets 1e-3 (measured worst 3.4e-4 at 200); beyond it (1e3) the float64 tier forms one."""
+    import spectrakit.linalg.polar_clip as polar_clip
+    assert polar_clip.MIXED_MAX_RATIO == 200.0
+    float64_grams = []
+    gram_float64 = polar_clip.gram_float64
+    monkeypatch.setattr(polar_clip, "gram_float64", lambda X: float64_grams.append(X.shape) or gram_float64(X))
+    for i, ratio in enumerate((120.0, 190.0)):
+        X = make_matrix(160, 400, kind, ratio, seed=i).float()
+        assert rel_err(soft_clip(X, 1.0, method="polar"), oracle.soft_clip(X.double(), 1.0)) <= 1e-3, ratio
+    assert float64_grams == []
+    if kind != "flat":  # a flat spectrum runs in float32 at any ratio
+        soft_clip(make_matrix(160, 400, kind, 1e3).float(), 1.0, method="polar")
+        assert float64_grams == [(1, 160, 400)]

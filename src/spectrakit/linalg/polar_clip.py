@@ -142,11 +142,11 @@ def _eigen_interval(bounds: tuple[Tensor, Tensor], c2: Tensor, bound: Tensor | N
 #: r <= FP32_MAX_RATIO: float32 throughout (<= 1.5e-4 at r = 16; up to 1.2e-3 at r = 100 on rank-deficient inputs).
 #: r <= MIXED_MAX_RATIO: the soft clip forms B and its Cholesky factor in float64 from the float32 X X^T and
 #: iterates on the factor (condition number sqrt(kappa)) in float32, as is the product with X: <= 1.8e-4 at r = 100
-#: from 128 x 1024 to 768 x 50304, the same as with X X^T formed in float64 (up to 8.7e-5 vs 3.8e-5); from r ~ 200
-#: on the float32 X X^T costs accuracy (3.4e-4 at 200, 2.3e-3 at 1000). Larger r: float64 throughout, X X^T
-#: included. The hard clip has no such middle tier: float64 throughout above FP32_MAX_RATIO.
+#: from 128 x 1024 to 768 x 50304, the same as with X X^T formed in float64 (up to 8.7e-5 vs 3.8e-5); beyond, the
+#: float32 X X^T costs accuracy: <= 3.4e-4 at r = 200, 8e-4 at 400, 2.3e-3 at 1000. Larger r: float64 throughout,
+#: X X^T included. The hard clip has no such middle tier: float64 throughout above FP32_MAX_RATIO.
 FP32_MAX_RATIO = 16.0
-MIXED_MAX_RATIO = 100.0
+MIXED_MAX_RATIO = 200.0
 
 
 def _ratio_estimate(G: Tensor, cn: Tensor, products: int = 4) -> Tensor:
