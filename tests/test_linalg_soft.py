@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import _svd_oracle as oracle
 import pytest
 import torch
@@ -364,8 +366,9 @@ def test_ratio_estimate_is_a_lower_estimate_of_sigma_max_over_c():
     four products on a spectrum with a 10x spike), 0 for a zero matrix, inf for NaN; per matrix of a stack."""
     from spectrakit.linalg.polar_clip import _ratio_estimate
     from spectrakit.linalg.symmetric import gram
-    X = torch.stack([make_matrix(40, 60, kind, 1.0, seed=i) for i, kind in enumerate(("spiky", "logspace", "flat"))]
-                    + [torch.zeros(40, 60, dtype=torch.float64), torch.full((40, 60), float("nan"), dtype=torch.float64)])
+    kinds = ("spiky", "logspace", "flat")
+    zero = torch.zeros(40, 60, dtype=torch.float64)
+    X = torch.stack([make_matrix(40, 60, kind, 1.0, seed=i) for i, kind in enumerate(kinds)] + [zero, zero + math.nan])
     s = torch.linalg.vector_norm(X, dim=(-2, -1)).nan_to_num(1.0).clamp_min(1e-300)
     c = torch.tensor([0.1, 0.01, 0.5, 1.0, 1.0], dtype=torch.float64)
     r = _ratio_estimate(gram(X / s[:, None, None]), c / s)

@@ -7,8 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrakit.linalg.symmetric import (CHUNK_BYTES, MIN_SIDE, block_count, gram, gram_float64, symmetric_addmm,
-                                        symmetric_matmul)
+from spectrakit.linalg.symmetric import (
+    CHUNK_BYTES,
+    MIN_SIDE,
+    block_count,
+    gram,
+    gram_float64,
+    symmetric_addmm,
+    symmetric_matmul,
+)
 
 
 @settings(max_examples=25, deadline=None)
@@ -68,7 +75,6 @@ def test_symmetric_addmm_updates_in_place(blocks):
 def test_gram_float64_sums_converted_chunks(monkeypatch, m, dtype, transposed):
     """X X^T of a low-precision X in float64 (exact products of its entries) over several column chunks (the last
     one short), in either memory layout; no float64 copy larger than a chunk is made."""
-    import spectrakit.linalg.symmetric as symmetric
     width = max(256, CHUNK_BYTES // (8 * m))
     n = 3 * width + 17
     X = torch.randn(2, n, m).mT if transposed else torch.randn(2, m, n)

@@ -152,9 +152,9 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             (per matrix of a stack; sqrt(kappa - 1), kappa the condition number of I + X X^T/c^2 from trace
             bounds and Cholesky certificates on its smallest eigenvalue: sigma_max/c unless the spectrum is
             nearly flat; <= 16: all float32; <= 200: the float32 X X^T, Cholesky factor in float64, float32
-            iteration on the factor; above: float64 throughout), with a float64 redo if the computed bounds show the estimate was wrong. Measured:
-            <= 1e-3 vs float64 SVD for sigma_max/c in [1e-2, 1e4], any scale of X. float64 inputs stay
-            float64 with dtype None.
+            iteration on the factor; above: float64 throughout), with a float64 redo if the computed bounds
+            show the estimate was wrong. Measured: <= 1e-3 vs float64 SVD for sigma_max/c in [1e-2, 1e4],
+            any scale of X. float64 inputs stay float64 with dtype None.
         return_bound: also return an upper bound (float32, shape X.shape[:-2]) on sigma_max that the method
             computes anyway ("polar": from min(Gershgorin(X X^T), ||(X X^T)^2||_F^(1/2)), within a factor
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.

@@ -50,10 +50,8 @@ def symmetric_addmm(C: Tensor | None, A: Tensor, B: Tensor, *, beta: float = 1.0
     k = block_count(m, A.device, A.dtype) if blocks is None else max(1, min(blocks, m))
     fused = torch.baddbmm if A.dim() == 3 else torch.addmm
     if k == 1:
-        if C is None:
-            return torch.matmul(A, B, out=out) if out is not None else A @ B
-        return fused(C, A, B, beta=beta, alpha=alpha, out=out) if out is not None else fused(C, A, B, beta=beta,
-                                                                                            alpha=alpha)
+        into = {} if out is None else {"out": out}
+        return torch.matmul(A, B, **into) if C is None else fused(C, A, B, beta=beta, alpha=alpha, **into)
     step = -(-m // k)
     if out is None:
         out = torch.empty(*torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]), m, m, dtype=A.dtype, device=A.device)
