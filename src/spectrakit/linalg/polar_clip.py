@@ -175,9 +175,9 @@ def _frobenius(X: Tensor, adaptive: bool) -> tuple[Tensor, bool]:
     float64 copy), else in float64 (and the range is not claimed)."""
     if adaptive and X.dtype != torch.float64:
         s = torch.linalg.vector_norm(X, dim=(-2, -1))
-        lo, hi = s.aminmax()
-        if float(lo) > 1e-18 and float(hi) < 1e18:
-            return s.double(), float(lo) > 1 / UNSCALED_RANGE and float(hi) < UNSCALED_RANGE
+        lo, hi = (float(v) for v in s.aminmax())  # one host read of each
+        if lo > 1e-18 and hi < 1e18:
+            return s.double(), lo > 1 / UNSCALED_RANGE and hi < UNSCALED_RANGE
     return torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64).clamp(1e-300, 1e300), False
 
 
