@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from spectrakit.linalg.symmetric import (
     CHUNK_BYTES,
+    LARGE_SIDE,
     MIN_SIDE,
     block_count,
     gram,
@@ -105,6 +106,8 @@ def test_block_count_rule():
     assert block_count(MIN_SIDE - 1, cpu, f32) == 1
     assert block_count(MIN_SIDE, cpu, f32) == 4
     assert block_count(MIN_SIDE, cpu, torch.float64) == 4
+    assert block_count(LARGE_SIDE - 1, cpu, f32) == 4
+    assert block_count(LARGE_SIDE, cpu, f32) == 8
     assert block_count(8192, cpu, f32) == 8
     assert block_count(8192, torch.device("meta"), f32) == 1  # off the CPU: plain matmul (not measured there)
     for half in (torch.bfloat16, torch.float16):  # fast half-precision products: the mirror copies cost more

@@ -160,7 +160,8 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             rank^(1/4); "svd": exact; 1-D: the norm). No host synchronisation.
         adaptive: "polar" only: choose the number of steps (and, for dtype=None, the precision) from the
             computed bounds on the spectrum of I + X X^T/c^2 (and a power-iteration estimate; a nearly flat
-            spectrum takes one step); this reads a few scalars on the host. None
+            spectrum takes one step, a narrow one such as sigma_max/c <~ 2 one fitted polynomial with fewer
+            products than the schedule); this reads a few scalars on the host. None
             (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
             float32 accelerator policy runs a fixed schedule covering sigma_max/c <= 1e4 (9 steps), with no
             host read, no float64 and no copy from the host (torch.compile fullgraph-friendly).

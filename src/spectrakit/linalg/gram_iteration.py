@@ -13,8 +13,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .coefficients import NEWTON_SCHULZ_CUBIC, quintic_steps, schedule_table, steps_for_index
-from .symmetric import symmetric_matmul
+from .coefficients import (
+    NEWTON_SCHULZ_CUBIC,
+    direct_products,
+    direct_table,
+    grid_lower_ends,
+    quintic_steps,
+    schedule_table,
+    steps_for_index,
+)
+from .symmetric import symmetric_addmm, symmetric_matmul
 
 
 class Schedule(NamedTuple):
@@ -56,7 +64,7 @@ def _abc(coeffs: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
     return a[:, None, None], b[:, None, None], c[:, None, None]
 
 
-def _polynomial(R: Tensor, R2: Tensor | None, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+def _polynomial(R: Tensor, R2: Tensor | None, a: Tensor, b: Tensor, c: Tensor | None) -> Tensor:
     """P = a I + b R + c R^2 (c R^2 left out when R2 is None: a cubic step)."""
     P = R * b if R2 is None else torch.addcmul(R2 * c, R, b)
     P.diagonal(dim1=-2, dim2=-1).add_(a[:, :, 0])
@@ -112,6 +120,51 @@ def inverse_sqrt(R: Tensor, R2: Tensor, schedule: Schedule, *, symmetric: bool =
     if Q is None:
         return torch.eye(R.shape[-1], dtype=R.dtype, device=R.device).expand_as(R).clone()
     return Q
+
+
+def schedule_products(schedule: Schedule) -> int:
+    """Small matmuls ``inverse_sqrt`` spends on ``schedule`` given R^2: P R P on every step but the last (2), and
+    on every step after the first Q P (1) and, on quintic steps, R^2 (1)."""
+    steps = schedule.coeffs.shape[0]
+    return 0 if steps <= 1 else 3 * (steps - 1) + sum(schedule.quintic[1:])
+
+
+def direct_plan(rows: list[int], schedule: Schedule, tol: float) -> int:
+    """Products of the direct polynomial that serves every grid row in ``rows`` (the largest need among them),
+    or -1 where one row has none or it saves no product over ``schedule`` (``schedule_products``)."""
+    needs = [direct_products(j, tol) for j in rows]
+    products = max(needs, default=-1)
+    return products if min(needs, default=-1) >= 0 and products < schedule_products(schedule) else -1
+
+
+def inverse_sqrt_direct(R: Tensor, R2: Tensor, idx: Tensor, products: int, tol: float) -> Tensor:
+    """Q ~ R^{-1/2} for a batch (B, m, m) of symmetric R with eigenvalues in [l_j^2, 1] (j = ``idx`` per matrix,
+    every one covered by ``direct_plan``), given R2 = R @ R: one polynomial of degree 2k + 2 (k = ``products``).
+
+    With T = (2R - (1 + l^2) I)/(1 - l^2) (eigenvalues in [-1, 1]) and T^2 formed from R2 without a product,
+    p(T) = sum_i c_i T^i is evaluated by Horner's rule in T^2 with linear blocks,
+    S_k = c_{2k} + c_{2k+1} T + c_{2k+2} T^2, S_i = c_{2i} + c_{2i+1} T + T^2 S_{i+1}: k products, each one
+    symmetric (polynomials in R commute). The coefficients of the fits are at most ~1.3 in size, so rounding
+    adds ~eps to the fit's error."""
+    table, l2 = _direct_device_table(tol, products, R.device, R.dtype)
+    c, l2 = table[idx - 1], l2[idx][:, None, None]
+    shift, width = (1 + l2) / (1 - l2), 2 / (1 - l2)
+    T = R * width
+    T.diagonal(dim1=-2, dim2=-1).sub_(shift[:, :, 0])
+    T2 = torch.addcmul(R2 * (width * width), R, -2 * width * shift)  # T^2 = w^2 R^2 - 2 w s R + s^2 I
+    T2.diagonal(dim1=-2, dim2=-1).add_((shift * shift)[:, :, 0])
+    S = _polynomial(T, T2, c[:, -3, None, None], c[:, -2, None, None], c[:, -1, None, None])
+    for i in range(products - 1, -1, -1):
+        S = symmetric_addmm(_polynomial(T, None, c[:, 2 * i, None, None], c[:, 2 * i + 1, None, None], None), T2, S)
+    return S
+
+
+@functools.lru_cache(maxsize=64)
+def _direct_device_table(tol: float, products: int, device: torch.device, dtype: torch.dtype
+                         ) -> tuple[Tensor, Tensor]:
+    """``direct_table`` and the grid's l_j^2 in ``dtype`` on ``device``, copied there once and cached."""
+    l2 = torch.tensor([g * g for g in grid_lower_ends()], dtype=torch.float64)
+    return (direct_table(tol, products).to(device=device, dtype=dtype), l2.to(device=device, dtype=dtype))
 
 
 def symmetric_sign(E: Tensor, schedule: Schedule, E2: Tensor | None = None, safety: float = 1.0) -> Tensor:

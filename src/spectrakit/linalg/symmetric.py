@@ -13,11 +13,14 @@ from torch import Tensor
 
 #: Below this side a plain matmul is used. Measured on 2 AVX2 cores (benchmarks/bench_linalg.py --symmetric):
 #: 4 blocks take 0.7-0.85x the time of A @ B from 768 to 2048 (float32 and float64), about 1.0x at 512 and
-#: more than 1x below. From LARGE_SIDE on, 8 blocks are used. Only float32 and float64 products are blocked:
+#: more than 1x below. From LARGE_SIDE on, 8 blocks are used (measured 2026-12-02, AMD EPYC, float32, m x m
+#: products, time vs A @ B with 4 / 8 blocks: 1 thread 0.68 / 0.62 at 768, 0.70 / 0.65 at 1024, 0.65 / 0.60 at
+#: 2048; 2 threads 0.69 / 0.68, 0.71 / 0.68, 0.66 / 0.64; at 512 8 blocks are slower on 2 threads, 0.81 / 0.88).
+#: Only float32 and float64 products are blocked:
 #: where bf16/fp16 matmuls are fast (AMX tiles) the mirror copies and the strided outputs cost more than the
 #: multiply-adds saved (the blocked bf16 product was slower than the full one, most of its time in copies).
 MIN_SIDE = 512
-LARGE_SIDE = 3072
+LARGE_SIDE = 768
 
 
 BLOCKED_DTYPES = (torch.float32, torch.float64)
