@@ -13,15 +13,15 @@ import spectrakit.linalg.gram_iteration as gi
 from spectrakit.linalg import soft_clip
 from spectrakit.linalg.audit import OpAudit
 from spectrakit.linalg.coefficients import (
-    DIRECT_MARGIN,
     DIRECT_MAX_PRODUCTS,
+    direct_lower_ends,
     direct_products,
-    grid_lower_ends,
+    grid_index,
     inverse_sqrt_polynomial,
 )
 
 TOL = 3e-4  # polar_clip.TOL, the float32 tolerance
-COVERED = [j for j in range(1, 20) if direct_products(j, TOL) >= 0]
+COVERED = [j for j in range(1, 400) if direct_products(j, TOL) >= 0]
 
 
 def _products(audit: OpAudit) -> int:
@@ -65,7 +65,9 @@ def test_direct_products_cover_only_narrow_spectra():
     assert needs == sorted(needs) and max(needs) <= DIRECT_MAX_PRODUCTS
     assert direct_products(0, TOL) == -1  # l = 1: no iteration at all
     assert direct_products(COVERED[-1] + 1, TOL) == -1
-    assert all(direct_products(j, 1e-12) == -1 for j in range(0, 8))  # float64 accuracy: never direct
+    assert direct_lower_ends(COVERED[-1] + 1)[-1] ** 2 < 0.2  # kappa(R) up to 5 and more
+    float64 = [j for j in range(1, 400) if direct_products(j, 1e-12) >= 0]  # float64 accuracy: only near l = 1
+    assert float64 == list(range(1, len(float64) + 1)) and len(float64) < len(COVERED) / 4
 
 
 def _spd(m: int, low: float, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +86,14 @@ def test_inverse_sqrt_direct_matches_the_eigendecomposition(dtype):
     m = 48
     for products in sorted({direct_products(j, TOL) for j in COVERED} | {DIRECT_MAX_PRODUCTS}):
         rows = [j for j in COVERED if direct_products(j, TOL) <= products]
-        pairs = [_spd(m, grid_lower_ends()[j] ** 2, dtype, seed) for seed, j in enumerate(rows)]
+        pairs = [_spd(m, direct_lower_ends(j + 1)[j] ** 2, dtype, seed) for seed, j in enumerate(rows)]
         R = torch.stack([p[0] for p in pairs])
         idx = torch.tensor(rows)
         Q = gi.inverse_sqrt_direct(R, R @ R, idx, products, TOL)
         assert Q.dtype == dtype and Q.shape == R.shape
         for b, (_, exact) in enumerate(pairs):
             err = rel_err(Q[b], exact)
-            assert err <= DIRECT_MARGIN * TOL + (2e-5 if dtype == torch.float32 else 1e-12), (products, rows[b], err)
+            assert err <= TOL + (2e-5 if dtype == torch.float32 else 1e-12), (products, rows[b], err)
 
 
 def test_schedule_products_counts_what_inverse_sqrt_multiplies():
@@ -105,14 +107,20 @@ def test_schedule_products_counts_what_inverse_sqrt_multiplies():
         assert _products(audit) == gi.schedule_products(schedule), j
 
 
+def _schedule_at(j: int) -> gi.Schedule:
+    """The Polar Express schedule for the lower end of point j of the direct grid."""
+    l = torch.tensor([direct_lower_ends(j + 1)[j]])
+    return gi.gather_schedule(grid_index(l), None, torch.float32, TOL, adaptive=True)
+
+
 def test_direct_plan_takes_the_largest_need_only_where_it_saves_products():
-    schedule = gi.gather_schedule(torch.tensor([COVERED[-1]]), None, torch.float32, TOL, adaptive=True)
-    cost = gi.schedule_products(schedule)
-    need = direct_products(COVERED[-1], TOL)
-    assert need < cost
-    assert gi.direct_plan([1, COVERED[-1]], schedule, TOL) == need
-    assert gi.direct_plan([1, COVERED[-1] + 1], schedule, TOL) == -1  # one row not covered
-    one_step = gi.gather_schedule(torch.tensor([1]), None, torch.float32, TOL, adaptive=True)
+    last = COVERED[-1]
+    schedule = _schedule_at(last)
+    need = direct_products(last, TOL)
+    assert need < gi.schedule_products(schedule)
+    assert gi.direct_plan([1, last], schedule, TOL) == need
+    assert gi.direct_plan([1, last + 1], schedule, TOL) == -1  # one row not covered
+    one_step = _schedule_at(1)
     assert gi.schedule_products(one_step) == 0 and gi.direct_plan([1], one_step, TOL) == -1  # nothing to save
 
 

@@ -129,36 +129,43 @@ def steps_for_index(j: int, tol: float = CONVERGED) -> int:
     return _table(tol)[1][j]
 
 
-def grid_index(l: torch.Tensor) -> torch.Tensor:
-    """Index of the largest grid point <= l (per element; NaN and l <= 0 map to the last, smallest one).
+def grid_index(l: torch.Tensor, per_decade: int = GRID_PER_DECADE) -> torch.Tensor:
+    """Index of the largest grid point <= l (per element; NaN and l <= 0 map to the last, smallest one) on the grid
+    10 ** (-j / per_decade), j = 0 .. GRID_DECADES * per_decade (the schedules' grid by default).
 
     Computed in float32 (no float64 on accelerators): float32's log10 is off by < 1e-6 of a decade, so the
     offset 1e-3 (of a grid step, 1/16 decade) keeps the index from dropping below the exact one; at worst a
     point within 6e-5 decades above a grid point maps to that grid point (l too high by 0.015%, far inside
     the schedules' margins).
     """
-    last = GRID_DECADES * GRID_PER_DECADE
-    j = torch.ceil(-GRID_PER_DECADE * torch.log10(l.float()) - 1e-3)
+    last = GRID_DECADES * per_decade
+    j = torch.ceil(-per_decade * torch.log10(l.float()) - 1e-3)
     j = torch.nan_to_num(j, nan=float(last), posinf=float(last), neginf=0.0)
     return j.clamp(0, last).long()
 
 
 #: Direct polynomials (``gram_iteration.inverse_sqrt_direct``): R^{-1/2} for R with eigenvalues in [l_j^2, 1] as
 #: one polynomial of degree 2k + 2 in R, evaluated with k products beyond R^2, for k <= DIRECT_MAX_PRODUCTS.
-#: Where the spectrum is narrow this takes fewer products than the Polar Express steps (measured relative errors of
-#: the fits at tol 3e-4: k = 1 on [0.56, 1], 3e-5; k = 2 on [0.32, 1], 6e-5; k = 3 on [0.18, 1], 1e-4).
+#: Where the spectrum is narrow this takes fewer products than the Polar Express steps (relative errors of the fits:
+#: k = 1 on [0.4, 1], 2.9e-4; k = 2 on [0.32, 1], 6e-5; k = 3 on [0.18, 1], 1e-4). Their grid is finer than the
+#: schedules' (DIRECT_PER_DECADE points per decade of l, lower ends 1.8% apart in l^2): a fit's error grows quickly
+#: with the width of its interval (k = 1: 2.9e-4 on [0.4, 1], 8.8e-4 on [0.32, 1]), and the schedules' grid would
+#: hand most matrices the next larger degree.
 DIRECT_MAX_PRODUCTS = 3
-#: A direct polynomial is used for a grid point when its fit's relative error is at most this fraction of tol
-#: (room for the rounding of the evaluation, which the iteration's own tolerance does not have to absorb).
-DIRECT_MARGIN = 0.5
+DIRECT_PER_DECADE = 256
 
 
-def inverse_sqrt_polynomial(a: float, degree: int, iters: int = 100) -> tuple[np.ndarray, float]:
+def direct_lower_ends(count: int) -> list[float]:
+    """The first ``count`` lower ends l_j = 10 ** (-j / DIRECT_PER_DECADE) of the direct polynomials' grid."""
+    return [10 ** (-j / DIRECT_PER_DECADE) for j in range(count)]
+
+
+def inverse_sqrt_polynomial(a: float, degree: int, iters: int = 40) -> tuple[np.ndarray, float]:
     """Near-minimax relative approximation p of x^{-1/2} on [a, 1] (0 < a < 1): its monomial coefficients in
     t = (2 x - 1 - a)/(1 - a) in [-1, 1] (increasing powers) and max |p(x) sqrt(x) - 1| on a dense grid.
 
     Lawson's iteration (reweighted least squares on Chebyshev points, fit in the Chebyshev basis) approaches the
-    minimax fit; the error is measured afterwards on a grid 10x denser, so it is what the fit gives, not what it
+    minimax fit; the error is measured afterwards on a grid 13x denser, so it is what the fit gives, not what it
     aimed at."""
     if not 0 < a < 1:
         raise ValueError(f"need 0 < a < 1, got a={a!r}")
@@ -167,14 +174,14 @@ def inverse_sqrt_polynomial(a: float, degree: int, iters: int = 100) -> tuple[np
         t = np.cos(np.linspace(0, np.pi, k))
         return t, ((1 + a) / 2 + (1 - a) / 2 * t) ** 0.5  # t and sqrt(x)
 
-    t, root = points(1000)
+    t, root = points(300)
     V = np.polynomial.chebyshev.chebvander(t, degree) * root[:, None]  # p(x) sqrt(x) in the Chebyshev basis
     w = np.full(t.shape, 1 / t.size)
     for _ in range(iters):
         c = np.linalg.solve((V * w[:, None]).T @ V, V.T @ w)  # weighted least squares (normal equations)
         w = w * np.abs(V @ c - 1) + 1e-30
         w /= w.sum()
-    t, root = points(10000)
+    t, root = points(4000)
     error = float(np.abs(np.polynomial.chebyshev.chebval(t, c) * root - 1).max())
     return np.polynomial.chebyshev.cheb2poly(c), error
 
@@ -186,31 +193,36 @@ def _direct(tol: float) -> tuple[tuple[int, ...], tuple[torch.Tensor, ...]]:
 
 @functools.cache
 def _compute_direct(tol: float) -> tuple[tuple[int, ...], tuple[torch.Tensor, ...]]:
-    """(products k_j per grid point j >= 1 up to the last one any direct fit covers, -1 where none does; per
-    k <= DIRECT_MAX_PRODUCTS the (rows, 2k + 3) float64 table of monomial coefficients in t, row j - 1 for
-    grid point j)."""
+    """(products k_j per grid point j >= 1 of ``direct_lower_ends`` up to the last one a fit of degree
+    <= 2 DIRECT_MAX_PRODUCTS + 2 takes to within ``tol`` (the schedules' own convergence criterion); per
+    k <= DIRECT_MAX_PRODUCTS the (rows, 2k + 3) float64 table of monomial coefficients in t, row j - 1 for grid
+    point j). The needed degree only grows with j, so each fit is made once the cheaper ones no longer reach
+    ``tol``... and the cheaper rows keep the larger degrees' fits too, for batches whose largest need is higher."""
     products: list[int] = []
     rows: list[list[np.ndarray]] = [[] for _ in range(DIRECT_MAX_PRODUCTS + 1)]
-    for l in grid_lower_ends()[1:]:
+    j = 1
+    while True:
+        l = 10 ** (-j / DIRECT_PER_DECADE)
         fits = [inverse_sqrt_polynomial(l * l, 2 * k + 2) for k in range(DIRECT_MAX_PRODUCTS + 1)]
-        ok = [k for k, (_, error) in enumerate(fits) if error <= DIRECT_MARGIN * tol]
+        ok = [k for k, (_, error) in enumerate(fits) if error <= tol]
         if not ok:
             break
         products.append(ok[0])
         for k, (coeffs, _) in enumerate(fits):
             rows[k].append(coeffs)
+        j += 1
     return tuple(products), tuple(torch.tensor(np.array(r), dtype=torch.float64) for r in rows)
 
 
 def direct_products(j: int, tol: float = CONVERGED) -> int:
-    """Products beyond R^2 that the direct polynomial for grid point j needs to meet ``tol``; -1 where none of
-    degree <= 2 DIRECT_MAX_PRODUCTS + 2 does (and for j = 0, which needs no iteration)."""
+    """Products beyond R^2 that the direct polynomial for point j of the direct grid needs to meet ``tol``; -1 where
+    none of degree <= 2 DIRECT_MAX_PRODUCTS + 2 does (and for j = 0, which needs no iteration)."""
     products = _direct(tol)[0]
     return products[j - 1] if 1 <= j <= len(products) else -1
 
 
 def direct_table(tol: float, products: int) -> torch.Tensor:
     """(rows, 2 products + 3) float64: row j - 1 holds the monomial coefficients in t = (2x - 1 - l_j^2)/(1 - l_j^2)
-    of the degree 2 products + 2 fit of x^{-1/2} on [l_j^2, 1], for the grid points j >= 1 that ``direct_products``
-    covers."""
+    of the degree 2 products + 2 fit of x^{-1/2} on [l_j^2, 1], for the points j >= 1 of the direct grid that
+    ``direct_products`` covers."""
     return _direct(tol)[1][products]

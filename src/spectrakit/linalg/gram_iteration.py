@@ -15,9 +15,9 @@ from torch import Tensor
 
 from .coefficients import (
     NEWTON_SCHULZ_CUBIC,
+    direct_lower_ends,
     direct_products,
     direct_table,
-    grid_lower_ends,
     quintic_steps,
     schedule_table,
     steps_for_index,
@@ -130,7 +130,8 @@ def schedule_products(schedule: Schedule) -> int:
 
 
 def direct_plan(rows: list[int], schedule: Schedule, tol: float) -> int:
-    """Products of the direct polynomial that serves every grid row in ``rows`` (the largest need among them),
+    """Products of the direct polynomial that serves every point ``rows`` of the direct grid (``grid_index`` with
+    ``coefficients.DIRECT_PER_DECADE``; the largest need among them),
     or -1 where one row has none or it saves no product over ``schedule`` (``schedule_products``)."""
     needs = [direct_products(j, tol) for j in rows]
     products = max(needs, default=-1)
@@ -138,8 +139,9 @@ def direct_plan(rows: list[int], schedule: Schedule, tol: float) -> int:
 
 
 def inverse_sqrt_direct(R: Tensor, R2: Tensor, idx: Tensor, products: int, tol: float) -> Tensor:
-    """Q ~ R^{-1/2} for a batch (B, m, m) of symmetric R with eigenvalues in [l_j^2, 1] (j = ``idx`` per matrix,
-    every one covered by ``direct_plan``), given R2 = R @ R: one polynomial of degree 2k + 2 (k = ``products``).
+    """Q ~ R^{-1/2} for a batch (B, m, m) of symmetric R with eigenvalues in [l_j^2, 1] (j = ``idx`` per matrix on
+    the direct grid, every one covered by ``direct_plan``), given R2 = R @ R: one polynomial of degree 2k + 2
+    (k = ``products``).
 
     With T = (2R - (1 + l^2) I)/(1 - l^2) (eigenvalues in [-1, 1]) and T^2 formed from R2 without a product,
     p(T) = sum_i c_i T^i is evaluated by Horner's rule in T^2 with linear blocks,
@@ -163,8 +165,9 @@ def inverse_sqrt_direct(R: Tensor, R2: Tensor, idx: Tensor, products: int, tol: 
 def _direct_device_table(tol: float, products: int, device: torch.device, dtype: torch.dtype
                          ) -> tuple[Tensor, Tensor]:
     """``direct_table`` and the grid's l_j^2 in ``dtype`` on ``device``, copied there once and cached."""
-    l2 = torch.tensor([g * g for g in grid_lower_ends()], dtype=torch.float64)
-    return (direct_table(tol, products).to(device=device, dtype=dtype), l2.to(device=device, dtype=dtype))
+    table = direct_table(tol, products)
+    l2 = torch.tensor([g * g for g in direct_lower_ends(table.shape[0] + 1)], dtype=torch.float64)
+    return table.to(device=device, dtype=dtype), l2.to(device=device, dtype=dtype)
 
 
 def symmetric_sign(E: Tensor, schedule: Schedule, E2: Tensor | None = None, safety: float = 1.0) -> Tensor:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .coefficients import grid_index
+from .coefficients import DIRECT_PER_DECADE, grid_index
 from .gram_iteration import (
     Schedule,
     direct_plan,
@@ -382,8 +382,9 @@ def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool,
     idx = grid_index((lo * inv).sqrt().flatten())
     schedule = gather_schedule(idx, steps, late, tol, adaptive)
     if early == late:  # a narrow spectrum (small sigma_max/c) takes a direct polynomial where it is cheaper
-        products = direct_plan(idx.tolist(), schedule, tol) if adaptive and steps is None else -1
-        Q = inverse_sqrt(R, R2, schedule) if products < 0 else inverse_sqrt_direct(R, R2, idx, products, tol)
+        fine = grid_index((lo * inv).sqrt().flatten(), DIRECT_PER_DECADE)
+        products = direct_plan(fine.tolist(), schedule, tol) if adaptive and steps is None else -1
+        Q = inverse_sqrt(R, R2, schedule) if products < 0 else inverse_sqrt_direct(R, R2, fine, products, tol)
         M = Q * alpha.rsqrt().to(early)
     else:
         M = _inverse_sqrt_by_factor(R, R2, inv, schedule, late)
