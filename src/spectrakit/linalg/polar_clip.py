@@ -379,11 +379,13 @@ def _soft_clip_part(X: Tensor, setup: _Setup, steps: int | None, adaptive: bool,
     R = _with_unit_diagonal_added(G * g.to(early), inv.to(early))
     R2 = _with_unit_diagonal_added(torch.addcmul(G2 * (g * g).to(early), G, (2 * g * inv).to(early)),
                                    (inv * inv).to(early))
-    idx = grid_index((lo * inv).sqrt().flatten())
-    schedule = gather_schedule(idx, steps, late, tol, adaptive)
-    if early == late:  # a narrow spectrum (small sigma_max/c) takes a direct polynomial where it is cheaper
-        fine = grid_index((lo * inv).sqrt().flatten(), DIRECT_PER_DECADE)
-        products = direct_plan(fine.tolist(), schedule, tol) if adaptive and steps is None else -1
+    l = (lo * inv).sqrt().flatten()  # sqrt(lambda_min(R))
+    schedule = gather_schedule(grid_index(l), steps, late, tol, adaptive)
+    if early == late:
+        products = -1
+        if adaptive and steps is None:  # a narrow spectrum (small sigma_max/c): a direct polynomial where cheaper
+            fine = grid_index(l, DIRECT_PER_DECADE)
+            products = direct_plan(fine.tolist(), schedule, tol)
         Q = inverse_sqrt(R, R2, schedule) if products < 0 else inverse_sqrt_direct(R, R2, fine, products, tol)
         M = Q * alpha.rsqrt().to(early)
     else:
