@@ -7,7 +7,7 @@ import _svd_oracle as oracle
 import numpy as np
 import pytest
 import torch
-from _linalg_cases import make_matrix, rel_err
+from _linalg_cases import make_matrix, rel_err, with_singular_values
 
 import spectrakit.linalg.gram_iteration as gi
 from spectrakit.linalg import soft_clip
@@ -80,20 +80,23 @@ def _spd(m: int, low: float, dtype: torch.dtype, seed: int) -> tuple[torch.Tenso
     return ((V * lam) @ V.T).to(dtype), (V * lam.rsqrt()) @ V.T
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_inverse_sqrt_direct_matches_the_eigendecomposition(dtype):
-    """Each covered grid point, with its own number of products and with the most: one batch mixing them."""
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, TOL), (torch.float32, TOL), (torch.float64, 1e-12)])
+def test_inverse_sqrt_direct_matches_the_eigendecomposition(dtype, tol):
+    """Each covered grid point, with its own number of products and with the most: one batch mixing them (also the
+    float64 tolerance's tables, which float64 inputs with nearly flat spectra use)."""
     m = 48
-    for products in sorted({direct_products(j, TOL) for j in COVERED} | {DIRECT_MAX_PRODUCTS}):
-        rows = [j for j in COVERED if direct_products(j, TOL) <= products]
+    covered = [j for j in range(1, 400) if direct_products(j, tol) >= 0]
+    assert covered
+    for products in sorted({direct_products(j, tol) for j in covered} | {DIRECT_MAX_PRODUCTS}):
+        rows = [j for j in covered if direct_products(j, tol) <= products]
         pairs = [_spd(m, direct_lower_ends(j + 1)[j] ** 2, dtype, seed) for seed, j in enumerate(rows)]
         R = torch.stack([p[0] for p in pairs])
         idx = torch.tensor(rows)
-        Q = gi.inverse_sqrt_direct(R, R @ R, idx, products, TOL)
+        Q = gi.inverse_sqrt_direct(R, R @ R, idx, products, tol)
         assert Q.dtype == dtype and Q.shape == R.shape
         for b, (_, exact) in enumerate(pairs):
             err = rel_err(Q[b], exact)
-            assert err <= TOL + (2e-5 if dtype == torch.float32 else 1e-12), (products, rows[b], err)
+            assert err <= tol + (2e-5 if dtype == torch.float32 else 1e-12), (products, rows[b], err)
 
 
 def test_schedule_products_counts_what_inverse_sqrt_multiplies():
@@ -151,3 +154,18 @@ def test_soft_clip_direct_path_takes_fewer_products(monkeypatch):
         Y = soft_clip(X, 1.0, method="polar")
     assert _products(direct) < _products(polar_express)
     assert rel_err(Y, oracle.soft_clip(X, 1.0)) <= 1e-3
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-2, 3e-2])
+@pytest.mark.parametrize("ratio", [0.3, 1.0, 10.0])
+def test_float64_nearly_flat_spectra_take_the_direct_polynomial_at_float64_accuracy(monkeypatch, spread, ratio):
+    calls = []
+    real = gi.inverse_sqrt_direct
+    monkeypatch.setattr("spectrakit.linalg.polar_clip.inverse_sqrt_direct",
+                        lambda *a: calls.append(a[3]) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    X = with_singular_values(20, 40, lambda k: ratio * (1 - spread * torch.rand(k, generator=gen, dtype=torch.float64)),
+                             gen)
+    Y = soft_clip(X, 1.0, method="polar")
+    assert calls and Y.dtype == torch.float64
+    assert rel_err(Y, oracle.soft_clip(X, 1.0)) <= 1e-11

@@ -155,9 +155,13 @@ DIRECT_MAX_PRODUCTS = 3
 DIRECT_PER_DECADE = 256
 
 
+def _direct_lower_end(j: int) -> float:
+    return 10 ** (-j / DIRECT_PER_DECADE)
+
+
 def direct_lower_ends(count: int) -> list[float]:
     """The first ``count`` lower ends l_j = 10 ** (-j / DIRECT_PER_DECADE) of the direct polynomials' grid."""
-    return [10 ** (-j / DIRECT_PER_DECADE) for j in range(count)]
+    return [_direct_lower_end(j) for j in range(count)]
 
 
 def inverse_sqrt_polynomial(a: float, degree: int, iters: int = 40) -> tuple[np.ndarray, float]:
@@ -196,13 +200,12 @@ def _compute_direct(tol: float) -> tuple[tuple[int, ...], tuple[torch.Tensor, ..
     """(products k_j per grid point j >= 1 of ``direct_lower_ends`` up to the last one a fit of degree
     <= 2 DIRECT_MAX_PRODUCTS + 2 takes to within ``tol`` (the schedules' own convergence criterion); per
     k <= DIRECT_MAX_PRODUCTS the (rows, 2k + 3) float64 table of monomial coefficients in t, row j - 1 for grid
-    point j). The needed degree only grows with j, so each fit is made once the cheaper ones no longer reach
-    ``tol``... and the cheaper rows keep the larger degrees' fits too, for batches whose largest need is higher."""
+    point j). Every row keeps the fits of every degree, for batches whose largest need is above its own."""
     products: list[int] = []
     rows: list[list[np.ndarray]] = [[] for _ in range(DIRECT_MAX_PRODUCTS + 1)]
     j = 1
     while True:
-        l = 10 ** (-j / DIRECT_PER_DECADE)
+        l = _direct_lower_end(j)
         fits = [inverse_sqrt_polynomial(l * l, 2 * k + 2) for k in range(DIRECT_MAX_PRODUCTS + 1)]
         ok = [k for k, (_, error) in enumerate(fits) if error <= tol]
         if not ok:

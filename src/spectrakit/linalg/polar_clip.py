@@ -7,10 +7,10 @@ from bounds that cost O(m^2) (``_eigen_interval``: trace bounds, and Gershgorin 
 on the CPU path by Cholesky certificates where that shortens the schedule; dividing B by alpha >= hi puts
 sqrt(eig(B/alpha)) in [l, 1] with l = sqrt(lo/alpha) known, and the polar iteration uses minimax quintics
 optimised for [l, 1] (Polar Express, arXiv 2505.16932). A flat or nearly flat spectrum (lo ~ hi) thus needs
-a single step at any sigma_max/c. Where the spectrum is narrow (kappa(B) up to ~5.6, e.g. sigma_max/c up to ~2) and
-the schedule would take two or more steps, one fitted polynomial of B (``gram_iteration.inverse_sqrt_direct``)
-takes 1-2 fewer m x m products for the same tolerance (CPU path; a given ``steps`` or ``adaptive=False`` keep the
-Polar Express schedule).
+a single step at any sigma_max/c. Where the spectrum is narrow (at the float32 tolerance kappa(B) up to ~5.6, e.g.
+sigma_max/c up to ~2; at float64's, nearly flat spectra only) and the schedule would take two or more steps, one
+fitted polynomial of B (``gram_iteration.inverse_sqrt_direct``) takes 1-2 fewer m x m products for the same
+tolerance (CPU path; a given ``steps`` or ``adaptive=False`` keep the Polar Express schedule).
 It runs on B itself (``gram_iteration.inverse_sqrt``, fewest matmuls) when one dtype serves throughout, and on the
 Cholesky factor of B (``gram_iteration.polar_factor``, B^{-1/2} = L^{-T} msign(L^T)) when B needs float64 but its
 factor, with the square root of B's condition number, can be iterated in float32.
