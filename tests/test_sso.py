@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from spectrakit.linalg import msign_svd, solve_multiplier
+from spectrakit.linalg.multiplier import solver_shape
 from spectrakit.optim.sso import SSO, MuonSphere, atomic_segments, spectral_init_
 
 TOL = 2e-4
@@ -147,10 +148,14 @@ def test_a_round_evaluates_only_the_unfinished_matrices() -> None:
     assert torch.allclose(compact.phi, full.phi, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 24), (3, 24, 5), (3, 7, 7)])
-def test_a_rank_one_theta_given_by_its_vectors_solves_in_a_small_basis(shape: tuple[int, int, int]) -> None:
-    """Theta = (u, v): where q + 1 columns save work (wide or tall, not square), each msign runs on q x (q + 1)
-    matrices, and lambda, h and Phi are those of the solve with the full matrix u v^T."""
+@pytest.mark.parametrize(("shape", "solved"), [((3, 5, 24), (5, 6)), ((3, 24, 5), (5, 6)), ((3, 7, 7), (7, 8)),
+                                               ((3, 6, 7), (6, 7)), ((3, 9, 8), (8, 9)), ((3, 8, 9), (8, 9)),
+                                               ((3, 8, 10), (8, 10))])
+def test_a_rank_one_theta_given_by_its_vectors_solves_in_a_small_basis(shape: tuple[int, int, int],
+                                                                       solved: tuple[int, int]) -> None:
+    """Theta = (u, v): where q + 1 columns save work (wide or tall), each msign runs on q x (q + 1) matrices, a
+    square problem gets a zero column (so it stacks with those), and the rest stay wide q x p; lambda, h and Phi
+    are those of the solve with the full matrix u v^T."""
     g = torch.Generator().manual_seed(4)
     U, _, Vh = torch.linalg.svd(torch.randn(shape, generator=g, dtype=torch.float64), full_matrices=False)
     u, v = U[..., 0], Vh[..., 0, :]
@@ -159,8 +164,7 @@ def test_a_rank_one_theta_given_by_its_vectors_solves_in_a_small_basis(shape: tu
     seen: list[tuple[int, ...]] = []
     small = solve_multiplier(M_hat, (u, v), msign_fn=lambda X: seen.append(tuple(X.shape[-2:])) or msign_svd(X))
     full = solve_multiplier(M_hat, u[..., :, None] * v[..., None, :], msign_fn=msign_svd)
-    q = min(shape[1:])
-    assert set(seen) == ({(q, q + 1)} if shape[1] != shape[2] else {shape[1:]})
+    assert set(seen) == {solved} and solver_shape(*shape[1:]) == solved
     assert small.calls == full.calls
     assert torch.allclose(small.lam, full.lam, rtol=0, atol=1e-10)
     assert torch.allclose(small.h, full.h, rtol=0, atol=1e-10)
@@ -556,3 +560,28 @@ def test_same_shape_blocks_of_different_parameters_are_solved_together() -> None
     assert solves == {1: 4, 64: 2}  # group 1: three parameters (4 blocks) in one solve; group 2: one
     for a, b in zip(results[1], results[64]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_blocks_of_different_shapes_with_one_solver_shape_share_one_solve() -> None:
+    """Wide, tall, square and stacked blocks with the same q (each solved as a q x (q + 1) problem) take one
+    multiplier solve per step, and reach the same weights and roots as when each is solved alone."""
+    g = torch.Generator().manual_seed(23)
+    shapes = [(6, 24), (24, 6), (6, 6), (2, 6, 24)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    results, roots, solves = {}, {}, {}
+    for batch in (1, 64):
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = SSO(params, lr=0.05, batch=batch)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+        results[batch], solves[batch] = [p.detach() for p in params], opt.solves
+        roots[batch] = [opt.state[p]["lambda"].clone() for p in params]
+    assert solves == {1: 4, 64: 1}
+    for a, b in zip(results[1], results[64]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for a, b in zip(roots[1], roots[64]):
+        assert a.abs().min() > 1e-4  # the roots are not all zero, so a mix-up of blocks would show
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

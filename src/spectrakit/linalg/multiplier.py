@@ -36,22 +36,33 @@ class Multiplier(NamedTuple):
     fallback: Tensor  # bool: bracketing failed, lambda = 0 was used
 
 
-class _Reduced(NamedTuple):
-    """SSO's problem written in a basis of q + 1 columns (see ``_rank_one_basis``)."""
+class RankOneProblem(NamedTuple):
+    """SSO's problem for Theta = u v^T as a wide q x p' one (see :func:`rank_one_problem`)."""
 
-    M: Tensor  # M_hat Q, (..., q, q + 1), in the wide orientation
-    Theta: Tensor  # u z^T, z = Q^T v
-    basis: Tensor  # Q, (..., p, q + 1), orthonormal columns
+    M: Tensor  # (..., q, p'): M_hat Q, or the wide M_hat itself (with a zero column when square)
+    Theta: Tensor  # (..., q, p'): u z^T, z = Q^T v (or u v^T, padded alike)
+    basis: Tensor | None  # Q, (..., p, q + 1), orthonormal columns; None: M is the wide M_hat
+    columns: int  # p, the columns of the wide M_hat
     transposed: bool  # M_hat was tall: M and Theta are those of M_hat^T
 
     def expand(self, phi: Tensor) -> Tensor:
-        """msign(M_hat + lambda Theta) = phi Q^T from phi = msign(M + lambda Theta) (transposed back if tall)."""
-        full = phi @ self.basis.mT
+        """msign(M_hat + lambda Theta) from phi = msign(M + lambda Theta): phi Q^T, or phi without its padding
+        column; transposed back if M_hat was tall."""
+        full = phi @ self.basis.mT if self.basis is not None else phi[..., :self.columns]
         return full.mT if self.transposed else full
 
 
-def _rank_one_basis(M_hat: Tensor, u: Tensor, v: Tensor) -> _Reduced | None:
-    """The solver's matrices in a (q + 1)-column basis, for Theta = u v^T (None where that saves < 20%).
+def solver_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The shape (q, p') of :func:`rank_one_problem`'s matrices for a rows x cols M_hat: q = min(rows, cols) and
+    p' = q + 1 where the (q + 1)-column basis saves >= 20% (5 (q + 1) <= 4 p, p = max(rows, cols)) or M_hat is
+    square (padded), else p' = p."""
+    q, p = min(rows, cols), max(rows, cols)
+    return (q, q + 1) if p == q or 5 * (q + 1) <= 4 * p else (q, p)
+
+
+def rank_one_problem(M_hat: Tensor, u: Tensor, v: Tensor) -> RankOneProblem:
+    """The solver's matrices for Theta = u v^T, wide and of shape ``solver_shape(*M_hat.shape[-2:])``, so that
+    problems of different shapes with the same q can be stacked into one solve (as SSO does).
 
     In the wide orientation (M_hat q x p, q <= p; a tall M_hat is transposed, and u, v swap), every row of
     A(lambda) = M_hat + lambda u v^T lies in the span of M_hat's rows and v. The QR factorisation
@@ -59,7 +70,9 @@ def _rank_one_basis(M_hat: Tensor, u: Tensor, v: Tensor) -> _Reduced | None:
     so that A(lambda) = (R[:, :q]^T + lambda u z^T) Q^T and, Q^T having orthonormal rows,
     msign(A(lambda)) = msign(R[:, :q]^T + lambda u z^T) Q^T,  <Theta, msign(A)> = <u z^T, msign(R[:, :q]^T + ...)>,
     with the same Frobenius norm, so the same normalised polar iteration. An evaluation then costs ~q/p of one
-    on A (products of q x (q + 1) instead of q x p matrices).
+    on A (products of q x (q + 1) instead of q x p matrices). Where that saves < 20% the problem stays M_hat;
+    a square one gets a zero column (msign([A, 0]) = [msign(A), 0] exactly; 1/q more work), so that it
+    shares a stack with the reduced problems of its q.
     """
     for name, t, size in (("u", u, M_hat.shape[-2]), ("v", v, M_hat.shape[-1])):
         if not isinstance(t, Tensor) or t.shape != (*M_hat.shape[:-2], size):
@@ -69,10 +82,14 @@ def _rank_one_basis(M_hat: Tensor, u: Tensor, v: Tensor) -> _Reduced | None:
     if transposed:
         M_hat, u, v = M_hat.mT, v, u
     q, p = M_hat.shape[-2:]
-    if 5 * (q + 1) > 4 * p:
-        return None
-    Q, R = torch.linalg.qr(torch.cat([M_hat.mT, v[..., :, None].to(M_hat.dtype)], dim=-1))
-    return _Reduced(R[..., :q].mT, u[..., :, None].to(R.dtype) * R[..., q][..., None, :], Q, transposed)
+    u, v = u.to(M_hat.dtype), v.to(M_hat.dtype)
+    if solver_shape(q, p)[1] == p + 1:  # square: pad
+        M, v = torch.nn.functional.pad(M_hat, (0, 1)), torch.nn.functional.pad(v, (0, 1))
+        return RankOneProblem(M, u[..., :, None] * v[..., None, :], None, p, transposed)
+    if solver_shape(q, p)[1] == p:
+        return RankOneProblem(M_hat, u[..., :, None] * v[..., None, :], None, p, transposed)
+    Q, R = torch.linalg.qr(torch.cat([M_hat.mT, v[..., :, None]], dim=-1))
+    return RankOneProblem(R[..., :q].mT, u[..., :, None] * R[..., q][..., None, :], Q, p, transposed)
 
 
 def _evaluate(msign_fn: Callable[[Tensor], Tensor], M_hat: Tensor, Theta: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,24 +136,22 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor | tuple[Tensor, Tensor], lam0:
     norm's subdifferential (the tangent steepest direction).
 
     All matrices advance together: each round is ONE batched msign call, and the per-matrix bookkeeping is done
-    with ``torch.where`` on the device. ``sync=True`` reads on the host, once per round, which matrices are
-    unfinished: the round evaluates only those, and the loop ends when none is left; ``sync=False`` evaluates
+    with ``torch.where`` on the device. ``sync=True`` reads on the host, once per round, how many matrices are
+    unfinished: the round evaluates only those (``nonzero_static``, no second read), and the loop ends when none
+    is left; ``sync=False`` evaluates
     every matrix in all ``bracket_steps + max_iter`` rounds (no host sync at all).
 
     ``Theta`` is the (..., m, n) matrix, or the pair (u, v) of unit vectors of a rank-one Theta = u v^T (SSO's):
-    then, where it saves work, every msign runs on a q x (q + 1) matrix instead (q = min(m, n); see
-    ``_rank_one_basis``), the same iteration in exact arithmetic.
+    then every msign runs on ``rank_one_problem``'s matrix, a q x (q + 1) one where that saves work (q = min(m, n)),
+    the same iteration in exact arithmetic.
     """
     check_choice(method, "method", SOLVERS)
     if isinstance(Theta, tuple):
-        reduced = _rank_one_basis(M_hat, *Theta)
-        if reduced is not None:
-            answer = solve_multiplier(reduced.M, reduced.Theta, lam0, method=method, tol=tol, max_iter=max_iter,
-                                      bracket_steps=bracket_steps, bracket_start=bracket_start, msign_fn=msign_fn,
-                                      sync=sync)
-            return answer._replace(phi=reduced.expand(answer.phi))
-        u, v = Theta
-        Theta = u[..., :, None] * v[..., None, :]
+        problem = rank_one_problem(M_hat, *Theta)
+        answer = solve_multiplier(problem.M, problem.Theta, lam0, method=method, tol=tol, max_iter=max_iter,
+                                  bracket_steps=bracket_steps, bracket_start=bracket_start, msign_fn=msign_fn,
+                                  sync=sync)
+        return answer._replace(phi=problem.expand(answer.phi))
     if M_hat.dim() != 3:  # one batch dimension, so that a round can index its unfinished matrices
         batch, shape = M_hat.shape[:-2], M_hat.shape[-2:]
         flat = solve_multiplier(M_hat.reshape(-1, *shape), Theta.reshape(-1, *shape),
@@ -166,10 +181,11 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor | tuple[Tensor, Tensor], lam0:
     expansions = torch.zeros_like(lam0)
     shrinks = torch.zeros_like(lam0)
     for _ in range(bracket_steps + max_iter):
-        finished = done | failed
-        if sync and bool(finished.all()):
-            break
-        active = ~finished
+        active = ~(done | failed)
+        if sync:
+            remaining = int(active.sum())  # the round's one host read
+            if remaining == 0:
+                break
         outward = lam0 - sign0 * bracket_start * torch.exp2(expansions)
         inner = 0.5 * (low + high)
         if method == "illinois":
@@ -177,8 +193,8 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor | tuple[Tensor, Tensor], lam0:
             gap = f_high - f_low
             inner = torch.where(gap == 0, inner, (low * f_high - high * f_low) / torch.where(gap == 0, 1.0, gap))
         trial = torch.where(active, torch.where(bracketed, inner, outward), best_lam)
-        if sync:  # only the unfinished matrices (this round read which they are anyway); the rest keep their best
-            rows = active.nonzero().squeeze(-1)
+        if sync and remaining < len(active):  # only the unfinished matrices; the rest keep their best
+            rows = torch.nonzero_static(active, size=remaining).squeeze(-1)
             phi_rows, h_rows = _evaluate(msign_fn, M_hat[rows], Theta[rows], trial[rows])
             phi, h = best_phi.index_copy(0, rows, phi_rows), best_h.index_copy(0, rows, h_rows)
         else:

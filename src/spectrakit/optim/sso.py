@@ -31,13 +31,13 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..linalg import msign, solve_multiplier, top_singular
-from ..linalg.multiplier import SOLVERS
+from ..linalg.multiplier import SOLVERS, rank_one_problem, solver_shape
 from ._matrices import MatrixViews, check_flatten, flattens, matrix_view, start_block
 from ._validate import check_choice, check_positive, check_unit_interval
 from .momentum import ema_momentum
@@ -84,6 +84,18 @@ class _Piece:
 
     def scatter(self, view: Tensor, values: Tensor) -> None:
         view.copy_(values.reshape(view.shape))
+
+
+class _Retracted(NamedTuple):
+    """A stack of same-shape blocks after the power iteration and the retraction (``SSO._retract``)."""
+
+    pieces: list[_Piece]
+    W: Tensor  # (blocks, rows, cols), retracted
+    M_hat: Tensor  # normalised momenta, float32
+    u: Tensor  # top left singular vectors of W
+    V: Tensor  # the power iteration's right vectors (the top one first), the next warm start
+    sigma: Tensor  # top singular values before the retraction
+    R: float  # the blocks' radius
 
 
 def atomic_segments(d_out: int, split_sizes: Sequence[int] | None = None, heads: int | None = None,
@@ -229,13 +241,15 @@ class SSO(MatrixViews, SpectralOptimizer):
         solver_tol, solver_max_iter, solver_bracket_steps: |h| tolerance, bisection and doubling budgets.
         solver_sync: one host sync per solver round: each round evaluates only the blocks not yet converged,
             and the solver ends when all are; False runs the full budget of rounds on every block with no host
-            sync. Either way each msign runs on q x (q + 1) matrices for blocks with q + 1 < 0.8 max(m, n)
-            (q = min(m, n); ``solve_multiplier`` with Theta = (u, v)).
+            sync. Either way each msign runs on q x (q + 1) matrices for blocks with q + 1 <= 0.8 max(m, n)
+            and square ones (q = min(m, n); ``linalg.multiplier.rank_one_problem``).
         power_iters: power iterations per step (warm-started from the previous step's vector);
             the first step, which has no vector yet, runs ``cold_power_iters``.
-        batch: the most blocks stacked into one power iteration and one multiplier solve. Blocks of the same
-            shape (across heads, chunks and parameters of a group) are solved together: one batched msign per
-            solver round and one host sync per round for all of them.
+        batch: the most blocks stacked into one multiplier solve. Blocks whose problems have the same shape
+            (``linalg.multiplier.solver_shape``: e.g. the q x (q + 1) of every wide, tall or square block with
+            min(m, n) = q, across heads, chunks and parameters of a group) are solved together: one batched msign
+            per solver round and one host sync per round for all of them (and one power iteration per block
+            shape).
         ns_steps, ns_dtype: Polar Express steps (8) and compute dtype of msign (Muon's spelling; the former
             ``msign_steps`` / ``msign_dtype`` still work, with a DeprecationWarning). float32 by default:
             in bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the 2e-4 level, and the
@@ -245,8 +259,8 @@ class SSO(MatrixViews, SpectralOptimizer):
             tolerance in about a third of the msign calls, see BENCHMARKS.md), or None (lambda = 0).
         track_stats: record for :meth:`statistics` (scalar tensors, no host sync) per parameter the mean over its
             blocks of the pre-retraction sigma ("sso/sigma/<name>") and of lambda* ("sso/lambda/<name>"), and
-            per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per run of
-            equal blocks), blocks that fell back to lambda = 0 ("sso/fallbacks") and the largest |<Theta, Phi>|
+            per step the msign calls ("sso/msign_calls"), multiplier solves ("sso/solves", one per stack of
+            blocks, see ``batch``), blocks that fell back to lambda = 0 ("sso/fallbacks") and the largest |<Theta, Phi>|
             ("sso/max_abs_h", the tangency achieved).
         flatten: None (default): conv kernels (tensors with >= 4 dims, and the 3-D weights of a model's
             ``nn.Conv1d`` modules) are flattened, other tensors with 3 dims are stacks; True: every parameter
@@ -291,8 +305,8 @@ class SSO(MatrixViews, SpectralOptimizer):
                     "flatten": flatten}
         _check_settings(defaults)
         self.track_stats = bool(track_stats)
-        self.msign_calls = 0  # msign evaluations of the last step (each batched over a segment's blocks)
-        self.solves = 0  # multiplier solves of the last step (one per segment of equal blocks)
+        self.msign_calls = 0  # msign evaluations of the last step (each batched over a stack's blocks)
+        self.solves = 0  # multiplier solves of the last step (one per stack of blocks of one solver shape)
         super().__init__(params, defaults, fallback=fallback, fallback_patterns=fallback_patterns, adamw_lr=adamw_lr,
                          adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                          nonfinite=nonfinite, sync_free=sync_free)
@@ -357,17 +371,17 @@ class SSO(MatrixViews, SpectralOptimizer):
             for seg in segments:
                 piece = _Piece(W, state, seg, slice(first, first + seg.count), direction)
                 first += seg.count
-                key = (seg.rows, W.shape[-1], state["power_v"].shape[-1], p.dtype, p.device, cold)
+                key = (solver_shape(seg.rows, W.shape[-1]), p.dtype, p.device, cold)
                 buckets.setdefault(key, []).append(piece)
             updated.append((name, state))
-        for (rows, cols, _, _, _, cold), pieces in buckets.items():
+        for (*_, cold), pieces in buckets.items():
             chunk: list[_Piece] = []
             for piece in pieces:
                 if chunk and sum(c.blocks for c in chunk) + piece.blocks > group["batch"]:
-                    self._solve_chunk(chunk, group, radius(rows, cols, group["radius_scale"]), cold)
+                    self._solve_chunk(chunk, group, cold)
                     chunk = []
                 chunk.append(piece)
-            self._solve_chunk(chunk, group, radius(rows, cols, group["radius_scale"]), cold)
+            self._solve_chunk(chunk, group, cold)
         for p, W in copies:
             p.copy_(W.view(p.shape))
         if self.track_stats:
@@ -376,49 +390,72 @@ class SSO(MatrixViews, SpectralOptimizer):
                 if group["solver"] is not None:
                     self._statistics[f"sso/lambda/{name}"] = state["lambda"].mean()
 
-    def _solve_chunk(self, chunk: list[_Piece], group: dict[str, Any], R: float, cold: bool) -> None:
-        """Retract and step the stacked blocks of ``chunk`` (same block shape) with ``group``'s settings: one
-        power iteration and one multiplier solve for all of them, then the results are written back to each
-        parameter."""
+    def _solve_chunk(self, chunk: list[_Piece], group: dict[str, Any], cold: bool) -> None:
+        """Retract and step the blocks of ``chunk`` (one solver shape, see ``solver_shape``) with ``group``'s
+        settings: one power iteration per block shape, one multiplier solve for all of them, then the results are
+        written back to each parameter."""
+        shapes: dict[tuple[int, int, int], list[_Piece]] = {}
+        for piece in chunk:
+            shapes.setdefault((piece.seg.rows, piece.p.shape[-1], piece.state["power_v"].shape[-1]), []).append(piece)
+        parts = [self._retract(pieces, group, cold) for pieces in shapes.values()]
+        msign_fn = partial(msign, coefficients="polar_express", steps=group["ns_steps"], dtype=group["ns_dtype"])
+        if group["solver"] is None:
+            phis = [msign_fn(part.M_hat) for part in parts]
+            self.msign_calls += len(parts)
+        else:
+            phis = self._solve(parts, group, msign_fn)
         lr = scalar_lr(group["lr"])
-        W = torch.cat([piece.gather(piece.seg.view(piece.p), 2) for piece in chunk])
-        M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in chunk]).float()
-        V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in chunk])
+        for part, phi in zip(parts, phis):
+            decoupled_step(part.W, phi.to(part.W.dtype), lr, 0.0, part.R)
+            sizes = [c.blocks for c in part.pieces]
+            for piece, w, vs, sg in zip(part.pieces, part.W.split(sizes), part.V.split(sizes),
+                                        part.sigma.split(sizes)):
+                piece.scatter(piece.seg.view(piece.p), w)
+                piece.scatter(piece.state["power_v"][..., piece.index, :, :], vs)
+                piece.scatter(piece.state["sigma"][..., piece.index], sg)
+
+    def _retract(self, pieces: list[_Piece], group: dict[str, Any], cold: bool) -> _Retracted:
+        """The stacked blocks of ``pieces`` (one block shape) after one power iteration and the retraction, with
+        their normalised momenta."""
+        W = torch.cat([piece.gather(piece.seg.view(piece.p), 2) for piece in pieces])
+        M = torch.cat([piece.gather(piece.seg.view(piece.direction), 2) for piece in pieces]).float()
+        V0 = torch.cat([piece.gather(piece.state["power_v"][..., piece.index, :, :], 2) for piece in pieces])
         iters = group["cold_power_iters"] if cold else group["power_iters"]
         U, S, V = top_singular(W, V0.shape[-1], iters=iters, v0=V0, sync_free=self._sync_free_step)
-        sigma, u, v = S[..., 0], U[..., 0], V[..., 0]
+        sigma = S[..., 0]
+        R = radius(W.shape[-2], W.shape[-1], group["radius_scale"])
         if group["retraction"] == "hard":
             W.mul_((R / sigma.clamp_min(_TINY))[..., None, None].to(W.dtype))
         else:
+            lr = scalar_lr(group["lr"])
             rate = group["retraction_rate"] * (lr if group["retraction_rate_times_lr"] else 1.0)
             W.mul_((1 + rate * torch.sign(R - sigma))[..., None, None].to(W.dtype))
         M_hat = M / torch.linalg.matrix_norm(M, keepdim=True).clamp_min(_TINY)
-        msign_fn = partial(msign, coefficients="polar_express", steps=group["ns_steps"], dtype=group["ns_dtype"])
-        if group["solver"] is None:
-            phi = msign_fn(M_hat)
-            self.msign_calls += 1
-        else:
-            lam0 = torch.cat([piece.gather(piece.state["lambda"][..., piece.index], 0) for piece in chunk])
-            answer = solve_multiplier(M_hat, (u, v), lam0, method=group["solver"],
-                                      tol=group["solver_tol"], max_iter=group["solver_max_iter"],
-                                      bracket_steps=group["solver_bracket_steps"], msign_fn=msign_fn,
-                                      sync=group["solver_sync"] and not self._sync_free_step)
-            phi = answer.phi
-            self.msign_calls += answer.calls
-            self.solves += 1
-            for piece, lam in zip(chunk, answer.lam.split([c.blocks for c in chunk])):
-                piece.scatter(piece.state["lambda"][..., piece.index], lam)
-            if self.track_stats:
-                stats = self._statistics
-                stats["sso/fallbacks"] = stats.get("sso/fallbacks", 0) + answer.fallback.sum().float()
-                worst = answer.h.abs().amax().float()
-                stats["sso/max_abs_h"] = torch.maximum(stats.get("sso/max_abs_h", worst), worst)
-        decoupled_step(W, phi.to(W.dtype), lr, 0.0, R)
-        sizes = [c.blocks for c in chunk]
-        for piece, w, vs, sg in zip(chunk, W.split(sizes), V.split(sizes), sigma.split(sizes)):
-            piece.scatter(piece.seg.view(piece.p), w)
-            piece.scatter(piece.state["power_v"][..., piece.index, :, :], vs)
-            piece.scatter(piece.state["sigma"][..., piece.index], sg)
+        return _Retracted(pieces, W, M_hat, U[..., 0], V, sigma, R)
+
+    def _solve(self, parts: list[_Retracted], group: dict[str, Any], msign_fn: Callable[[Tensor], Tensor]
+               ) -> list[Tensor]:
+        """Phi of every part's blocks from ONE multiplier solve over all of them (their ``rank_one_problem`` s
+        share a shape), the roots written to the pieces' state."""
+        problems = [rank_one_problem(part.M_hat, part.u, part.V[..., 0]) for part in parts]
+        chunk = [piece for part in parts for piece in part.pieces]  # in the stack's order
+        lam0 = torch.cat([piece.gather(piece.state["lambda"][..., piece.index], 0) for piece in chunk])
+        stacked = (torch.cat(tensors) if len(parts) > 1 else tensors[0] for tensors in
+                   ([pr.M for pr in problems], [pr.Theta for pr in problems]))
+        answer = solve_multiplier(*stacked, lam0, method=group["solver"], tol=group["solver_tol"],
+                                  max_iter=group["solver_max_iter"], bracket_steps=group["solver_bracket_steps"],
+                                  msign_fn=msign_fn, sync=group["solver_sync"] and not self._sync_free_step)
+        self.msign_calls += answer.calls
+        self.solves += 1
+        for piece, lam in zip(chunk, answer.lam.split([c.blocks for c in chunk])):
+            piece.scatter(piece.state["lambda"][..., piece.index], lam)
+        if self.track_stats:
+            stats = self._statistics
+            stats["sso/fallbacks"] = stats.get("sso/fallbacks", 0) + answer.fallback.sum().float()
+            worst = answer.h.abs().amax().float()
+            stats["sso/max_abs_h"] = torch.maximum(stats.get("sso/max_abs_h", worst), worst)
+        phis = answer.phi.split([part.W.shape[0] for part in parts])
+        return [problem.expand(phi) for problem, phi in zip(problems, phis)]
 
 
 class MuonSphere(SSO):
