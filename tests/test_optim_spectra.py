@@ -1,5 +1,6 @@
 """Spectra (native SPECTRA) against a plain reference from SPEC 1.1, the wrapper and torch.optim.AdamW."""
 
+import dataclasses
 import io
 import math
 
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spectrakit.optim import Spectra, SpectraWrapper
+from spectrakit.optim import TRANSFORMS, Spectra, SpectraWrapper
+from spectrakit.optim.transforms import TransformOptions, transform_named
 
 
 def reference_spectra_adamw(model, steps, lr, weight_decay, betas, eps, c):
@@ -413,3 +415,54 @@ def test_stacks_hold_same_shape_matrices_up_to_the_batch_and_the_memory_budget()
     assert [len(c) for c in chunks] == [4, 1, 1, 2, 1, 1, 1]
     assert chunks[3] == mid[:2] and chunks[-1][0] is big[1] and chunks[-2][0] is big[0]
     assert stack_size(torch.zeros(8, 8), 16) == 16 and stack_size(torch.zeros(4096, 4096), 8) == 2
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard", "normalize"])
+@pytest.mark.parametrize("vector_rule", ["smooth", "authors"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_stacked_vector_rule_is_the_vector_rule_row_by_row(kind, vector_rule, dtype):
+    g = torch.Generator().manual_seed(3)
+    U = torch.randn(6, 9, generator=g, dtype=torch.float64) * torch.tensor([0.01, 0.5, 1.0, 3.0, 40.0, 0.0])[:, None]
+    U = U.to(dtype)
+    transform, options = transform_named(kind), TransformOptions(vector_rule=vector_rule)
+    Y, norms = transform.vector_rows(U, 2.0, options)
+    assert Y.dtype == dtype and norms.shape == (6,)
+    for i in range(6):
+        y, norm = transform.vector(U[i], 2.0, options)
+        torch.testing.assert_close(Y[i], y, rtol=1e-6 if dtype == torch.float64 else 1e-5, atol=0)
+        torch.testing.assert_close(norms[i], norm, rtol=1e-6 if dtype == torch.float64 else 1e-5, atol=0)
+
+
+def _with_vector_rows(monkeypatch, kind, rule):
+    """The registered transform ``kind`` with ``rule`` as its stacked vector rule (None: the engine then takes
+    vectors one at a time)."""
+    monkeypatch.setitem(TRANSFORMS, kind, dataclasses.replace(transform_named(kind), vector_rows=rule))
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard", "normalize"])
+def test_same_length_vectors_are_transformed_in_one_stack(monkeypatch, kind):
+    """Spectra with clip over vectors: the 1-D parameters of one length (and dtype) are one stack, a scalar and
+    a vector of another length alone; updates and statistics are those of vectors transformed one at a time."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(7,), (7,), (4,), (7,), (), (7,)]
+    start = [torch.randn(s, generator=g, dtype=torch.float64) * (i + 1) for i, s in enumerate(shapes)]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    results, stats, seen = {}, {}, []
+    rows_rule = transform_named(kind).vector_rows
+    for stacked in (True, False):
+        _with_vector_rows(monkeypatch, kind, (lambda U, c, options: seen.append(tuple(U.shape)) or
+                                              rows_rule(U, c, options)) if stacked else None)
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = Spectra([(f"p{i}", p) for i, p in enumerate(params)], lr=0.1, clip=kind, clip_c=2.0,
+                      fallback=(), track_stats=True)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+        results[stacked], stats[stacked] = [p.detach() for p in params], opt.statistics()
+    assert seen == [(4, 7)] * 3  # one stack of the four 7-vectors per step; the 4-vector and the scalar alone
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert stats[True].keys() == stats[False].keys()
+    for key in stats[False]:
+        torch.testing.assert_close(stats[True][key], stats[False][key], rtol=1e-12, atol=1e-14)

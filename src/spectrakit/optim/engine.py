@@ -7,8 +7,9 @@ the transform's options, the stack size and the rectangular scale) and the thres
 
     1. U = direction(g, state) for every parameter with a gradient (``torch._foreach_*`` over a list);
     2. parameters the transform skips (or every one, without a transform):  X <- (1 - lr wd) X - lr U;
-    3. the others, vectors one at a time and matrices in same-shape stacks of at most ``batch`` (and at most
-       ``_chunks.STACK_BUDGET`` elements):
+    3. the others in same-shape stacks of at most ``batch`` (and at most ``_chunks.STACK_BUDGET`` elements): matrices,
+       and vectors where the transform has a rule for a stack of them (``Transform.vector_rows``; scalars and
+       DTensor shards one at a time):
        Y = T(U) on the stack (one matrix-function call), then per parameter the transform's ``finish`` stage
        (if it has one) and  X <- (1 - lr wd) X - alpha_shape lr Y;
     4. statistics of the transformed parameters (``track_stats``): "sigma_max/<name>" and, for the clips,
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..linalg._sharded import is_sharded
 from ._chunks import chunks_by_key, stack_key, stack_size
 from .directions import Direction
 from .scale import shape_scale
@@ -71,13 +73,18 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
     stacked = directions[0] if len(named) == 1 else torch.stack(directions)
     del directions
     vector = named[0][1].dim() < 2
-    if isinstance(c, Tensor) and plan.transform.uses_threshold:
+    transform = plan.transform
+    if vector and len(named) > 1:  # a stack of vectors (see _vector_chunks)
+        assert transform.vector_rows is not None
+        apply = partial(transform.vector_rows, stacked)
+    else:
+        apply = partial(transform, stacked, vector=vector, need_bound=statistics is not None)
+    if isinstance(c, Tensor) and transform.uses_threshold:
         usable = torch.isfinite(c) & (c > 0)
-        Y, bound = plan.transform(stacked, torch.where(usable, c, 1.0), plan.options, vector=vector,
-                                  need_bound=statistics is not None)
+        Y, bound = apply(torch.where(usable, c, 1.0), plan.options)
         Y = torch.where(usable, Y, torch.where(c > 0, stacked, 0.0).to(Y.dtype))
     else:
-        Y, bound = plan.transform(stacked, c, plan.options, vector=vector, need_bound=statistics is not None)
+        Y, bound = apply(c, plan.options)
     for i, (name, p) in enumerate(named):
         update = Y if len(named) == 1 else Y[i]
         if plan.transform.finish is not None:
@@ -87,6 +94,17 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
         if statistics is not None:
             record_clip_statistics(statistics, name, update, bound if len(named) == 1 else bound[i],
                                    plan.transform.name, c)
+
+
+def _vector_chunks(vectors: list[tuple[str, Tensor]], plan: StepPlan) -> list[list[tuple[str, Tensor]]]:
+    """Same-length plain 1-D vectors in stacks of at most ``plan.batch`` where the transform has a rule for a stack
+    (``Transform.vector_rows``); scalars, DTensor shards and the vectors of other transforms one at a time."""
+    if plan.transform is None or plan.transform.vector_rows is None:
+        return [[item] for item in vectors]
+    alone = [[item] for item in vectors if item[1].dim() == 0 or is_sharded(item[1])]
+    stackable = [item for item in vectors if item[1].dim() == 1 and not is_sharded(item[1])]
+    return alone + chunks_by_key(stackable, lambda item: stack_key(item[1]),
+                                 lambda item: stack_size(item[1], plan.batch))
 
 
 class SpectralEngine(SpectralOptimizer):
@@ -119,7 +137,7 @@ class SpectralEngine(SpectralOptimizer):
         for item in named:
             (transformed if plan.transform is not None and plan.selected(*item) else plain).append(item)
         self._masked_runs([p for _, p in plain], partial(self._plain_run, plan, group))
-        vectors = [[item] for item in transformed if item[1].dim() < 2]
+        vectors = _vector_chunks([item for item in transformed if item[1].dim() < 2], plan)
         matrices = chunks_by_key([item for item in transformed if item[1].dim() >= 2],
                                  lambda item: stack_key(item[1]), lambda item: stack_size(item[1], plan.batch))
         for chunk in vectors + matrices:

@@ -72,6 +72,9 @@ class Transform:
         products: (q, p, options) -> matmul FLOPs of one call on a q x p matrix in the wide orientation.
         vector: the 1 x n case for vectors, (u, c, options) -> (T(u), ||u||).
         finish: optional per-parameter stage with state, (T(U) of one parameter, its state, group) -> update.
+        vector_rows: optional, the vector rule on a stack (k, n) of k vectors, each row on its own:
+            (U, c, options) -> (T(U), the k norms). With it the step engine stacks same-length vectors into one
+            call; without it (a transform registered before this existed) each vector takes ``vector`` alone.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Transform:
     products: Callable[[int, int, TransformOptions], float]
     vector: Callable[[Tensor, float, TransformOptions], tuple[Tensor, Tensor]]
     finish: FinishFn | None = None
+    vector_rows: Callable[[Tensor, float, TransformOptions], tuple[Tensor, Tensor]] | None = None
 
     def check_method(self, method: object, key: str = "clip_method") -> None:
         """Raise ValueError naming ``key`` unless ``method`` exists for this transform."""
@@ -118,10 +122,11 @@ def check_method(kind: str, method: str, name: str = "clip_method") -> None:
 
 
 # ------------------------------------------------------------------------------------------- vectors
-def _vector_rule(kind: str) -> Callable[[Tensor, float, TransformOptions], tuple[Tensor, Tensor]]:
+def _vector_rule(kind: str, rows: bool = False) -> Callable[[Tensor, float, TransformOptions], tuple[Tensor, Tensor]]:
+    """The rule for one vector (its norm over every entry), or with ``rows`` for each row of a (k, n) stack."""
     def rule(u: Tensor, c: float, options: TransformOptions) -> tuple[Tensor, Tensor]:
         uf = u.to(torch.promote_types(u.dtype, torch.float32))  # float64 vectors stay float64
-        norm = torch.linalg.vector_norm(uf)
+        norm = torch.linalg.vector_norm(uf, dim=-1, keepdim=True) if rows else torch.linalg.vector_norm(uf)
         if kind == "normalize":
             scale = 1 / norm.clamp_min(1e-30)
         elif kind == "hard":
@@ -130,7 +135,7 @@ def _vector_rule(kind: str) -> Callable[[Tensor, float, TransformOptions], tuple
             scale = torch.rsqrt(1 + (norm / c) ** 2)
             if options.vector_rule == "authors":
                 scale = torch.where(norm <= c, torch.ones_like(scale), scale)
-        return (uf * scale).to(u.dtype), norm
+        return (uf * scale).to(u.dtype), norm.squeeze(-1) if rows else norm
     return rule
 
 
@@ -196,12 +201,16 @@ def _msign_products(q: int, p: int, options: TransformOptions) -> float:
 
 
 for _transform in (
-    Transform("soft", SOFT_METHODS, True, True, _clip("soft"), _clip_products("soft"), _vector_rule("soft")),
-    Transform("hard", HARD_METHODS, True, True, _clip("hard"), _clip_products("hard"), _vector_rule("hard")),
-    Transform("normalize", NORMALIZE_METHODS, False, True, _normalize, _msign_products, _vector_rule("normalize")),
+    Transform("soft", SOFT_METHODS, True, True, _clip("soft"), _clip_products("soft"), _vector_rule("soft"),
+              vector_rows=_vector_rule("soft", rows=True)),
+    Transform("hard", HARD_METHODS, True, True, _clip("hard"), _clip_products("hard"), _vector_rule("hard"),
+              vector_rows=_vector_rule("hard", rows=True)),
+    Transform("normalize", NORMALIZE_METHODS, False, True, _normalize, _msign_products, _vector_rule("normalize"),
+              vector_rows=_vector_rule("normalize", rows=True)),
     # the finish stage's Frobenius norm spans the whole matrix: not computable from one rank's rows alone
     Transform("normalize_rows", NORMALIZE_METHODS, False, False, _normalize, _msign_products,
-              _vector_rule("normalize"), finish=_normalize_rows_finish),
+              _vector_rule("normalize"), finish=_normalize_rows_finish,
+              vector_rows=_vector_rule("normalize", rows=True)),
 ):
     register_transform(_transform)
 del _transform
