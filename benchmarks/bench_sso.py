@@ -4,8 +4,9 @@ A small LLaMA-style decoder (spectrakit.train.model) is trained on a fixed batch
 solver variant; q/k/v are split per head (each head its own sphere, as in the paper). Counted over all steps
 after the first (the first has no warm start): msign calls per solve (one solve = one stack of blocks
 with the same solver shape, batched), the largest |<Theta, Phi>| seen, blocks that fell back to lambda = 0, and the
-median step time.
-With ``solver_sync=True`` the solver syncs with the host once per round, so syncs per solve = calls - 1.
+median step time (the last step is left out of it: it runs inside ``OpAudit``, which counts its host reads and ops).
+With ``solver_sync=True`` the solver syncs with the host once per round and once for its fallback check, so syncs
+per solve = calls + 1 (the last round's read finds no block left); the optimizer adds one non-finite check per step.
 
     python benchmarks/bench_sso.py            # writes the "sso" section of BENCHMARKS.md
     python benchmarks/bench_sso.py --quick    # tiny model, few steps, prints only
@@ -13,6 +14,7 @@ With ``solver_sync=True`` the solver syncs with the host once per round, so sync
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import quick_or_full  # noqa: E402
 
+from spectrakit.linalg.audit import OpAudit  # noqa: E402
 from spectrakit.optim import SSO, Muon, MuonSphere  # noqa: E402
 from spectrakit.train.model import ModelConfig, Transformer  # noqa: E402
 
@@ -55,15 +58,19 @@ def train(cls: type, kwargs: dict[str, Any], cfg: ModelConfig, steps: int, batch
     else:
         opt = cls(param_groups(model), lr=0.02, track_stats=True, **kwargs)
     calls, solves, worst_h, fallbacks, times = 0.0, 0.0, 0.0, 0.0, []
+    audit = OpAudit()
     for step in range(steps):
         opt.zero_grad()
         model(tokens[:, :-1], targets=tokens[:, 1:]).backward()
-        start = time.perf_counter()
-        opt.step()
-        elapsed = time.perf_counter() - start
+        last = step == steps - 1  # audited (host reads, ops), not timed
+        with audit if last else contextlib.nullcontext():
+            start = time.perf_counter()
+            opt.step()
+            elapsed = time.perf_counter() - start
         if step == 0:
             continue
-        times.append(elapsed)
+        if not last:
+            times.append(elapsed)
         stats = opt.statistics()
         if "sso/msign_calls" in stats:
             calls += float(stats["sso/msign_calls"])
@@ -74,7 +81,7 @@ def train(cls: type, kwargs: dict[str, Any], cfg: ModelConfig, steps: int, batch
         loss = float(model(tokens[:, :-1], targets=tokens[:, 1:]))
     per_solve = calls / solves if solves else float("nan")
     return {"per_solve": per_solve, "worst_h": worst_h, "fallbacks": fallbacks, "ms": statistics.median(times) * 1e3,
-            "loss": loss}
+            "loss": loss, "reads": audit.host_reads, "ops": audit.ops}
 
 
 def run(cfg: ModelConfig, steps: int, batch: int) -> str:
@@ -85,16 +92,17 @@ def run(cfg: ModelConfig, steps: int, batch: int) -> str:
         per_solve_of[kwargs.get("solver"), kwargs.get("ns_dtype", torch.float32)] = r["per_solve"]
         solver = "solver" in kwargs
         per_solve = f"{r['per_solve']:.2f}" if solver else ("1" if cls is MuonSphere else "-")
-        rows.append(f"| {label} | {per_solve} | {r['worst_h']:.1e} | {int(r['fallbacks'])} | {r['ms']:.0f} | "
-                    f"{r['loss']:.3f} |" if solver else
-                    f"| {label} | {per_solve} | - | - | {r['ms']:.0f} | {r['loss']:.3f} |")
+        audited = f"{r['reads']} | {r['ops']:,} | {r['ms']:.0f} | {r['loss']:.3f} |"
+        rows.append(f"| {label} | {per_solve} | {r['worst_h']:.1e} | {int(r['fallbacks'])} | {audited}" if solver
+                    else f"| {label} | {per_solve} | - | - | {audited}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     header = (f"Decoder d = {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads (q/k/v split per head), "
               f"vocab {cfg.vocab_size}, batch {batch} x {cfg.seq_len} fixed random tokens, lr 0.02, {steps} steps "
               f"(statistics over steps 2..{steps}); solver tol 2e-4, 10 doublings, 20 shrinks, warm start from "
-              f"the previous lambda. Load average: {load}.\n\n"
-              "| variant | msign calls per solve | max abs <Theta, Phi> | fallbacks | step ms | final loss |\n"
-              "|---|---|---|---|---|---|\n")
+              f"the previous lambda; host reads and ops (OpAudit) of the last step. Load average: {load}.\n\n"
+              "| variant | msign calls per solve | max abs <Theta, Phi> | fallbacks | host reads per step | "
+              "ops per step | step ms | final loss |\n"
+              "|---|---|---|---|---|---|---|---|\n")
     notes = ("\n\nThe paper reports fewer than 2 bracketing and 5-7 bisection steps (about 8 msign calls) per solve. "
              "In bfloat16 the rounding of M_hat + lambda Theta and of Phi makes h noisy at the tolerance, so "
              "solves take more rounds (and bfloat16 matmuls are slow on CPUs without native support); float32 "

@@ -12,3 +12,5 @@ def test_quick_sso_benchmark_reports_every_variant_without_writing() -> None:
     paper = next(r for r in rows if r.startswith("| SSO bisection, msign float32"))
     calls, worst_h, fallbacks = (cell.strip() for cell in paper.split("|")[2:5])
     assert 1 <= float(calls) <= 31 and float(worst_h) <= 2e-4 and fallbacks == "0"
+    reads, ops = (int(cell.strip().replace(",", "")) for cell in paper.split("|")[5:7])
+    assert reads > 1 and ops > 100  # the solver reads its unfinished count once per round
