@@ -8,10 +8,10 @@ time is reported with its ratio to torch.optim.Muon.
 Both run Keller's quintic for 5 steps with momentum 0.95, Nesterov, weight decay 0.1 and the rectangular lr
 factor sqrt(max(1, rows/cols)) (torch's "original" adjustment, our scale="keller"); "ours, Polar Express" is our
 default (8 Polar Express steps) at the same dtype. The dtype is the fast one for the machine
-(``spectrakit.linalg.capability.fast_bfloat16_matmul``): bfloat16 on CUDA and on CPUs with AMX tiles, where
-torch.optim.Muon runs as it is; float32 elsewhere, where torch.optim.Muon's Newton-Schulz function (which always
-casts to bfloat16, 20-100x slower than float32 on such CPUs) is replaced, for this benchmark only, by the same
-iteration in float32 (``_torch_newton_schulz_in``).
+(``spectrakit.linalg.capability.fast_bfloat16_matmul``): bfloat16 on CUDA and on CPUs with AMX tiles or
+AVX512-BF16, where torch.optim.Muon runs as it is; float32 elsewhere, where torch.optim.Muon's Newton-Schulz
+function (which always casts to bfloat16, 20-100x slower than float32 on such CPUs) is replaced, for this benchmark
+only, by the same iteration in float32 (``_torch_newton_schulz_in``).
 
     python benchmarks/bench_muon.py --threads 1
     python benchmarks/bench_muon.py --quick      # tiny shapes, prints only (used by the tests)

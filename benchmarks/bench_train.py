@@ -20,8 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import positive_int, write_section  # noqa: E402
+
+from spectrakit.train.trainer import autocast_dtype  # noqa: E402
 
 #: label -> extra `spectrakit train` arguments
 CONTENDERS: dict[str, list[str]] = {
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads of each run (default: the CLI's)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="autocast dtype of every run (default: the CLI's auto)")
     args = parser.parse_args(argv)
     if args.steps <= args.log_every:
         parser.error(f"--steps ({args.steps}) must exceed --log-every ({args.log_every}): the first logging "
@@ -93,12 +99,15 @@ def main(argv: list[str] | None = None) -> str:
         body = table(measure([BASELINE, "spectra-adamw"], 4, 2, 1, 1, QUICK_SETTINGS))
         print(body)
         return body
-    rates = measure(list(CONTENDERS), args.steps, args.log_every, args.rounds, args.threads)
+    rates = measure(list(CONTENDERS), args.steps, args.log_every, args.rounds, args.threads, ["--dtype", args.dtype])
     threads = "the CLI's default threads" if args.threads is None else f"{args.threads} thread(s)"
+    autocast = autocast_dtype(torch.device("cpu"), args.dtype)
     body = (table(rates) + f"\n\n`spectrakit train` tiny preset (d 128, 4 layers, vocab 8192, batch 16 x 128), "
-            f"{args.steps} steps per run, {args.rounds} interleaved rounds, {threads}; tokens/s as logged by the "
+            f"{args.steps} steps per run, {args.rounds} interleaved rounds, {threads}, --dtype {args.dtype} "
+            f"(autocast {'bfloat16' if autocast else 'off, float32'} on this CPU); tokens/s as logged by the "
             f"harness after the first {args.log_every} steps.")
-    command = "python benchmarks/bench_train.py" + (f" --threads {args.threads}" if args.threads else "")
+    command = ("python benchmarks/bench_train.py" + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --dtype {args.dtype}" if args.dtype != "auto" else ""))
     write_section("train", "## Training throughput (spectrakit train, tiny preset)\n\n" + body, command)
     print(body)
     return body

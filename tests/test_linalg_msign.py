@@ -77,9 +77,9 @@ def test_bfloat16_is_finite_and_close():
 
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_default_dtype_follows_the_capability(monkeypatch, fast_bf16):
-    """dtype=None is bfloat16 where bf16 matmuls are fast (CUDA, CPUs with AMX) and float32 elsewhere: both
-    sides of the capability test run on any machine."""
-    monkeypatch.setattr(capability, "_cpu_has_amx", lambda: fast_bf16)
+    """dtype=None is bfloat16 where bf16 matmuls are fast (CUDA, CPUs with AMX or AVX512-BF16) and float32
+    elsewhere: both sides of the capability test run on any machine."""
+    monkeypatch.setattr(capability, "_cpu_has_bf16_units", lambda: fast_bf16)
     X = make_matrix(16, 24, "logspace", 3.0).float()
     expected = msign(X, dtype=torch.bfloat16 if fast_bf16 else torch.float32)
     assert torch.equal(msign(X), expected)
@@ -89,6 +89,11 @@ def test_default_dtype_follows_the_capability(monkeypatch, fast_bf16):
 
 def test_cuda_counts_as_fast_bfloat16():
     assert capability.fast_bfloat16_matmul(torch.device("cuda")) is True
+
+
+def test_a_cpu_is_fast_in_bfloat16_with_amx_tiles_or_avx512_bf16():
+    expected = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    assert capability.fast_bfloat16_matmul(torch.device("cpu")) is expected
 
 
 def test_batched_equals_looped_zero_and_nan():

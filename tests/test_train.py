@@ -17,7 +17,7 @@ from spectrakit.train.checkpoint_file import CheckpointError, load_checkpoint, s
 from spectrakit.train.data import prepare_data
 from spectrakit.train.lr_schedule import lr_factor
 from spectrakit.train.metrics import read_jsonl
-from spectrakit.train.optimizers import build_optimizer, optimizer_class
+from spectrakit.train.optimizers import build_optimizer, optimizer_arguments, optimizer_class
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -408,9 +408,10 @@ def test_a_flipped_byte_in_a_checkpoint_is_a_corrupt_error(tmp_path, cache_dir, 
 
 @pytest.mark.parametrize("amx", [False, True])
 def test_auto_dtype_follows_the_cpu_and_both_branches_train(tmp_path, cache_dir, data, monkeypatch, amx):
-    """dtype="auto" is bfloat16 autocast on CPUs with AMX tiles, float32 elsewhere: both branches run on every
-    machine by patching the capability check; the bfloat16 branch is held to bfloat16 tolerances."""
-    monkeypatch.setattr("spectrakit.linalg.capability._cpu_has_amx", lambda: amx)
+    """dtype="auto" is bfloat16 autocast on CPUs with bfloat16 units (AMX, AVX512-BF16), float32 elsewhere: both
+    branches run on every machine by patching the capability check; the bfloat16 branch is held to bfloat16
+    tolerances."""
+    monkeypatch.setattr("spectrakit.linalg.capability._cpu_has_bf16_units", lambda: amx)
     assert trainer_mod.autocast_dtype(torch.device("cpu"), "auto") == (torch.bfloat16 if amx else None)
     assert trainer_mod.autocast_dtype(torch.device("cpu"), "float32") is None
     results = {}
@@ -464,3 +465,16 @@ def test_gradient_spectrum_estimate_for_large_matrices_matches_svd():
     assert torch.allclose(approx[:3], exact[:3], rtol=1e-3)
     assert len(approx) == 16
     assert tail == pytest.approx(s[16:].pow(2).mean().sqrt().item(), rel=0.05)  # RMS of the tail stands in
+
+
+def test_dtype_arguments_are_named_on_the_command_line():
+    """--opt ns_dtype=bfloat16 (or torch.bfloat16) reaches the optimizer as the torch dtype; a bad name is named."""
+    assert optimizer_arguments("muon", extra={"ns_dtype": "bfloat16"})["ns_dtype"] is torch.bfloat16
+    assert optimizer_arguments("sso", extra={"ns_dtype": "torch.float64"})["ns_dtype"] is torch.float64
+    assert optimizer_arguments("spectra-adamw", extra={"clip_dtype": "float32"})["clip_dtype"] is torch.float32
+    with pytest.raises(ValueError, match="ns_dtype must name a dtype, one of float32, bfloat16, float16, float64, "
+                                         "got 'int8'"):
+        optimizer_arguments("muon", extra={"ns_dtype": "int8"})
+    opt = build_optimizer("muon", torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)),
+                          extra={"ns_dtype": "bfloat16"})
+    assert [group["ns_dtype"] for group in opt.param_groups if group["rule"] == "spectral"] == [torch.bfloat16]

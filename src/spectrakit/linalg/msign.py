@@ -81,8 +81,8 @@ def msign(
             triples (the last one repeats; normalised by 1.01 ||X||_F, as Polar Express).
         steps: number of quintic steps (default: the set's own).
         dtype: compute dtype of the iteration. None (default): bfloat16 where bf16 matmuls are fast (CUDA, as
-            in Muon, and CPUs with AMX tiles: ``capability.fast_bfloat16_matmul``), float32 elsewhere (float64
-            inputs stay float64). The output has the input's dtype.
+            in Muon, and CPUs with AMX tiles or AVX512-BF16: ``capability.fast_bfloat16_matmul``), float32
+            elsewhere (float64 inputs stay float64). The output has the input's dtype.
 
     A zero matrix maps to zero; NaN in gives NaN out. The input is scaled by its Frobenius norm, an
     upper bound on the spectral norm, so no host synchronisation happens. On CPUs without bfloat16 matrix units

@@ -41,8 +41,8 @@ class Muon(SpectralEngine):
         scale: "keller" | "moonlight" | "spectral" | "none" (see the module docstring).
         ns_coefficients: "polar_express" (default, 8 steps) | "keller" (5 steps) | a sequence of (a, b, c).
         ns_steps: number of polar steps (None: the coefficient set's default).
-        ns_dtype: compute dtype of the iteration (None: bfloat16 on CUDA and on CPUs with AMX tiles, float32
-            elsewhere, see ``spectrakit.linalg.capability``).
+        ns_dtype: compute dtype of the iteration (None: bfloat16 on CUDA and on CPUs with AMX tiles or
+            AVX512-BF16, float32 elsewhere, see ``spectrakit.linalg.capability``).
         ns_method: "polar" (the iteration above) | "svd" (exact polar factor, slow; for tests).
         batch: how many same-shape matrices one msign call stacks (within a memory budget of 2^25 elements).
         adamw_lr: learning rate of the AdamW groups (default 3e-4; None = the group's lr).

@@ -19,7 +19,7 @@ with per-parameter state (NorMuon's row second moments) adds a ``finish`` stage 
 Methods: "auto" / "polar" / "newton_schulz" / "svd" as in spectrakit.linalg. For normalize, "svd" is the exact
 polar factor, "newton_schulz" the Keller quintic and "auto"/"polar" Polar Express (``coefficients`` overrides
 the set). ``dtype`` None means each linalg function's own default (msign: bfloat16 where bf16 matmuls are
-fast, CUDA and CPUs with AMX, float32 elsewhere).
+fast, CUDA and CPUs with AMX or AVX512-BF16, float32 elsewhere).
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class TrainConfig:
     seed: int = _f(0, "seed of the initialization and the data order")
     # runtime
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA and on CPUs with AMX), float32 or bfloat16")
+    dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA and on CPUs with AMX or AVX512-BF16), float32 or "
+                    "bfloat16")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
     parallel: str = _f("none", "data parallelism under torchrun: none, ddp or fsdp (FSDP2). --batch-size and "
                                "--grad-accum are per rank: a step sees batch_size x grad_accum x ranks sequences")

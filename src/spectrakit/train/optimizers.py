@@ -35,6 +35,25 @@ def available_optimizers() -> list[str]:
     return out
 
 
+#: The dtypes a dtype argument may name on the command line (``--opt ns_dtype=bfloat16``).
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _named_dtypes(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with the string values of dtype arguments (keys ``dtype`` or ``*_dtype``: ``"bfloat16"`` or
+    ``"torch.bfloat16"``) as torch dtypes; a string naming no such dtype raises ValueError naming the key."""
+    import torch
+
+    out = dict(extra)
+    for key, value in extra.items():
+        if isinstance(value, str) and (key == "dtype" or key.endswith("_dtype")):
+            name = value.removeprefix("torch.")
+            if name not in DTYPE_NAMES:
+                raise ValueError(f"{key} must name a dtype, one of {', '.join(DTYPE_NAMES)}, got {value!r}")
+            out[key] = getattr(torch, name)
+    return out
+
+
 def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: float = 0.1,
                         clip_c: float | None = None, extra: dict[str, Any] | None = None,
                         with_defaults: bool = False) -> dict[str, Any]:
@@ -50,7 +69,7 @@ def optimizer_arguments(name: str, *, lr: float | None = None, weight_decay: flo
         if not name.startswith("spectra-"):
             raise ValueError(f"clip_c applies to the spectra-* optimizers, not to {name!r}")
         kwargs["clip_c"] = clip_c
-    kwargs = entry.arguments({**kwargs, **(extra or {})})
+    kwargs = entry.arguments({**kwargs, **_named_dtypes(extra or {})})
     signature = inspect.signature(cls)
     try:
         signature.bind(None, **kwargs)

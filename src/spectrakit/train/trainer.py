@@ -113,7 +113,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """bfloat16 where it is fast (CUDA; CPUs with AMX tiles), else None (float32). Explicit choices are kept."""
+    """bfloat16 where it is fast (CUDA; CPUs with AMX tiles or AVX512-BF16), else None (float32). Explicit
+    choices are kept."""
     if dtype == "float32":
         return None
     if dtype == "bfloat16":
