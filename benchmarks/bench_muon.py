@@ -119,7 +119,7 @@ def table(shapes: list[tuple[str, tuple[int, int]]], steps: int) -> str:
         " torch.optim.Muon's bfloat16 Newton-Schulz function is replaced by the same iteration in float32 for this"
         " run (this CPU has no bf16 matrix units).")
     dims = ", ".join(f"{r}x{c}" for r, c in dict.fromkeys(s for _, s in shapes))
-    return ("\n".join(rows) + f"\n\nCompute dtype {str(dtype).removeprefix('torch.')} (the fast one here);{replaced} "
+    return ("\n".join(rows) + f"\n\nCompute dtype {str(dtype).removeprefix('torch.')} (the fast one here).{replaced} "
             f"Matrices: {len(shapes)} ({dims}); {steps} interleaved steps after a warm-up.")
 
 
