@@ -134,7 +134,10 @@ def _interrupt(tmp_path: Path, wait_for: str | None) -> subprocess.CompletedProc
     argv = [sys.executable, "-m", "spectrakit", "train", *TINY, "--steps", "100000", "--cache-dir",
             str(tmp_path / "cache"), "--out-dir", str(tmp_path / "runs")]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT's default action in the child whatever the parent's (a shell's background job ignores SIGINT, and an
+    # ignored SIGINT is inherited: Python then installs no KeyboardInterrupt handler and the signal is lost)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = []
     if wait_for is None:
         time.sleep(0.5)
