@@ -83,10 +83,10 @@ def rank_one_problem(M_hat: Tensor, u: Tensor, v: Tensor) -> RankOneProblem:
         M_hat, u, v = M_hat.mT, v, u
     q, p = M_hat.shape[-2:]
     u, v = u.to(M_hat.dtype), v.to(M_hat.dtype)
-    if solver_shape(q, p)[1] == p + 1:  # square: pad
-        M, v = torch.nn.functional.pad(M_hat, (0, 1)), torch.nn.functional.pad(v, (0, 1))
-        return RankOneProblem(M, u[..., :, None] * v[..., None, :], None, p, transposed)
-    if solver_shape(q, p)[1] == p:
+    width = solver_shape(q, p)[1]
+    if width >= p:  # M_hat itself, with a zero column when square (width = p + 1)
+        if width > p:
+            M_hat, v = torch.nn.functional.pad(M_hat, (0, 1)), torch.nn.functional.pad(v, (0, 1))
         return RankOneProblem(M_hat, u[..., :, None] * v[..., None, :], None, p, transposed)
     Q, R = torch.linalg.qr(torch.cat([M_hat.mT, v[..., :, None]], dim=-1))
     return RankOneProblem(R[..., :q].mT, u[..., :, None] * R[..., q][..., None, :], Q, p, transposed)
@@ -138,8 +138,7 @@ def solve_multiplier(M_hat: Tensor, Theta: Tensor | tuple[Tensor, Tensor], lam0:
     All matrices advance together: each round is ONE batched msign call, and the per-matrix bookkeeping is done
     with ``torch.where`` on the device. ``sync=True`` reads on the host, once per round, how many matrices are
     unfinished: the round evaluates only those (``nonzero_static``, no second read), and the loop ends when none
-    is left; ``sync=False`` evaluates
-    every matrix in all ``bracket_steps + max_iter`` rounds (no host sync at all).
+    is left; ``sync=False`` evaluates every matrix in all ``bracket_steps + max_iter`` rounds (no host sync at all).
 
     ``Theta`` is the (..., m, n) matrix, or the pair (u, v) of unit vectors of a rank-one Theta = u v^T (SSO's):
     then every msign runs on ``rank_one_problem``'s matrix, a q x (q + 1) one where that saves work (q = min(m, n)),

@@ -87,13 +87,13 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
         Y, bound = apply(c, plan.options)
     for i, (name, p) in enumerate(named):
         update = Y if len(named) == 1 else Y[i]
-        if plan.transform.finish is not None:
+        if transform.finish is not None:
             assert states is not None
-            update = plan.transform.finish(update, states[i], group)
+            update = transform.finish(update, states[i], group)
         decoupled_step(p, update, lr, weight_decay, shape_scale(p.shape, plan.scale))
         if statistics is not None:
             record_clip_statistics(statistics, name, update, bound if len(named) == 1 else bound[i],
-                                   plan.transform.name, c)
+                                   transform.name, c)
 
 
 def _vector_chunks(vectors: list[tuple[str, Tensor]], plan: StepPlan) -> list[list[tuple[str, Tensor]]]:

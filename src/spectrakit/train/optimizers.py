@@ -42,14 +42,14 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 def _named_dtypes(extra: dict[str, Any]) -> dict[str, Any]:
     """``extra`` with the string values of dtype arguments (keys ``dtype`` or ``*_dtype``: ``"bfloat16"`` or
     ``"torch.bfloat16"``) as torch dtypes; a string naming no such dtype raises ValueError naming the key."""
-    import torch
-
     out = dict(extra)
     for key, value in extra.items():
         if isinstance(value, str) and (key == "dtype" or key.endswith("_dtype")):
             name = value.removeprefix("torch.")
             if name not in DTYPE_NAMES:
                 raise ValueError(f"{key} must name a dtype, one of {', '.join(DTYPE_NAMES)}, got {value!r}")
+            import torch
+
             out[key] = getattr(torch, name)
     return out
 
