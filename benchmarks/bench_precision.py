@@ -33,10 +33,12 @@ Variant = Callable[[torch.Tensor], torch.Tensor]
 VARIANTS: dict[str, tuple[Variant, tuple[str, ...]]] = {
     "accurate (float32, accelerator default)": (
         lambda X: soft_clip(X, 1.0, method="polar", adaptive=False), ("fp32", "3xtf32", "bf16x3", "tf32", "bf16")),
-    "fast (bf16 n-sized products)": (
+    "fast (bf16 products, 3 steps)": (
         lambda X: soft_clip(X, 1.0, method="polar", adaptive=False, dtype=torch.bfloat16), ("as built",)),
     "authors' NS, 10 steps": (
         lambda X: soft_clip(X, 1.0, method="newton_schulz", dtype=torch.float32), ("fp32", "bf16")),
+    "authors' NS, 10 steps, bfloat16 tensors (their default)": (
+        lambda X: soft_clip(X, 1.0, method="newton_schulz"), ("as built",)),
     "previous accelerator default (float64, fixed)": (
         lambda X: soft_clip(X, 1.0, method="polar", adaptive=False, dtype=torch.float64), ("fp64",)),
     "CPU default (adaptive)": (lambda X: soft_clip(X, 1.0, method="polar"), ("as built",)),

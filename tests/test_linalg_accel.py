@@ -58,21 +58,45 @@ def test_plain_tf32_or_bf16_products_stay_finite_but_miss_1e3(fmt):
 
 
 def test_fast_mode_is_finite_and_bounded_at_every_ratio():
+    """The fast mode's documented accuracy (linalg/fast_clip.py), and never a singular value above c."""
     for kind in KINDS:
         for ratio in (1e-2, 1.0, 10.0, 1e2, 1e4, 1e8, 1e12):
             X = make_matrix(24, 40, kind, ratio, seed=3).float()
             Y = _accel(X, 1.0, dtype=torch.bfloat16)
             assert torch.isfinite(Y).all(), (kind, ratio)
             err = rel_err(Y, oracle.soft_clip(X, 1.0))
-            assert err <= (2e-2 if ratio <= 10 else 0.15 if ratio <= 1e2 else 1.5), (kind, ratio, err)
-            assert oracle.spectral_norm(Y) <= 1.1  # sigma/sqrt(1+sigma^2) < c = 1
+            assert err <= (1e-2 if ratio <= 1 else 0.1 if ratio <= 10 else 0.7 if ratio <= 1e2 else 1.0), \
+                (kind, ratio, err)
+            assert oracle.spectral_norm(Y) <= 1.1  # c = 1, up to the unresolved noise (the authors: 1.4)
+
+
+def test_fast_mode_matches_the_authors_bfloat16_method_at_fewer_flops():
+    """Both are limited by bfloat16's 8 significant bits; the fast mode's 3 fitted steps must do about as well as
+    the authors' 10 plain ones (worst over the spectrum kinds; measured 0.7-2.05x, the most at sigma_max/c = 10)."""
+    for ratio in (1e-2, 1.0, 10.0, 1e2, 1e3):
+        ours = authors = 0.0
+        for kind in KINDS:
+            X = make_matrix(48, 80, kind, ratio, seed=1).float()
+            ref = oracle.soft_clip(X, 1.0)
+            ours = max(ours, rel_err(_accel(X, 1.0, dtype=torch.bfloat16), ref))
+            authors = max(authors, rel_err(soft_clip(X, 1.0, method="newton_schulz"), ref))
+        assert ours <= 2.5 * authors, (ratio, ours, authors)
+
+
+def test_fast_mode_steps_are_its_polar_express_steps():
+    X = make_matrix(24, 40, "logspace", 3.0, seed=2).float()
+    ref = oracle.soft_clip(X, 1.0)
+    errs = [rel_err(_accel(X, 1.0, dtype=torch.bfloat16, steps=k), ref) for k in (1, 2, 3)]
+    assert errs[0] > errs[1] > errs[2]
 
 
 @pytest.mark.parametrize("clip, dtype", [("soft", None), ("soft", torch.bfloat16), ("hard", None)])
 def test_beyond_its_range_the_clip_stays_at_or_below_c(clip, dtype):
     """sigma_max/c from 1e5 to 1e30 (beyond the fixed schedule's 1e4, and where c^2/||X||_F^2 underflows in
     float32): not accurate, but the top singular value stays near c (the exact one is c up to 1e-10) instead
-    of overshooting to ~2c (a schedule row cut short) or collapsing to 0 (the underflow)."""
+    of overshooting to ~2c (a schedule row cut short) or collapsing to 0 (the underflow). The fast mode's bfloat16
+    noise may lift it by a few percent."""
+    highest = 1.1 if dtype == torch.bfloat16 else 1.02
     for kind in KINDS:
         for ratio in (1e5, 1e6, 1e8, 1e12, 1e20, 1e25, 1e30):
             for scale in (1.0, 1e-10):
@@ -80,7 +104,7 @@ def test_beyond_its_range_the_clip_stays_at_or_below_c(clip, dtype):
                 Y = _accel(X, scale, dtype=dtype) if clip == "soft" else hard_clip(X, scale, method="polar",
                                                                                   adaptive=False)
                 top = float(oracle.spectral_norm(Y)) / scale
-                assert 0.9 <= top <= 1.02, (kind, ratio, scale, top)
+                assert 0.9 <= top <= highest, (kind, ratio, scale, top)
 
 
 def test_fast_mode_on_bfloat16_inputs_returns_bfloat16():
@@ -115,6 +139,9 @@ def test_meta_audit_no_host_reads_no_copies_no_float64_and_flops_budget(shape, d
     assert audit.float64_matmul_flops == 0
     m, n = min(shape), max(shape)
     assert audit.total_matmul_flops() <= 1.5 * 2 * _authors_flops(m, n)
+    if dtype == torch.bfloat16:  # the fast mode: bfloat16 products only, at most 0.75x the authors' (0.34x square)
+        assert audit.total_matmul_flops() == audit.matmul_flops[torch.bfloat16]
+        assert audit.total_matmul_flops() <= (0.35 if m == n else 0.75) * 2 * _authors_flops(m, n)
 
 
 def test_audit_counts_products_reads_and_copies():

@@ -21,15 +21,14 @@ result (8e-3 at r = 1e3, overflow at 1e4). Three phases keep every error at ~ ep
 Matmul cost, counting 2 m^2 n per m x n product with an m x m or n x m one: X X^T, Y = Q X, Y Y^T and the final
 product (8 m^2 n; the two Gram products use 4 row blocks when n >= 4 m, 62.5% of the work each:
 ``symmetric.symmetric_matmul``), plus ~ 3 m x m products per step, against the authors' 10-step method's
-4 m^2 n + 60 m^3 (SPEC 1.3). ``dtype=torch.bfloat16`` (the fast mode) runs the four n-sized products in
-bfloat16 (the bulk of the work for wide matrices) and the m x m iteration in float32, with R_K shifted by
-FAST_SHIFT before its factorisation: bounded and finite at every ratio, but only ~1e-2 accurate up to
-sigma_max/c ~ 10 (BENCHMARKS.md has both modes' measured errors).
+4 m^2 n + 60 m^3 (SPEC 1.3). The fast mode (bfloat16 products) is ``fast_clip``; it shares the stacked problem
+(``stacked_problem``) built here.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,7 +42,7 @@ RESTART_AFTER = 3
 #: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly. Beyond it the result loses
 #: accuracy (the small singular values are under-resolved: measured worst 4e-2 at 1e5, 0.5 at 1e6, 0.7 at
 #: 1e12 and 1e25), but stays finite with its top singular value within 1e-3 of c (``covered_index``,
-#: ``_within_exact_bound``; before, cut-short schedules overshot to ~2c and c^2 underflowed to a zero result).
+#: ``within_exact_bound``; before, cut-short schedules overshot to ~2c and c^2 underflowed to a zero result).
 MAX_RATIO = 1e4
 #: The factor phase assumes its lower end is this fraction of l_K / sqrt(bound): the rounding of G moves the
 #: small eigenvalues of R_K (measured: without it, 1.4e-3 on a flat spectrum at 1e4; with it, 4e-6).
@@ -54,8 +53,6 @@ TOL = 3e-4
 SAFETY = 1.01
 #: Wide Gram products X X^T (n >= WIDE * m) use row blocks on every device (each block is a large product).
 WIDE = 4
-#: Fast mode: R_K is shifted by this before its Cholesky factorisation (keeps L^{-1} bounded by FAST_SHIFT^-1/2).
-FAST_SHIFT = 2.0**-7
 
 
 @torch.compiler.assume_constant_result  # torch.compile takes it as a constant instead of tracing the solve
@@ -103,31 +100,43 @@ def _scale(X: Tensor) -> Tensor:
     return (amax * torch.linalg.vector_norm(X.float() / amax[:, None, None], dim=(-2, -1))).clamp_min(1e-37)
 
 
-def _lower_end_after(l: Tensor, coeffs: Tensor) -> Tensor:
-    """Image of the lower end l (B,) under the schedule's steps coeffs (steps, B, 3): l <- l p(l^2)."""
+def lower_end_after(idx: Tensor, coeffs: Tensor) -> Tensor:
+    """Image of the grid points idx (B,) under the schedule's steps coeffs (steps, B, 3): l <- l p(l^2)."""
+    l = torch.pow(10.0, idx.float() / -GRID_PER_DECADE)
     for step in coeffs.unbind(0):
         a, b, c = step.unbind(-1)
         l = l * (a + l * l * (b + c * l * l))
     return l
 
 
-def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
-                      dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """(H_c(X), sigma_bound) for a (B, m <= n) batch X and c of shape (B,); result in float32.
+class StackedProblem(NamedTuple):
+    """The normalised stack of one batch: X / ||X||_F in the product dtype, R_0 = (I + G/c^2)/alpha and R_0^2
+    (float32), w = 1/(alpha c^2) and 1/alpha (both (B, 1, 1)), alpha^{-1/2}, the grid index of the stack's lower end
+    alpha^{-1/2}, ||X||_F (B,) and the bound on lambda_max(G) (B,), G = (X / ||X||_F)(X / ||X||_F)^T."""
+    Xn: Tensor
+    R: Tensor
+    R2: Tensor
+    w: Tensor
+    inv: Tensor
+    root_inv: Tensor
+    idx: Tensor
+    scale: Tensor
+    bound: Tensor
 
-    ``dtype``: float32 (accurate mode) or bfloat16 (fast mode: the n-sized products in bfloat16).
-    ``steps``: total steps (Gram phase + factor phase); default: the longest need in the batch when
-    ``adaptive`` (one host read), else ``fixed_steps()`` (covers sigma_max/c <= MAX_RATIO).
-    """
+
+def stacked_problem(X: Tensor, c: Tensor, dtype: torch.dtype) -> StackedProblem:
+    """Build the stacked problem of a (B, m <= n) batch with the products G = X X^T and G^2 in ``dtype``.
+
+    bound = min(Gershgorin(G), ||G^2||_F^{1/2}) >= lambda_max(G), alpha = (1 + bound/c^2) SAFETY; every term is
+    formed so that nothing under- or overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0,
+    and then only the negligible identity terms lose it)."""
     s = _scale(X)
     Xn = (X.float() / s[:, None, None]).to(dtype)
     cs = (c.float() / s).clamp(max=1e15)[:, None, None]  # c / ||X||_F (1e15 for X = 0)
-    c2 = cs * cs  # underflows to 0 from sigma_max/c ~ 1e19 on: only the negligible identity terms use it
-    G = _gram(Xn).float()
-    G2 = symmetric_matmul(G, G)
+    c2 = cs * cs  # underflows to 0 from sigma_max/c ~ 1e19 on
+    Gd = _gram(Xn)
+    G, G2 = Gd.float(), symmetric_matmul(Gd, Gd).float()
     bound = torch.minimum(torch.linalg.vector_norm(G, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(G2).sqrt())
-    # R_0 = (I + G/c^2)/alpha with alpha = (1 + bound/c^2) SAFETY: w = 1/(alpha c^2) and 1/alpha, formed so
-    # that neither under- nor overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0)
     w = 1 / ((c2 + bound[:, None, None]) * SAFETY)
     inv = w * c2  # 1/alpha
     root_inv = cs * w.sqrt()  # alpha^{-1/2}, formed without c^2 (no underflow)
@@ -135,21 +144,29 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     R.diagonal(dim1=-2, dim2=-1).add_(inv[:, :, 0])
     R2 = torch.addcmul(G2 * (w * w), G, 2 * w * inv)
     R2.diagonal(dim1=-2, dim2=-1).add_((inv * inv)[:, :, 0])
-    idx = grid_index(root_inv.flatten())
+    return StackedProblem(Xn, R, R2, w, inv, root_inv, grid_index(root_inv.flatten()), s, bound)
+
+
+def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
+    """(H_c(X), sigma_bound) for a (B, m <= n) batch X and c of shape (B,); float32 products, result in float32.
+
+    ``steps``: total steps (Gram phase + factor phase); default: the longest need in the batch when
+    ``adaptive`` (one host read), else ``fixed_steps()`` (covers sigma_max/c <= MAX_RATIO).
+    """
+    p = stacked_problem(X, c, torch.float32)
     fixed = fixed_steps() if steps is None and not adaptive else None
     k = min(RESTART_AFTER, steps) if steps is not None else (fixed[0] if fixed else RESTART_AFTER)
-    head = gather_schedule(idx, k, torch.float32, TOL, adaptive=False)
-    Q = inverse_sqrt(R, R2, head)
+    head = gather_schedule(p.idx, k, torch.float32, TOL, adaptive=False)
+    Q = inverse_sqrt(p.R, p.R2, head)
     Q = 0.5 * (Q + Q.mT)
-    Y = (Q.to(dtype) @ Xn).float()
-    Yd = Y.to(dtype)
-    RK = _gram(Yd).float() * w + symmetric_matmul(Q, Q) * inv
+    Y = Q @ p.Xn
+    RK = _gram(Y) * p.w + symmetric_matmul(Q, Q) * p.inv
     RK = 0.5 * (RK + RK.mT)
     # normalise by an upper bound of lambda_max(R_K); the factor phase's lower end is the image of the grid
     # point under the Gram phase's steps, over the square root of that bound
     beta = torch.minimum(torch.linalg.vector_norm(RK, ord=1, dim=-1).amax(-1), torch.linalg.matrix_norm(RK)) * SAFETY
     RK = RK / beta[:, None, None]
-    lk = _lower_end_after(torch.pow(10.0, idx.float() / -GRID_PER_DECADE), head.coeffs)
+    lk = lower_end_after(p.idx, head.coeffs)
     tail_steps = fixed[1] if fixed else (None if steps is None else steps - k)
     tail_idx = grid_index(MARGIN * lk / beta.sqrt())
     if tail_steps is not None:  # a row cut short would end mid-way, where its iterates overshoot 1 (up to 2)
@@ -158,18 +175,16 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     # Cholesky without error check (no host read); where it fails (R_K singular to working precision, far
     # beyond MAX_RATIO), the factor of R_K + delta I is used instead
     eye = torch.eye(RK.shape[-1], dtype=RK.dtype, device=RK.device)
-    if dtype == torch.bfloat16:  # fast mode: R_K's rounding (~2^-8) would reach its small eigenvalues
-        RK = RK + FAST_SHIFT * eye
     L, info = torch.linalg.cholesky_ex(RK)
     L = torch.where((info == 0)[:, None, None], L, torch.linalg.cholesky_ex(RK + 2**-16 * eye).L)
     Rt = L @ L.mT
     U = polar_factor(L.mT, Rt, symmetric_matmul(Rt, Rt), tail)
     M = torch.linalg.solve_triangular(L.mT, U, upper=True)
-    out = (M.to(dtype) @ Yd).float() * (root_inv / beta[:, None, None].sqrt() * s[:, None, None])
-    return _within_exact_bound(out, s, c.float() * X.shape[-2] ** 0.5), bound.sqrt() * s
+    out = (M @ Y) * (p.root_inv / beta[:, None, None].sqrt() * p.scale[:, None, None])
+    return within_exact_bound(out, p.scale, c.float() * X.shape[-2] ** 0.5), p.bound.sqrt() * p.scale
 
 
-def _within_exact_bound(H: Tensor, x_norm: Tensor, c_root_m: Tensor) -> Tensor:
+def within_exact_bound(H: Tensor, x_norm: Tensor, c_root_m: Tensor) -> Tensor:
     """H scaled down where ||H||_F exceeds min(||X||_F, c sqrt(m)), which bounds every exact H_c(X)
     (sigma -> sigma / sqrt(1 + sigma^2/c^2) <= min(sigma, c)): a no-op within the covered range, and a bound on
     what rounding can make of an unresolved problem (reduced-precision products far beyond MAX_RATIO)."""
