@@ -59,16 +59,18 @@ def test_inductor_compiles_msign_and_matches_eager():
 
 
 #: Options that make each method free of host reads: the authors' iteration in float32 (bf16 matmuls are slow
-#: on CPU) and the polar method without its adaptive step count (which reads one integer on the host).
+#: on CPU) and the polar method without its adaptive step count (which reads one integer on the host);
+#: "polar-fast" is the polar method's bfloat16 fast mode (linalg/fast_clip.py).
 _STATIC = {"newton_schulz": {"dtype": torch.float32}, "polar": {"adaptive": False}, "auto": {"adaptive": False},
-           "svd": {}}
+           "svd": {}, "polar-fast": {"dtype": torch.bfloat16}}
 
 
-@pytest.mark.parametrize("clip, method",
-                         [(soft_clip, m) for m in SOFT_METHODS] + [(hard_clip, m) for m in HARD_METHODS])
+@pytest.mark.parametrize("clip, method", [(soft_clip, m) for m in (*SOFT_METHODS, "polar-fast")]
+                         + [(hard_clip, m) for m in HARD_METHODS])
 def test_clip_with_tensor_threshold_does_not_recompile_when_c_changes(clip, method):
     backend = _CountingBackend()
     options = _STATIC[method]
+    method = method.removesuffix("-fast")
     compiled = torch.compile(lambda x, c: clip(x, c, method=method, **options), backend=backend, fullgraph=True)
     for x, c in zip(_inputs(3, (3, 20, 24)), (0.5, 2.0, 8.0)):  # min(m, n) > 16: "auto" is the polar method
         for threshold in (torch.tensor(c), torch.tensor([c, 2 * c, 4 * c])):  # scalar and one c per matrix
