@@ -137,18 +137,24 @@ def test_the_partition_balances_the_costs_it_is_given():
         balanced_owners(shapes, 2, costs=[1.0])
 
 
-@pytest.mark.parametrize("kind", ["soft", "hard"])
+@pytest.mark.parametrize("kind, options", [
+    ("soft", {}), ("hard", {}), ("soft", {"dtype": torch.bfloat16}), ("soft", {"dtype": torch.bfloat16, "steps": 5}),
+    ("soft", {"method": "newton_schulz"}), ("soft", {"method": "newton_schulz", "steps": 5})],
+    ids=["soft", "hard", "soft-fast", "soft-fast-5", "soft-authors", "soft-authors-5"])
 @pytest.mark.parametrize("shape", [(768, 3072), (3072, 768), (1024, 1024)])
-def test_clip_cost_estimates_match_counted_flops(kind, shape):
-    """The partition's cost of a clip is within 5% of the matmul FLOPs its accelerator path counts (meta device)."""
+def test_clip_cost_estimates_match_counted_flops(kind, options, shape):
+    """The partition's cost of a clip is within 5% of the matmul FLOPs its accelerator path counts (meta device),
+    for the accurate float32 path, the bfloat16 fast mode and the authors' method."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from spectrakit.linalg import hard_clip, soft_clip
     from spectrakit.optim.transforms import TransformOptions, transform_named
+    method = options.get("method", "polar")
     with FlopCounterMode(display=False) as counter:
-        (soft_clip if kind == "soft" else hard_clip)(torch.empty(shape, device="meta"), 1.0, method="polar",
-                                                     adaptive=False)
-    estimate = transform_named(kind).flops(shape, TransformOptions())
+        (soft_clip if kind == "soft" else hard_clip)(torch.empty(shape, device="meta"), 1.0, method=method,
+                                                     adaptive=False, steps=options.get("steps"),
+                                                     dtype=options.get("dtype"))
+    estimate = transform_named(kind).flops(shape, TransformOptions(**{"method": "polar", **options}))
     assert estimate == pytest.approx(counter.get_total_flops(), rel=0.05)
 
 

@@ -7,7 +7,8 @@ The cost of one spectral update of a (..., m, n) matrix is dominated by products
     cost(m, n) = batch * (4 q^2 p + 2 q^3)        (one step; constant factors cancel in the balance)
 
 and vectors cost their length. An optimizer that knows the real cost of its transform (the step engine's
-``transform_flops``: e.g. ~4 q^2 p + 112 q^3 for the accelerator soft clip) replaces this estimate.
+``transform_flops``: e.g. 6.3 q^2 p + 57 q^3 for the accelerator soft clip, 3.25-4 q^2 p + 18 q^3 for its
+bfloat16 fast mode, ``optim.transforms._clip_products``) replaces this estimate.
 Parameters are assigned greedily, most expensive first, to the least loaded
 rank (longest-processing-time rule, within 4/3 of the optimal makespan). Ties keep the input order, so
 same-shape matrices are dealt out round-robin and each rank holds a batch of every shape it has. The result

@@ -34,6 +34,8 @@ from torch import Tensor
 
 from ..linalg import hard_clip, msign, msign_svd, soft_clip
 from ..linalg.clip import HARD_METHODS, SOFT_METHODS
+from ..linalg.fast_clip import FAST_STEPS
+from ..linalg.restart import WIDE
 from ._registry import Registry
 
 VECTOR_RULES = ("smooth", "authors")
@@ -180,13 +182,21 @@ def _clip_products(kind: str) -> Callable[[int, int, TransformOptions], float]:
     """Matmul FLOPs of a clip on the accelerator path (``adaptive=False``), a q^2 p + b q^3 fitted to
     FlopCounterMode counts on the meta device (within 1% from 512 x 8192 to 1024 x 4096): soft (restart.py: four
     q x p products, two of them row-blocked, and ~28 q x q ones) 6.3 q^2 p + 57 q^3; hard (the soft clip, two more
-    q x p products and the sign and inverse-square-root iterations) 9.5 q^2 p + 131 q^3. Exact SVD ~ 4 q^2 p +
-    22 q^3."""
+    q x p products and the sign and inverse-square-root iterations) 9.5 q^2 p + 131 q^3. The soft clip's fast mode
+    (dtype bfloat16, fast_clip.py: X X^T, row-blocked to 62.5% where p >= 4 q, and Q X; G^2 and 4 q x q products
+    per step after the first) (2 or 1.25) q^2 p + 2 q^2 p + (2 + 8 (k - 1)) q^3, k steps (3); the authors' method
+    (SPEC 1.3) 4 q^2 p + 6 k q^3, k = 10.
+    Exact SVD ~ 4 q^2 p + 22 q^3."""
     a, b = {"soft": (6.3, 57.0), "hard": (9.5, 131.0)}[kind]
 
     def products(q: int, p: int, options: TransformOptions) -> float:
         if options.method == "svd":
             return 4.0 * q * q * p + 22.0 * q**3
+        if kind == "soft" and options.method == "newton_schulz":
+            return 4.0 * q * q * p + 6.0 * (options.steps or 10) * q**3
+        if kind == "soft" and options.dtype == torch.bfloat16:
+            gram = 1.25 if p >= WIDE * q else 2.0
+            return (gram + 2.0) * q * q * p + (2.0 + 8.0 * ((options.steps or FAST_STEPS) - 1)) * q**3
         return a * q * q * p + b * q**3
     return products
 
