@@ -113,12 +113,25 @@ def test_fast_mode_on_bfloat16_inputs_returns_bfloat16():
     assert Y.dtype == torch.bfloat16 and rel_err(Y, oracle.soft_clip(X, 1.0)) <= 2e-2
 
 
-def test_zero_matrix_and_nan_on_the_accelerator_path():
-    assert torch.equal(_accel(torch.zeros(6, 9), 1.0), torch.zeros(6, 9))
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_zero_matrix_and_nan_on_the_accelerator_path(dtype):
+    assert torch.equal(_accel(torch.zeros(6, 9), 1.0, dtype=dtype), torch.zeros(6, 9))
     X = torch.randn(2, 6, 9)
     X[1, 0, 0] = float("nan")
-    Y = _accel(X, 1.0)
+    Y = _accel(X, 1.0, dtype=dtype)
     assert torch.isnan(Y[1]).all() and torch.isfinite(Y[0]).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_mode_batches_matrices_of_different_ratios_independently(shape):
+    """One stack holds sigma_max/c from 1e-2 to 1e8 and c per matrix: each matrix gets what it gets alone."""
+    X = torch.stack([make_matrix(*shape, kind, ratio, seed=i).float()
+                     for i, (kind, ratio) in enumerate(zip(KINDS, (1e-2, 3.0, 1e3, 1e8)))])
+    c = torch.tensor([1.0, 0.5, 2.0, 1.0])
+    Y = _accel(X, c, dtype=torch.bfloat16)
+    for i in range(len(X)):
+        torch.testing.assert_close(Y[i], _accel(X[i], float(c[i]), dtype=torch.bfloat16), rtol=2e-2, atol=1e-6)
+    assert rel_err(Y[0], oracle.soft_clip(X[0], 1.0)) <= 1e-2 and rel_err(Y[1], oracle.soft_clip(X[1], 0.5)) <= 3e-2
 
 
 def _authors_flops(m: int, n: int, steps: int = 10) -> int:

@@ -6,14 +6,15 @@ max(l, FAST_LOWER_END) for FAST_STEPS steps: Q = prod_t p_t(R_t) ~ R_0^{-1/2}, a
 A schedule cut short leaves the stack's singular values in [l_K, u_K], u_K = 2 - l_K (Polar Express equioscillates
 about 1), so dividing by u_K keeps the resolved singular values at or below c.
 
-Why so few steps: in bfloat16 (8 significant bits) R_0's entries carry relative errors ~2^-9, i.e. its small
-eigenvalues, near 1/alpha, absolute errors ~2^-9; once 1/alpha falls below that (sigma_max/c >~ 20) the small
-singular values of X are no longer resolved, whatever the iteration. Amplifying them as if they were only amplifies
-that noise: the schedule's lower end is therefore never below FAST_LOWER_END = 2^-4.5 (the square root of bfloat16's
-unit roundoff, where the stack's squared singular values sink into it), and more steps do not help (measured at
-sigma_max/c = 100: 4 steps give relative errors up to 4; 3 steps from the true l 0.54, with spectral norms up to
-2.3 c; with the floor 0.45 and at most 1.06 c). The accuracy this mode can have
-is that of the authors' own bfloat16 method (SPEC 1.3), which has the same limit; BENCHMARKS.md has both.
+Why so few steps: in bfloat16 (8 significant bits, unit roundoff u = 2^-8) R_0's entries carry relative errors up
+to u, i.e. its small eigenvalues, near 1/alpha, absolute errors ~u; once 1/alpha falls below that (sigma_max/c >~ 16)
+the small singular values of X are no longer resolved, whatever the iteration. Amplifying them as if they were only
+amplifies that noise: the schedule's lower end is therefore never below FAST_LOWER_END = 2^-4.5, just under
+sqrt(u), where the stack's squared singular values sink into the rounding (measured over floors of 0.02-0.1: 0.05
+gave the least error at sigma_max/c = 30, 0.02-0.03 at 100), and more steps do not help (measured at sigma_max/c =
+100: 4 steps give relative errors up to 4; 3 steps from the true l 0.54, with spectral norms up to 2.3 c; with the
+floor 0.45 and at most 1.06 c). The accuracy this mode can have is that of the authors' own bfloat16 method (SPEC
+1.3), which has the same limit; BENCHMARKS.md has both.
 
 Matmul cost in bfloat16: X X^T (row-blocked when n >= 4 m, as in ``restart``) and Q X (4 m^2 n together at most),
 G^2 and ``inverse_sqrt``'s 8 products for 3 steps (18 m^3), against the authors' 4 m^2 n + 60 m^3.
