@@ -85,13 +85,13 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
         Y = torch.where(usable, Y, torch.where(c > 0, stacked, 0.0).to(Y.dtype))
     else:
         Y, bound = apply(c, plan.options)
-    for i, (name, p) in enumerate(named):
-        update = Y if len(named) == 1 else Y[i]
-        if transform.finish is not None:
-            assert states is not None
-            update = transform.finish(update, states[i], group)
-        decoupled_step(p, update, lr, weight_decay, shape_scale(p.shape, plan.scale))
-        if statistics is not None:
+    updates = [Y] if len(named) == 1 else list(Y.unbind(0))
+    if transform.finish is not None:
+        assert states is not None
+        updates = [transform.finish(update, state, group) for update, state in zip(updates, states)]
+    decoupled_steps([p for _, p in named], updates, lr, weight_decay, shape_scale(named[0][1].shape, plan.scale))
+    if statistics is not None:
+        for i, ((name, _), update) in enumerate(zip(named, updates)):
             record_clip_statistics(statistics, name, update, bound if len(named) == 1 else bound[i],
                                    transform.name, c)
 

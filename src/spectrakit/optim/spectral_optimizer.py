@@ -79,16 +79,17 @@ def decoupled_step(p: Tensor, update: Tensor | None, lr: float | Tensor, weight_
         p.add_(update, alpha=-lr * scale)
 
 
-def decoupled_steps(params: list[Tensor], updates: list[Tensor], lr: float | Tensor, weight_decay: float) -> None:
-    """:func:`decoupled_step` with scale 1 for lists of parameters and updates (``torch._foreach_*`` ops)."""
+def decoupled_steps(params: list[Tensor], updates: list[Tensor], lr: float | Tensor, weight_decay: float,
+                    scale: float = 1.0) -> None:
+    """:func:`decoupled_step` for lists of parameters and updates (``torch._foreach_*`` ops)."""
     lr = scalar_lr(lr)
     if isinstance(lr, Tensor):
         for p, update in zip(params, updates):
-            decoupled_step(p, update, lr, weight_decay)
+            decoupled_step(p, update, lr, weight_decay, scale)
         return
     for part in foreach_parts(params):
         torch._foreach_mul_([params[i] for i in part], 1 - lr * weight_decay)
-        torch._foreach_add_([params[i] for i in part], [updates[i] for i in part], alpha=-lr)
+        torch._foreach_add_([params[i] for i in part], [updates[i] for i in part], alpha=-lr * scale)
 
 
 def check_real_floating(name: str, p: Tensor, owner: str) -> None:
