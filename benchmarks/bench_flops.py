@@ -133,7 +133,7 @@ def report(presets: Sequence[str], layers: int | None, utilisation: float) -> st
         lines += [f"### {preset}: {n_params / 1e6:.1f}M parameters, d {cfg.d_model}, {cfg.n_layers} layers, "
                   f"SwiGLU {cfg.hidden}, vocab {cfg.vocab_size}; fwd+bwd {fwd_bwd / 1e12:.1f} TFLOP = "
                   f"{fwd_bwd_ms:.1f} ms", "",
-                  "| optimizer step | matmul TFLOP by dtype | other GFLOP | host reads | host copies | ops | "
+                  "| optimizer step | matmul TFLOP by dtype | other GFLOP | host reads | host copies | ops (kernels) | "
                   "est. ms (FP32) | est. ms (3xTF32) | % of fwd+bwd (1 GPU / 4 ranks) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for name, make in optimizers().items():
@@ -144,12 +144,13 @@ def report(presets: Sequence[str], layers: int | None, utilisation: float) -> st
             ms3 = estimate_ms(audit, utilisation, "3xtf32")
             best = min(ms, ms3)
             lines.append(f"| {name} | {by_dtype or '-'} | {audit.other_flops / 1e9:.1f} | {audit.host_reads} | "
-                         f"{audit.host_copies} | {audit.ops} | {ms:.2f} | {ms3:.2f} | "
+                         f"{audit.host_copies} | {audit.ops} ({audit.kernels}) | {ms:.2f} | {ms3:.2f} | "
                          f"{100 * ms / fwd_bwd_ms:.1f}% / {100 * best / 4 / fwd_bwd_ms:.1f}% |")
         lines.append("")
     lines.append("'% of fwd+bwd' uses the FP32 estimate for one GPU and the lower of the two estimates split over "
                  "4 ranks. Host reads and copies are those of the whole step (the optimizer's own checks "
-                 "included, with nonfinite='ignore'); the clip itself makes none on this path.")
+                 "included, with nonfinite='ignore'); the clip itself makes none on this path. 'ops' counts every "
+                 "dispatched aten op; '(kernels)' leaves out views and reshapes, which launch nothing on a GPU.")
     return "\n".join(lines)
 
 

@@ -167,6 +167,11 @@ def test_audit_counts_products_reads_and_copies():
     assert audit.matmul_flops[torch.float32] == 2 * 3 * 4 * 5 * 6
     assert audit.float64_matmul_flops == 2 * 4 * 5 * 2
     assert audit.host_reads == 1 and audit.host_copies == 1
+    with OpAudit() as audit:
+        A = torch.randn(4, 6)
+        _ = A.view(2, 12).t().unsqueeze(0).expand(3, 12, 2).diagonal(0, 1, 2)  # views only
+        _ = A * 2
+    assert audit.kernels == 2 and audit.ops > audit.kernels  # randn and mul do work; the views do not
 
 
 def test_emulated_formats():

@@ -99,7 +99,8 @@ def _device(x: object) -> torch.device | None:
 
 
 class OpAudit(TorchDispatchMode):
-    """Dispatch mode that counts matmul FLOPs by dtype, host reads, copies from the host, device syncs and ops."""
+    """Dispatch mode that counts matmul FLOPs by dtype, host reads, copies from the host, device syncs and ops;
+    ``kernels`` counts the ops that do work (not views or reshapes, which only change a tensor's metadata)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,12 +111,14 @@ class OpAudit(TorchDispatchMode):
         self.device_syncs = 0
         self.sync_ops: Counter[str] = Counter()
         self.ops = 0
+        self.kernels = 0
         self.op_names: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
         packet = func.overloadpacket
         self.ops += 1
+        self.kernels += not (func.is_view or packet is _aten._unsafe_view)
         self.op_names[packet.__name__] += 1
         if packet in _MATMULS:
             i, j = _MATMULS[packet]
