@@ -151,7 +151,8 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             finite, inaccurate in its small singular values, with its top singular value within 1e-3 of c.
             bfloat16: the fast mode (spectrakit.linalg.fast_clip): bfloat16 products only, 3 Polar Express
             steps, ~0.4x the authors' method's FLOPs and about its accuracy (~5e-3 up to sigma_max/c = 1,
-            ~6e-2 at 10, ~0.5 at 100), finite at every ratio, never above c. ``steps`` counts its steps.
+            ~5e-2 at 10, ~0.45 at 100), finite at every ratio, spectral norm within ~6% of c (bfloat16
+            rounding). ``steps`` counts its steps.
             None = float32 as above when not ``adaptive`` (the accelerator default); with ``adaptive`` (the
             CPU default) float64 (forming X X^T squares the condition number) or float32 where a
             power-iteration estimate of the effective ratio allows it

@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .coefficients import grid_index
 from .gram_iteration import gather_schedule, inverse_sqrt
 from .restart import TOL, lower_end_after, stacked_problem, within_exact_bound
 
@@ -42,11 +41,10 @@ def soft_clip_fast(X: Tensor, c: Tensor, *, steps: int | None = None) -> tuple[T
     (BENCHMARKS.md, precision section): ~5e-3 up to sigma_max/c = 1, ~5e-2 at 10, ~0.45 at 100, <= 1 beyond;
     finite at every ratio, the spectral norm within ~6% of c at most (the authors' method: up to 40%).
     """
-    p = stacked_problem(X, c, torch.bfloat16)
-    idx = grid_index(p.root_inv.flatten().clamp(min=FAST_LOWER_END))
-    schedule = gather_schedule(idx, steps or FAST_STEPS, torch.float32, TOL, adaptive=False)
+    p = stacked_problem(X, c, torch.bfloat16, lowest_end=FAST_LOWER_END)
+    schedule = gather_schedule(p.idx, steps or FAST_STEPS, torch.float32, TOL, adaptive=False)
     Q = inverse_sqrt(p.R.bfloat16(), p.R2.bfloat16(), schedule._replace(coeffs=schedule.coeffs.bfloat16()))
     Q = (Q + Q.mT) * 0.5
-    upper = (2 - lower_end_after(idx, schedule.coeffs)).clamp(min=1.0)
+    upper = (2 - lower_end_after(p.idx, schedule.coeffs)).clamp(min=1.0)
     out = (Q @ p.Xn).float() * (p.root_inv * (p.scale / upper)[:, None, None])
     return within_exact_bound(out, p.scale, c.float() * X.shape[-2] ** 0.5), p.bound.sqrt() * p.scale

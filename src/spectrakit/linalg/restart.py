@@ -112,7 +112,8 @@ def lower_end_after(idx: Tensor, coeffs: Tensor) -> Tensor:
 class StackedProblem(NamedTuple):
     """The normalised stack of one batch: X / ||X||_F in the product dtype, R_0 = (I + G/c^2)/alpha and R_0^2
     (float32), w = 1/(alpha c^2) and 1/alpha (both (B, 1, 1)), alpha^{-1/2}, the grid index of the stack's lower end
-    alpha^{-1/2}, ||X||_F (B,) and the bound on lambda_max(G) (B,), G = (X / ||X||_F)(X / ||X||_F)^T."""
+    max(alpha^{-1/2}, the floor given), ||X||_F (B,) and the bound on lambda_max(G) (B,),
+    G = (X / ||X||_F)(X / ||X||_F)^T."""
     Xn: Tensor
     R: Tensor
     R2: Tensor
@@ -124,8 +125,9 @@ class StackedProblem(NamedTuple):
     bound: Tensor
 
 
-def stacked_problem(X: Tensor, c: Tensor, dtype: torch.dtype) -> StackedProblem:
-    """Build the stacked problem of a (B, m <= n) batch with the products G = X X^T and G^2 in ``dtype``.
+def stacked_problem(X: Tensor, c: Tensor, dtype: torch.dtype, lowest_end: float = 0.0) -> StackedProblem:
+    """Build the stacked problem of a (B, m <= n) batch with the products G = X X^T and G^2 in ``dtype``; the grid
+    index is that of max(alpha^{-1/2}, ``lowest_end``) (the fast mode's floor).
 
     bound = min(Gershgorin(G), ||G^2||_F^{1/2}) >= lambda_max(G), alpha = (1 + bound/c^2) SAFETY; every term is
     formed so that nothing under- or overflows at any ratio (bound >= 1/m as ||X||_F = 1; c^2 may underflow to 0,
@@ -144,7 +146,8 @@ def stacked_problem(X: Tensor, c: Tensor, dtype: torch.dtype) -> StackedProblem:
     R.diagonal(dim1=-2, dim2=-1).add_(inv[:, :, 0])
     R2 = torch.addcmul(G2 * (w * w), G, 2 * w * inv)
     R2.diagonal(dim1=-2, dim2=-1).add_((inv * inv)[:, :, 0])
-    return StackedProblem(Xn, R, R2, w, inv, root_inv, grid_index(root_inv.flatten()), s, bound)
+    lower = root_inv.flatten() if lowest_end == 0 else root_inv.flatten().clamp(min=lowest_end)
+    return StackedProblem(Xn, R, R2, w, inv, root_inv, grid_index(lower), s, bound)
 
 
 def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
