@@ -183,7 +183,7 @@ def symmetric_table(sides: tuple[int, ...], reps: int) -> str:
             A = torch.randn(m, m, dtype=dtype)
             S = (A + A.T) / m
             P = S @ S + S
-            counts = sorted({4, block_count(m, S.device, S.dtype)})  # 4, and the rule's choice where it differs
+            counts = sorted({4, block_count(m, S.dtype)})  # 4, and the rule's choice where it differs
             fns = {"full": lambda S=S, P=P: S @ P}
             fns.update({k: (lambda S=S, P=P, k=k: symmetric_matmul(S, P, blocks=k)) for k in counts})
             t = timed_round_robin(fns, reps)

@@ -130,5 +130,6 @@ def test_meta_audit_no_host_reads_no_copies_no_float64_and_flops(shape):
     assert audit.float64_matmul_flops == 0
     with OpAudit() as soft:
         soft_clip(X, c, method="polar", adaptive=False)
-    # measured: 2.2x (768 x 768) and 2.1x (768 x 3072) the accelerator soft clip (soft clip + W + sign + B^{-1/2})
-    assert audit.total_matmul_flops() <= 2.3 * soft.total_matmul_flops()
+    # measured: 2.3x (768 x 768) the accelerator soft clip (the hard clip's soft clip covers 1e4, one step more than
+    # the soft clip's own 3e3; + W + sign + B^{-1/2})
+    assert audit.total_matmul_flops() <= 2.4 * soft.total_matmul_flops()

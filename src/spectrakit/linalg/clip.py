@@ -145,9 +145,9 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
         steps: iteration count (default: chosen per call, see ``adaptive``).
         dtype: compute dtype of the iteration. "polar": None (default), float32, bfloat16 or float64.
             float32: the accelerator policy (spectrakit.linalg.restart): float32 products only, a Gram phase,
-            one restart from the stacked matrix and a Cholesky-factor phase; measured <= 4.3e-4 relative
-            error vs float64 SVD for sigma_max/c <= 1e4 (also with split-precision 3xTF32 products; plain
-            TF32 products miss 1e-3, so keep torch's float32 matmul precision at "highest"); beyond 1e4
+            one restart from the stacked matrix and a Cholesky-factor phase; measured <= 4.2e-4 relative
+            error vs float64 SVD for sigma_max/c <= 3e3 and <= 7.5e-3 at 1e4 (also with split-precision 3xTF32
+            products; plain TF32 products miss 1e-3, so keep torch's float32 matmul precision at "highest"); beyond 1e4
             finite, inaccurate in its small singular values, with its top singular value within 1e-3 of c.
             bfloat16: the fast mode (spectrakit.linalg.fast_clip): bfloat16 products only, 3 Polar Express
             steps, ~0.4x the authors' method's FLOPs and about its accuracy (~5e-3 up to sigma_max/c = 1,
@@ -170,7 +170,7 @@ def soft_clip(X: Tensor, c: float | Tensor, *, method: str = "auto", steps: int 
             spectrum takes one step, a narrow one such as sigma_max/c <~ 2 one fitted polynomial with fewer
             products than the schedule); this reads a few scalars on the host. None
             (default) = True on CPU, where such reads cost nothing, and False on accelerators: then the
-            float32 accelerator policy runs a fixed schedule covering sigma_max/c <= 1e4 (9 steps), with no
+            float32 accelerator policy runs a fixed schedule covering sigma_max/c <= 3e3 exactly (8 steps), with no
             host read, no float64 and no copy from the host (torch.compile fullgraph-friendly).
             ``adaptive=False`` selects that same path on the CPU.
 

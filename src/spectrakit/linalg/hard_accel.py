@@ -1,6 +1,7 @@
 """The accelerator hard clip: float32 products only, no host reads; the soft clip first, then well-conditioned maps.
 
-With t = sigma/c, the soft clip H = H_c(X) (``restart.soft_clip_restart``, accurate in float32 to ~eps t) has
+With t = sigma/c, the soft clip H = H_c(X) (``restart.soft_clip_restart``, accurate in float32 to ~eps t; its
+fixed schedule here covers sigma_max/c <= ``restart.HARD_MAX_RATIO`` = 1e4, one step more than the soft clip's) has
 singular values c h, h = t / sqrt(1 + t^2) in [0, 1), and the same singular vectors as X. In terms of h,
 
     min(sigma, c) = c h phi(h^2),   phi(x) = 1 / sqrt(max(x, 1 - x)) = (1/2 + |x - 1/2|)^{-1/2},
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from .coefficients import GRID_PER_DECADE, grid_index, steps_for_index
 from .gram_iteration import gather_schedule, inverse_sqrt, symmetric_sign
-from .restart import SAFETY, TOL, _gram, soft_clip_restart
+from .restart import HARD_MAX_RATIO, SAFETY, TOL, _gram, soft_clip_restart
 from .symmetric import symmetric_matmul
 
 #: sign(E) converges (to TOL) for eigenvalues of E with |e| >= SIGN_LOW; below it |E| is only partly resolved.
@@ -77,7 +78,7 @@ def hard_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     ``steps`` and ``adaptive`` are those of the soft clip (``soft_clip_restart``); the sign and the inverse
     square root use fixed schedules (no host read).
     """
-    H, bound = soft_clip_restart(X, c, steps=steps, adaptive=adaptive)
+    H, bound = soft_clip_restart(X, c, steps=steps, adaptive=adaptive, max_ratio=HARD_MAX_RATIO)
     K = H / c.float()[:, None, None]  # singular values h in [0, 1): no over- or underflow in K K^T
     E = 2 * _gram(K)
     E.diagonal(dim1=-2, dim2=-1).sub_(1.0)

@@ -19,8 +19,9 @@ result (8e-3 at r = 1e3, overflow at 1e4). Three phases keep every error at ~ ep
    msign(A_0) = A_K R_K^{-1/2}, so H_c(X) = R_K^{-1/2} Y / sqrt(alpha).
 
 Matmul cost, counting 2 m^2 n per m x n product with an m x m or n x m one: X X^T, Y = Q X, Y Y^T and the final
-product (8 m^2 n; the two Gram products use 4 row blocks when n >= 4 m, 62.5% of the work each:
-``symmetric.symmetric_matmul``), plus ~ 3 m x m products per step, against the authors' 10-step method's
+product (8 m^2 n; the two Gram products use at least 4 row blocks when n >= 4 m, 62.5% of the work each:
+``symmetric.symmetric_matmul``, as do all the symmetric m x m products from 512 on, on every device), plus ~ 3 m x m
+products per step, against the authors' 10-step method's
 4 m^2 n + 60 m^3 (SPEC 1.3). The fast mode (bfloat16 products) is ``fast_clip``; it shares the stacked problem
 (``stacked_problem``) built here.
 """
@@ -35,15 +36,18 @@ from torch import Tensor
 
 from .coefficients import GRID_PER_DECADE, grid_index, grid_lower_ends, polar_schedule, steps_for_index
 from .gram_iteration import gather_schedule, inverse_sqrt, polar_factor
-from .symmetric import symmetric_matmul
+from .symmetric import block_count, symmetric_matmul
 
 #: Steps of the Gram phase before the restart (measured best of 1..4 at r = 1e3..1e5 in float32).
 RESTART_AFTER = 3
-#: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly. Beyond it the result loses
-#: accuracy (the small singular values are under-resolved: measured worst 4e-2 at 1e5, 0.5 at 1e6, 0.7 at
-#: 1e12 and 1e25), but stays finite with its top singular value within 1e-3 of c (``covered_index``,
-#: ``within_exact_bound``; before, cut-short schedules overshot to ~2c and c^2 underflowed to a zero result).
-MAX_RATIO = 1e4
+#: The fixed schedule (no host read) covers sigma_max/c up to this ratio exactly (3 + 5 steps); one decade past
+#: it, at 1e4, it still meets 1e-2 (measured worst 7.5e-3 in float32 and 3xTF32, flat/spiky/log-spaced/
+#: rank-deficient spectra; 3 + 6 steps, covering 1e4, give 4.4e-4 for ~8% more matmul FLOPs per call). Beyond,
+#: the small singular values are under-resolved (0.26 at 1e5), but the result stays finite with its top
+#: singular value within 1e-3 of c (``covered_index``, ``within_exact_bound``).
+MAX_RATIO = 3e3
+#: What the hard clip's soft clip covers (hard_accel.py: its accuracy target at 1e4 is 2e-3).
+HARD_MAX_RATIO = 1e4
 #: The factor phase assumes its lower end is this fraction of l_K / sqrt(bound): the rounding of G moves the
 #: small eigenvalues of R_K (measured: without it, 1.4e-3 on a flat spectrum at 1e4; with it, 4e-6).
 MARGIN = 0.5
@@ -89,8 +93,9 @@ def _covered_index(steps: int, tol: float) -> int:
 
 
 def _gram(X: Tensor) -> Tensor:
+    """X X^T, row-blocked as ``symmetric.block_count`` says, and into at least 4 blocks when n >= WIDE m."""
     m, n = X.shape[-2:]
-    return symmetric_matmul(X, X.mT, blocks=4 if n >= WIDE * m else None)
+    return symmetric_matmul(X, X.mT, blocks=max(4, block_count(m, X.dtype)) if n >= WIDE * m else None)
 
 
 def _scale(X: Tensor) -> Tensor:
@@ -150,14 +155,15 @@ def stacked_problem(X: Tensor, c: Tensor, dtype: torch.dtype, lowest_end: float 
     return StackedProblem(Xn, R, R2, w, inv, root_inv, grid_index(lower), s, bound)
 
 
-def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool) -> tuple[Tensor, Tensor]:
+def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool,
+                      max_ratio: float = MAX_RATIO) -> tuple[Tensor, Tensor]:
     """(H_c(X), sigma_bound) for a (B, m <= n) batch X and c of shape (B,); float32 products, result in float32.
 
     ``steps``: total steps (Gram phase + factor phase); default: the longest need in the batch when
-    ``adaptive`` (one host read), else ``fixed_steps()`` (covers sigma_max/c <= MAX_RATIO).
+    ``adaptive`` (one host read), else ``fixed_steps(max_ratio)`` (covers sigma_max/c <= max_ratio).
     """
     p = stacked_problem(X, c, torch.float32)
-    fixed = fixed_steps() if steps is None and not adaptive else None
+    fixed = fixed_steps(max_ratio) if steps is None and not adaptive else None
     k = min(RESTART_AFTER, steps) if steps is not None else (fixed[0] if fixed else RESTART_AFTER)
     head = gather_schedule(p.idx, k, torch.float32, TOL, adaptive=False)
     Q = inverse_sqrt(p.R, p.R2, head)
@@ -180,8 +186,10 @@ def soft_clip_restart(X: Tensor, c: Tensor, *, steps: int | None, adaptive: bool
     eye = torch.eye(RK.shape[-1], dtype=RK.dtype, device=RK.device)
     L, info = torch.linalg.cholesky_ex(RK)
     L = torch.where((info == 0)[:, None, None], L, torch.linalg.cholesky_ex(RK + 2**-16 * eye).L)
-    Rt = L @ L.mT
-    U = polar_factor(L.mT, Rt, symmetric_matmul(Rt, Rt), tail)
+    # L^T's Gram matrix L L^T is R_K up to the factorisation's backward error (~eps ||R_K||): only the first
+    # polynomial sees the difference, and polar_factor recomputes its Gram matrix from the iterate after it
+    # (measured: the same errors as with L L^T formed, to two digits, at every ratio)
+    U = polar_factor(L.mT, RK, symmetric_matmul(RK, RK), tail)
     M = torch.linalg.solve_triangular(L.mT, U, upper=True)
     out = (M @ Y) * (p.root_inv / beta[:, None, None].sqrt() * p.scale[:, None, None])
     return within_exact_bound(out, p.scale, c.float() * X.shape[-2] ** 0.5), p.bound.sqrt() * p.scale

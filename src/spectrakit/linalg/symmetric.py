@@ -19,6 +19,9 @@ from torch import Tensor
 #: Only float32 and float64 products are blocked:
 #: where bf16/fp16 matmuls are fast (AMX tiles) the mirror copies and the strided outputs cost more than the
 #: multiply-adds saved (the blocked bf16 product was slower than the full one, most of its time in copies).
+#: Accelerators take the same rule: each block is still one large (batched) product there, and the FLOPs saved
+#: are what the accurate mode's estimate in BENCHMARKS.md counts (its time there is not measured yet:
+#: benchmarks/bench_gpu.py times blocked against plain products; 8 blocks add 7 small mirror copies per product).
 MIN_SIDE = 512
 LARGE_SIDE = 768
 
@@ -26,11 +29,10 @@ LARGE_SIDE = 768
 BLOCKED_DTYPES = (torch.float32, torch.float64)
 
 
-def block_count(m: int, device: torch.device, dtype: torch.dtype) -> int:
-    """Row blocks for an m x m result on ``device`` in ``dtype``: 1 (plain matmul) below MIN_SIDE, off the CPU
-    (the blocking has not been measured on accelerators) and for dtypes outside BLOCKED_DTYPES, else 4, or 8
-    from LARGE_SIDE."""
-    if device.type != "cpu" or m < MIN_SIDE or dtype not in BLOCKED_DTYPES:
+def block_count(m: int, dtype: torch.dtype) -> int:
+    """Row blocks for an m x m result in ``dtype`` (on every device): 1 (plain matmul) below MIN_SIDE and for
+    dtypes outside BLOCKED_DTYPES, else 4, or 8 from LARGE_SIDE."""
+    if m < MIN_SIDE or dtype not in BLOCKED_DTYPES:
         return 1
     return 4 if m < LARGE_SIDE else 8
 
@@ -39,7 +41,7 @@ def symmetric_matmul(A: Tensor, B: Tensor, *, blocks: int | None = None) -> Tens
     """A @ B for (..., m, k) @ (..., k, m) operands whose product is symmetric; batched like ``torch.matmul``.
 
     The caller guarantees the symmetry (only the lower block triangle is computed; the rest is its mirror).
-    ``blocks`` overrides the number of row blocks (default ``block_count(m, A.device, A.dtype)``).
+    ``blocks`` overrides the number of row blocks (default ``block_count(m, A.dtype)``).
     """
     return symmetric_addmm(None, A, B, blocks=blocks)
 
@@ -50,7 +52,7 @@ def symmetric_addmm(C: Tensor | None, A: Tensor, B: Tensor, *, beta: float = 1.0
     (``torch.baddbmm`` / ``torch.addmm``) per block; 3-D operands of one batch shape, or 2-D ones. ``out`` (which
     may be C itself: an in-place update) receives the result."""
     m = A.shape[-2]
-    k = block_count(m, A.device, A.dtype) if blocks is None else max(1, min(blocks, m))
+    k = block_count(m, A.dtype) if blocks is None else max(1, min(blocks, m))
     fused = torch.baddbmm if A.dim() == 3 else torch.addmm
     if k == 1:
         into = {} if out is None else {"out": out}

@@ -35,7 +35,8 @@ from torch import Tensor
 from ..linalg import hard_clip, msign, msign_svd, soft_clip
 from ..linalg.clip import HARD_METHODS, SOFT_METHODS
 from ..linalg.fast_clip import FAST_STEPS
-from ..linalg.restart import WIDE
+from ..linalg.restart import HARD_MAX_RATIO, MAX_RATIO, WIDE, fixed_steps
+from ..linalg.symmetric import block_count
 from ._registry import Registry
 
 VECTOR_RULES = ("smooth", "authors")
@@ -179,15 +180,20 @@ def _normalize_rows_finish(O: Tensor, state: dict[str, Any], group: Mapping[str,
 
 # ---------------------------------------------------------------------------------------- FLOP counts
 def _clip_products(kind: str) -> Callable[[int, int, TransformOptions], float]:
-    """Matmul FLOPs of a clip on the accelerator path (``adaptive=False``), a q^2 p + b q^3 fitted to
-    FlopCounterMode counts on the meta device (within 1% from 512 x 8192 to 1024 x 4096): soft (restart.py: four
-    q x p products, two of them row-blocked, and ~28 q x q ones) 6.3 q^2 p + 57 q^3; hard (the soft clip, two more
-    q x p products and the sign and inverse-square-root iterations) 9.5 q^2 p + 131 q^3. The soft clip's fast mode
-    (dtype bfloat16, fast_clip.py: X X^T, row-blocked to 62.5% where p >= 4 q, and Q X; G^2 and 4 q x q products
-    per step after the first) (2 or 1.25) q^2 p + 2 q^2 p + (2 + 8 (k - 1)) q^3, k steps (3); the authors' method
-    (SPEC 1.3) 4 q^2 p + 6 k q^3, k = 10.
+    """Matmul FLOPs of a clip on the accelerator path (``adaptive=False``), counted from its products; a
+    symmetric product does the fraction f = (k + 1) / (2k) of a full one, k = ``symmetric.block_count(q)`` row
+    blocks (at least 4 for the Gram products X X^T where p >= WIDE q: f_w). Soft (restart.py, t factor-phase
+    steps of the fixed schedule): X X^T, Y Y^T (f_w) and Q X, M Y (full), 2 (2 f_w + 2) q^2 p; G^2, 8 Gram-phase
+    products, Q^2, R_K^2 and 2 (t - 1) Gram matrices of the factor phase (f), and t factor products (full),
+    2 ((11 + 2 (t - 1)) f + t) q^3. Hard (hard_accel.py): its soft clip (t one larger), W (f_w) and the final
+    product, 2 (f_w + 1) q^2 p, and ~37.5 symmetric q x q products (E^2, the sign and inverse-square-root
+    iterations), 75 f q^3. Within 5% of FlopCounterMode on the meta device (tests/test_distributed_api.py).
+    The soft clip's fast mode (dtype bfloat16, fast_clip.py: X X^T, row-blocked to 62.5% where p >= 4 q, and Q X;
+    G^2 and 4 q x q products per step after the first) (2 or 1.25) q^2 p + 2 q^2 p + (2 + 8 (k - 1)) q^3, k steps
+    (3); the authors' method (SPEC 1.3) 4 q^2 p + 6 k q^3, k = 10.
     Exact SVD ~ 4 q^2 p + 22 q^3."""
-    a, b = {"soft": (6.3, 57.0), "hard": (9.5, 131.0)}[kind]
+    def fraction(k: int) -> float:
+        return (k + 1) / (2 * k)
 
     def products(q: int, p: int, options: TransformOptions) -> float:
         if options.method == "svd":
@@ -197,7 +203,11 @@ def _clip_products(kind: str) -> Callable[[int, int, TransformOptions], float]:
         if kind == "soft" and options.dtype == torch.bfloat16:
             gram = 1.25 if p >= WIDE * q else 2.0
             return (gram + 2.0) * q * q * p + (2.0 + 8.0 * ((options.steps or FAST_STEPS) - 1)) * q**3
-        return a * q * q * p + b * q**3
+        k = block_count(q, torch.float32)
+        f, f_w = fraction(k), fraction(max(4, k) if p >= WIDE * q else k)
+        t = fixed_steps(MAX_RATIO if kind == "soft" else HARD_MAX_RATIO)[1]
+        soft = 2.0 * (2.0 * f_w + 2.0) * q * q * p + 2.0 * ((11 + 2 * (t - 1)) * f + t) * q**3
+        return soft if kind == "soft" else soft + 2.0 * (f_w + 1.0) * q * q * p + 75.0 * f * q**3
     return products
 
 
