@@ -201,7 +201,7 @@ def _clip_products(kind: str) -> Callable[[int, int, TransformOptions], float]:
         if kind == "soft" and options.method == "newton_schulz":
             return 4.0 * q * q * p + 6.0 * (options.steps or 10) * q**3
         if kind == "soft" and options.dtype == torch.bfloat16:
-            gram = 1.25 if p >= WIDE * q else 2.0
+            gram = 2.0 * fraction(4 if p >= WIDE * q else 1)
             return (gram + 2.0) * q * q * p + (2.0 + 8.0 * ((options.steps or FAST_STEPS) - 1)) * q**3
         k = block_count(q, torch.float32)
         f, f_w = fraction(k), fraction(max(4, k) if p >= WIDE * q else k)
