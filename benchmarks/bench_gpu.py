@@ -4,7 +4,10 @@
    float64 default) at the 160M shapes, CUDA-event timed (median of --reps after a warm-up).
 2. Accuracy on the device vs float64 SVD (log-spaced and spiky spectra, sigma_max/c 1..1e4), with torch's
    float32 matmul precision "highest" (IEEE float32), "high" (TF32) and "medium" (bf16).
-3. One optimizer step at the 160M preset: SPECTRA-AdamW (accurate, fast), Muon, torch AdamW (fused) and the
+3. Symmetric products (``linalg.symmetric``): the row-blocked product the accurate mode uses (lower block
+   triangle + mirror copies, (k + 1) / (2k) of the multiply-adds) against the plain product, per matmul precision,
+   at the 160M shapes (the m x m products of a 48-matrix stack, and the 768 x 50304 Gram product).
+4. One optimizer step at the 160M preset: SPECTRA-AdamW (accurate, fast), Muon, torch AdamW (fused) and the
    model's fwd+bwd on one micro-batch; plus a torch.profiler count of host synchronisations (cudaStreamSynchronize,
    cudaDeviceSynchronize, device-to-host memcpy) and kernel launches in one SPECTRA step.
 
@@ -28,12 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import positive_int  # noqa: E402
 
 from spectrakit.linalg import soft_clip, soft_clip_svd  # noqa: E402
+from spectrakit.linalg.restart import WIDE  # noqa: E402
+from spectrakit.linalg.symmetric import block_count, symmetric_matmul  # noqa: E402
 from spectrakit.optim import Muon, Spectra  # noqa: E402
 from spectrakit.train.model import PRESETS, ModelConfig, Transformer  # noqa: E402
 
 SHAPES_160M = {"attention 768x768 (x48)": (48, 768, 768), "MLP 2048x768 (x36)": (36, 2048, 768),
                "embedding/head 50304x768 (x1)": (1, 50304, 768)}
 SHAPES_DRY = {"small 32x48 (x4)": (4, 32, 48), "wide 16x96 (x1)": (1, 16, 96)}
+#: (label, batch, m, k) of the symmetric products A A^T (A: batch x m x k) the 160M accurate clip runs
+SYMMETRIC_160M = {"m x m, 768 (x48)": (48, 768, 768), "m x m, 2048 (x36)": (36, 2048, 2048),
+                  "Gram 768 x 50304 (x1)": (1, 768, 50304)}
+SYMMETRIC_DRY = {"m x m, 24 (x2)": (2, 24, 24), "Gram 16 x 96 (x1)": (1, 16, 96)}
 VARIANTS = {
     "accurate (float32)": dict(method="polar", adaptive=False),
     "fast (bf16)": dict(method="polar", adaptive=False, dtype=torch.bfloat16),
@@ -68,6 +77,25 @@ def clip_timings(device: torch.device, shapes: dict[str, tuple[int, int, int]], 
         X = torch.randn(*shape, device=device)
         row = [f"{_timer(device, lambda kw=kw, X=X: soft_clip(X, 1.0, **kw), reps):.2f}" for kw in VARIANTS.values()]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def symmetric_timings(device: torch.device, shapes: dict[str, tuple[int, int, int]], reps: int) -> str:
+    """Blocked vs plain A A^T per float32 matmul precision: ms of each and their ratio (blocked / plain)."""
+    lines = ["| product | precision | blocks | plain ms | blocked ms | blocked / plain |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, (batch, m, k) in shapes.items():
+        A = torch.randn(batch, m, k, device=device)
+        blocks = block_count(m, A.dtype) if k < WIDE * m else max(4, block_count(m, A.dtype))  # as restart.py
+        for precision in ("highest", "high"):
+            previous = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(precision)
+            try:
+                plain = _timer(device, lambda A=A: A @ A.mT, reps)
+                blocked = _timer(device, lambda A=A, b=blocks: symmetric_matmul(A, A.mT, blocks=b), reps)
+            finally:
+                torch.set_float32_matmul_precision(previous)
+            lines.append(f"| {name} | {precision} | {blocks} | {plain:.2f} | {blocked:.2f} | {blocked / plain:.2f} |")
     return "\n".join(lines)
 
 
@@ -173,15 +201,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--batch", type=positive_int, default=16, help="micro-batch (sequences) for fwd+bwd")
     args = parser.parse_args(argv)
     if args.dry_run:
-        device, shapes, preset, layers, reps, batch, acc = torch.device("cpu"), SHAPES_DRY, "tiny", 1, 1, 2, (16, 24)
+        device, shapes, symmetric, preset, layers, reps, batch, acc = (torch.device("cpu"), SHAPES_DRY, SYMMETRIC_DRY,
+                                                                       "tiny", 1, 1, 2, (16, 24))
     else:
         if not torch.cuda.is_available():
             parser.error("no CUDA device: run with --dry-run on the CPU")
-        device, shapes, preset, layers, reps, batch, acc = (torch.device("cuda"), SHAPES_160M, "160m", None,
-                                                            args.reps, args.batch, (768, 2048))
+        device, shapes, symmetric, preset, layers, reps, batch, acc = (torch.device("cuda"), SHAPES_160M,
+                                                                       SYMMETRIC_160M, "160m", None, args.reps,
+                                                                       args.batch, (768, 2048))
     sections = [
         "### soft_clip per chunk (ms)", clip_timings(device, shapes, reps),
         "### accuracy on the device vs float64 SVD (worst of log-spaced and spiky)", accuracy(device, *acc),
+        "### symmetric products: row-blocked vs plain (float32)", symmetric_timings(device, symmetric, reps),
         f"### optimizer step vs fwd+bwd ({preset})", step_timings(device, preset, layers, batch, reps),
         "### host synchronisations and launches in one step (torch.profiler)", profile_counts(device, preset, layers),
     ]

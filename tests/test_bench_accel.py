@@ -35,9 +35,12 @@ def test_bench_flops_arguments():
 def test_bench_gpu_dry_run_on_cpu(capsys):
     module = load_benchmark("bench_gpu")
     body = module.main(["--dry-run"])
-    titles = ("soft_clip per chunk", "accuracy on the device", "optimizer step vs fwd+bwd", "host synchronisations")
+    titles = ("soft_clip per chunk", "accuracy on the device", "symmetric products", "optimizer step vs fwd+bwd",
+              "host synchronisations")
     assert all(title in body for title in titles)
     assert "| accurate (float32) | highest |" in body
+    # the wide Gram product takes at least 4 row blocks even below MIN_SIDE; an m x m one below it takes none
+    assert "| Gram 16 x 96 (x1) | high | 4 |" in body and "| m x m, 24 (x2) | highest | 1 |" in body
 
 
 def test_bench_gpu_counts_must_be_positive_integers(capsys):

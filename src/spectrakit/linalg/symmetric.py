@@ -20,8 +20,9 @@ from torch import Tensor
 #: where bf16/fp16 matmuls are fast (AMX tiles) the mirror copies and the strided outputs cost more than the
 #: multiply-adds saved (the blocked bf16 product was slower than the full one, most of its time in copies).
 #: Accelerators take the same rule: each block is still one large (batched) product there, and the FLOPs saved
-#: are what the accurate mode's estimate in BENCHMARKS.md counts (its time there is not measured yet, and
-#: benchmarks/bench_gpu.py does not time it; 8 blocks add 7 small mirror copies per product).
+#: are what the accurate mode's estimate in BENCHMARKS.md counts (its time there is not measured yet:
+#: benchmarks/bench_gpu.py times blocked against plain products but has not run; 8 blocks add 7 small mirror
+#: copies per product).
 MIN_SIDE = 512
 LARGE_SIDE = 768
 
