@@ -6,8 +6,12 @@ import pytest
 import torch
 from _optim_helpers import assert_models_close, backward, clone, run, small_model
 
-from spectrakit.optim import AdEMAMix, Mars, Signum, Spectra, ema_momentum, heavy_ball_momentum, shape_scale
-from spectrakit.optim.directions import beta3_at
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from spectrakit.linalg import soft_clip_svd as oracle_soft_clip
+from spectrakit.optim import (BASES, AdEMAMix, Mars, Signum, Spectra, ema_momentum, heavy_ball_momentum,
+                              shape_scale)
+from spectrakit.optim.directions import beta3_at, direction_named
 
 
 def _reference_run(model, steps, lr, wd, direction_fn, loss_scale=1.0):
@@ -186,3 +190,66 @@ def test_a_group_that_sets_one_ademamix_option_is_checked_with_the_defaults():
 def test_a_group_option_is_checked_against_the_optimizers_own_defaults():
     with pytest.raises(ValueError, match="beta3_warmup needs betas"):
         AdEMAMix([{"params": small_model().parameters(), "beta3_warmup": 10}], betas=(0.0, 0.9, 0.99))
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("tensor_steps", [False, True])
+def test_a_direction_written_into_out_is_the_returned_one(base, tensor_steps):
+    """``out=`` (the engine's stack) gets the same numbers bit for bit as the returned directions, over 3 steps
+    (bias corrections at t = 1, 2, 3), with int step counts and with the 0-d tensor counts of sync-free steps;
+    ``out`` itself is returned. MARS takes its matrices and vectors in one call."""
+    direction = direction_named(base)
+    group = {**direction.defaults, **({"alpha_warmup": 4, "beta3_warmup": 4} if base == "ademamix" else {})}
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (3, 4), (4,)]
+    returned_states, written_states = [{} for _ in shapes], [{} for _ in shapes]
+    for step in range(3):
+        grads = [torch.randn(shape, generator=gen, dtype=torch.float32) for shape in shapes]
+        expected = [u.clone() for u in direction(grads, returned_states, group)]
+        out = [torch.full(shape, float("nan")) for shape in shapes]
+        got = direction(grads, written_states, group, out=out)
+        assert all(g is o for g, o in zip(got, out))
+        assert all(torch.equal(o, e) for o, e in zip(out, expected)), base
+        if tensor_steps and step == 0:
+            for state in (*returned_states, *written_states):
+                if "step" in state:  # the directions that count steps (the AdamW family)
+                    state["step"] = torch.tensor(float(state["step"]))
+
+
+class _Joins(TorchDispatchMode):
+    """The output shapes of the stack and cat ops dispatched inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("stack", "cat"):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("base", ["adamw", "signum"])
+def test_the_engine_writes_a_stacks_directions_into_it(base):
+    """Same-shape matrices take one stacked clip call whose directions are written into the stack: the step
+    dispatches no stack or cat of the directions (the non-finite check stacks one scalar per gradient), and its
+    result is that of a reference that stacks them."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64)) for _ in range(3)]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, q in zip(params, reference):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    opt = Spectra(params, lr=0.1, base=base, clip_method="svd", clip_c=0.5, clip_batch=16, clip_warmup=False)
+    with _Joins() as joins:
+        opt.step()
+    assert all(shape[-2:] != (6, 5) for shape in joins.shapes), joins.shapes
+    direction = direction_named(base)
+    group = {**direction.defaults, **{k: v for k, v in opt.param_groups[0].items() if k in direction.defaults}}
+    U = torch.stack(direction([q.grad for q in reference], [{} for _ in reference], group))
+    Y = oracle_soft_clip(U, 0.5)
+    scale = shape_scale((6, 5), opt.param_groups[0]["scale"])
+    for p, q, y in zip(params, reference, Y):
+        expected = q.detach() * (1 - 0.1 * opt.param_groups[0]["weight_decay"]) - 0.1 * scale * y
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)

@@ -20,6 +20,11 @@ defaults, are ``Direction.defaults``; :func:`check_hyperparameters` validates th
 Every direction works on a list of parameters at once with ``torch._foreach_*`` ops (one fused kernel per op
 on accelerators; on CPU the same per-tensor kernels, so the numbers do not depend on how parameters are
 grouped). A returned U may BE a state buffer (momentum without Nesterov): callers must not modify it in place.
+Given ``out`` (tensors shaped like the gradients, e.g. the views of a stack the engine hands to a matrix
+function), a direction writes U there instead and returns ``out``: the AdamW family (adamw, mars, ademamix)
+computes its last quotient in place in ``out`` (U = m / (bc1 (sqrt(v) / sqrt(bc2) + eps)), the bias
+correction bc1 folded into the denominator), so no separate stack of the directions is made; the others
+copy their U into it.
 """
 
 from __future__ import annotations
@@ -35,29 +40,44 @@ from torch import Tensor
 from ._registry import Registry
 from ._validate import check_betas, check_nonnegative, check_unit_interval
 
-#: (grads, states, group) -> directions, one per parameter; ``states`` are the parameters' state dicts.
-DirectionFn = Callable[[list[Tensor], list[dict[str, Any]], Mapping[str, Any]], list[Tensor]]
+#: (grads, states, group) -> directions, one per parameter; ``states`` are the parameters' state dicts. With
+#: ``Direction.writes_out`` it also takes ``out=`` (a list like ``grads``, or None) and fills it.
+DirectionFn = Callable[..., list[Tensor]]
 
 
 @dataclass(frozen=True)
 class Direction:
     """A base direction: its name, its hyperparameters with their defaults, and the update of its state.
 
-    ``betas_length``: how many coefficients its ``betas`` holds (for validation).
+    ``betas_length``: how many coefficients its ``betas`` holds (for validation). ``writes_out``: ``compute``
+    takes ``out=`` and writes its directions there (else they are copied into a given ``out``).
     """
 
     name: str
     defaults: Mapping[str, Any]
     compute: DirectionFn
     betas_length: int = 2
+    writes_out: bool = False
 
-    def __call__(self, grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
-        """The directions of ``grads``, computed per foreach-compatible part (see :func:`foreach_parts`)."""
-        out: list[Tensor | None] = [None] * len(grads)
+    def __call__(self, grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+                 out: list[Tensor] | None = None) -> list[Tensor]:
+        """The directions of ``grads``, computed per foreach-compatible part (see :func:`foreach_parts`); written
+        into ``out`` (tensors shaped like ``grads``) and returned as ``out`` when it is given."""
+        result: list[Tensor | None] = [None] * len(grads)
         for part in foreach_parts(grads):
-            for i, u in zip(part, self.compute([grads[i] for i in part], [states[i] for i in part], group)):
-                out[i] = u
-        return out  # type: ignore[return-value]
+            args = ([grads[i] for i in part], [states[i] for i in part], group)
+            into = None if out is None else [out[i] for i in part]
+            if into is None:
+                directions = self.compute(*args)
+            elif self.writes_out:
+                directions = self.compute(*args, out=into)
+            else:
+                directions = self.compute(*args)
+                torch._foreach_copy_(into, directions)
+                directions = into
+            for i, u in zip(part, directions):
+                result[i] = u
+        return result  # type: ignore[return-value]
 
 
 def foreach_parts(tensors: list[Tensor]) -> list[list[int]]:
@@ -137,31 +157,46 @@ def _count_steps(states: list[dict[str, Any]], buffers: tuple[str, ...], grads: 
     return [state["step"] for state in states]
 
 
-def _divide_(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
-    """tensors[i] /= divisors[i] in place; returns ``tensors``. One foreach op unless some divisors are 0-d
-    tensors (the step counts of sync-free steps), which may mix with numbers in one list (a parameter's first
-    step next to the others' later ones): then per tensor."""
-    if any(isinstance(d, Tensor) for d in divisors):
-        for t, d in zip(tensors, divisors):
-            t.div_(d)
+def _scale_shift_(tensors: list[Tensor], scales: list[float | Tensor], shifts: list[float | Tensor]) -> None:
+    """tensors[i] <- tensors[i] * scales[i] + shifts[i] in place: two foreach ops, unless some scales or shifts
+    are 0-d tensors (from the step counts of sync-free steps), which may mix with numbers in one list (a
+    parameter's first step next to the others' later ones): then per tensor."""
+    if any(isinstance(x, Tensor) for x in (*scales, *shifts)):
+        for t, scale, shift in zip(tensors, scales, shifts):
+            t.mul_(scale).add_(shift)
     else:
-        torch._foreach_div_(tensors, divisors)
-    return tensors
+        torch._foreach_mul_(tensors, scales)
+        torch._foreach_add_(tensors, shifts)
 
 
-def _divided(tensors: list[Tensor], divisors: list[float | Tensor]) -> list[Tensor]:
-    """tensors[i] / divisors[i], out of place (see :func:`_divide_`)."""
-    if any(isinstance(d, Tensor) for d in divisors):
-        return [t / d for t, d in zip(tensors, divisors)]
-    return torch._foreach_div(tensors, divisors)
+def _quotient(numerators: list[Tensor], denominators: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:
+    """numerators[i] / denominators[i], into ``out`` when given (one copy and one in-place division, so the
+    same numbers either way)."""
+    if out is None:
+        return torch._foreach_div(numerators, denominators)
+    torch._foreach_copy_(out, numerators)
+    torch._foreach_div_(out, denominators)
+    return out
+
+
+def _adam_denominators(v: list[Tensor], steps: list[int | Tensor], beta1: float, beta2: float,
+                       eps: float) -> list[Tensor]:
+    """bc1 (sqrt(v) / sqrt(bc2) + eps) with the bias corrections bc_i = 1 - beta_i^t, so that the AdamW
+    direction m_hat / (sqrt(v_hat) + eps) is m divided by it."""
+    denom = torch._foreach_sqrt(v)
+    corrections = [1 - beta1**t for t in steps]
+    _scale_shift_(denom, [bc1 / (1 - beta2**t) ** 0.5 for bc1, t in zip(corrections, steps)],
+                  [bc1 * eps for bc1 in corrections])
+    return denom
 
 
 # -------------------------------------------------------------------------------------- directions
 def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tuple[float, float],
-                  eps: float) -> list[Tensor]:
-    """Advance AdamW's moments of every parameter and return U = m_hat / (sqrt(v_hat) + eps)."""
+                  eps: float, out: list[Tensor] | None = None) -> list[Tensor]:
+    """Advance AdamW's moments of every parameter and return U = m_hat / (sqrt(v_hat) + eps) (written into
+    ``out`` when given)."""
     if not grads:
-        return []
+        return [] if out is None else out
     beta1, beta2 = betas
     steps = _count_steps(states, ("exp_avg", "exp_avg_sq"), grads)
     m = [state["exp_avg"] for state in states]
@@ -169,12 +204,7 @@ def adamw_moments(grads: list[Tensor], states: list[dict[str, Any]], betas: tupl
     torch._foreach_lerp_(m, grads, 1 - beta1)
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-    denom = torch._foreach_sqrt(v)
-    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
-    torch._foreach_add_(denom, eps)
-    out = _divided(m, [1 - beta1**t for t in steps])
-    torch._foreach_div_(out, denom)
-    return out
+    return _quotient(m, _adam_denominators(v, steps, beta1, beta2, eps), out)
 
 
 def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float) -> Tensor:
@@ -182,8 +212,9 @@ def adamw_direction(grad: Tensor, state: dict[str, Any], betas: tuple[float, flo
     return adamw_moments([grad], [state], betas, eps)[0]
 
 
-def _adamw(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
-    return adamw_moments(grads, states, group["betas"], group["eps"])
+def _adamw(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+           out: list[Tensor] | None = None) -> list[Tensor]:
+    return adamw_moments(grads, states, group["betas"], group["eps"], out)
 
 
 def _signum(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
@@ -197,13 +228,18 @@ def _signum(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[st
     return torch._foreach_sign(out)
 
 
-def _mars(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
-    out: list[Tensor | None] = [None] * len(grads)
+def _mars(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+          out: list[Tensor] | None = None) -> list[Tensor]:
+    result: list[Tensor | None] = [None] * len(grads)
     vectors = [i for i, g in enumerate(grads) if g.dim() < 2]
     matrices = [i for i, g in enumerate(grads) if g.dim() >= 2]
+
+    def into(indices: list[int]) -> list[Tensor] | None:
+        return None if out is None else [out[i] for i in indices]
+
     for i, u in zip(vectors, adamw_moments([grads[i] for i in vectors], [states[i] for i in vectors],
-                                           group["vector_betas"], group["eps"])):
-        out[i] = u
+                                           group["vector_betas"], group["eps"], into(vectors))):
+        result[i] = u
     beta1 = group["betas"][0]
     corrected = []
     for i in matrices:
@@ -213,9 +249,10 @@ def _mars(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str,
         c.div_(norm.clamp_min(1.0).to(c.dtype))
         last.copy_(grad)
         corrected.append(c)
-    for i, u in zip(matrices, adamw_moments(corrected, [states[i] for i in matrices], group["betas"], group["eps"])):
-        out[i] = u
-    return out  # type: ignore[return-value]
+    for i, u in zip(matrices, adamw_moments(corrected, [states[i] for i in matrices], group["betas"], group["eps"],
+                                            into(matrices))):
+        result[i] = u
+    return result  # type: ignore[return-value]
 
 
 def beta3_at(step: int | Tensor, beta1: float, beta3: float, warmup: int | None) -> float | Tensor:
@@ -237,7 +274,8 @@ def beta3_at(step: int | Tensor, beta1: float, beta3: float, warmup: int | None)
     return min(math.exp(log1 * log3 / ((1 - frac) * log3 + frac * log1)), beta3)
 
 
-def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
+def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any],
+              out: list[Tensor] | None = None) -> list[Tensor]:
     beta1, beta2, beta3 = group["betas"]
     alpha, alpha_warmup, beta3_warmup = group["alpha"], group["alpha_warmup"], group["beta3_warmup"]
     steps = _count_steps(states, ("exp_avg", "exp_avg_slow", "exp_avg_sq"), grads)
@@ -249,19 +287,24 @@ def _ademamix(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[
         state["exp_avg_slow"].lerp_(g, weight.to(g.dtype) if isinstance(weight, Tensor) else weight)
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-    denom = torch._foreach_sqrt(v)
-    _divide_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
-    torch._foreach_add_(denom, group["eps"])
-    out = _divided(m1, [1 - beta1**t for t in steps])
-    for u, state, t in zip(out, states, steps):
+    denom = _adam_denominators(v, steps, beta1, beta2, group["eps"])
+    # U = (m1_hat + alpha_t m2) / (sqrt(v_hat) + eps) = (m1 + bc1 alpha_t m2) / denom
+    numerators = []
+    for i, (m, state, t) in enumerate(zip(m1, states, steps)):
+        into = {} if out is None else {"out": out[i]}
+        weight = 1 - beta1**t
         if alpha_warmup is None:
-            u.add_(state["exp_avg_slow"], alpha=alpha)
+            weight = weight * alpha
         elif isinstance(t, Tensor):  # the step count of sync-free steps: alpha_t stays on the device
-            u.addcmul_(state["exp_avg_slow"], (alpha * (t / alpha_warmup).clamp(max=1.0)).to(u.dtype))
+            weight = weight * alpha * (t / alpha_warmup).clamp(max=1.0)
         else:
-            u.add_(state["exp_avg_slow"], alpha=alpha * min(1.0, t / alpha_warmup))
-    torch._foreach_div_(out, denom)
-    return out
+            weight = weight * alpha * min(1.0, t / alpha_warmup)
+        if isinstance(weight, Tensor):
+            numerators.append(torch.addcmul(m, state["exp_avg_slow"], weight.to(m.dtype), **into))
+        else:
+            numerators.append(torch.add(m, state["exp_avg_slow"], alpha=weight, **into))
+    torch._foreach_div_(numerators, denom)
+    return numerators
 
 
 def _momentum(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str, Any]) -> list[Tensor]:
@@ -281,11 +324,12 @@ def _lion(grads: list[Tensor], states: list[dict[str, Any]], group: Mapping[str,
 
 
 for _direction in (
-    Direction("adamw", {"betas": (0.9, 0.999), "eps": 1e-8}, _adamw),
+    Direction("adamw", {"betas": (0.9, 0.999), "eps": 1e-8}, _adamw, writes_out=True),
     Direction("signum", {"momentum": 0.9, "dampening": 0.0, "nesterov": False}, _signum),
-    Direction("mars", {"betas": (0.95, 0.99), "eps": 1e-8, "gamma": 0.025, "vector_betas": (0.9, 0.95)}, _mars),
+    Direction("mars", {"betas": (0.95, 0.99), "eps": 1e-8, "gamma": 0.025, "vector_betas": (0.9, 0.95)}, _mars,
+              writes_out=True),
     Direction("ademamix", {"betas": (0.9, 0.999, 0.9999), "eps": 1e-8, "alpha": 2.0, "alpha_warmup": None,
-                           "beta3_warmup": None}, _ademamix, betas_length=3),
+                           "beta3_warmup": None}, _ademamix, betas_length=3, writes_out=True),
     Direction("momentum", {"momentum": 0.95, "nesterov": True}, _momentum),
     Direction("lion", {"betas": (0.9, 0.99)}, _lion),
 ):

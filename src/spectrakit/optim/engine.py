@@ -9,7 +9,8 @@ the transform's options, the stack size and the rectangular scale) and the thres
     2. parameters the transform skips (or every one, without a transform):  X <- (1 - lr wd) X - lr U;
     3. the others in same-shape stacks of at most ``batch`` (and at most ``_chunks.STACK_BUDGET`` elements): matrices,
        and vectors where the transform has a rule for a stack of them (``Transform.vector_rows``; scalars and
-       DTensor shards one at a time):
+       DTensor shards one at a time); step 1 writes their directions straight into the stack (``out=``, see
+       ``directions``), then
        Y = T(U) on the stack (one matrix-function call), then per parameter the transform's ``finish`` stage
        (if it has one) and  X <- (1 - lr wd) X - alpha_shape lr Y;
     4. statistics of the transformed parameters (``track_stats``): "sigma_max/<name>" and, for the clips,
@@ -58,10 +59,11 @@ def without_host_reads(plan: StepPlan) -> StepPlan:
     return plan._replace(options=plan.options._replace(adaptive=False))
 
 
-def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str, Tensor]], directions: list[Tensor],
+def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str, Tensor]], stacked: Tensor,
                        states: list[dict[str, Any]] | None, group: dict[str, Any], lr: Any, weight_decay: float,
                        statistics: dict[str, Tensor] | None) -> None:
-    """Steps 3-4 for one chunk (same shape, at most ``plan.batch``) at threshold ``c``: Y = T(stack(U)), finish,
+    """Steps 3-4 for one chunk (same shape, at most ``plan.batch``) at threshold ``c``: Y = T(U) on ``stacked``
+    (the chunk's directions stacked along a new first dim; a single parameter's direction itself), finish,
     decoupled step, statistics (when ``statistics`` is a dict). c = 0 (a decayed threshold): the parameters only
     decay. A tensor ``c`` (sync-free steps with a tensor lr) is not read on the host: c = inf (lr = 0 in the
     warmup) and c = 0 are selected on the device (U unchanged, zero)."""
@@ -70,8 +72,6 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
         for _, p in named:
             decoupled_step(p, None, lr, weight_decay)
         return
-    stacked = directions[0] if len(named) == 1 else torch.stack(directions)
-    del directions
     vector = named[0][1].dim() < 2
     transform = plan.transform
     if vector and len(named) > 1:  # a stack of vectors (see _vector_chunks)
@@ -94,6 +94,21 @@ def transform_and_step(plan: StepPlan, c: float | Tensor, named: list[tuple[str,
         for i, ((name, _), update) in enumerate(zip(named, updates)):
             record_clip_statistics(statistics, name, update, bound if len(named) == 1 else bound[i],
                                    transform.name, c)
+
+
+def stacked_directions(direction: Direction, grads: list[Tensor], states: list[dict[str, Any]],
+                       group: dict[str, Any]) -> Tensor:
+    """The directions of same-shape ``grads`` as one (len(grads), *shape) stack, written into it by the direction
+    (no list of directions is made and then copied); a single gradient's direction as it is. DTensor shards are
+    stacked with ``torch.stack`` (an empty DTensor stack would need their placements)."""
+    if len(grads) == 1:
+        return direction(grads, states, group)[0]
+    if is_sharded(grads[0]):
+        return torch.stack(direction(grads, states, group))
+    first = grads[0]
+    stacked = torch.empty((len(grads), *first.shape), dtype=first.dtype, device=first.device)
+    direction(grads, states, group, out=list(stacked.unbind(0)))
+    return stacked
 
 
 def _vector_chunks(vectors: list[tuple[str, Tensor]], plan: StepPlan) -> list[list[tuple[str, Tensor]]]:
@@ -150,10 +165,10 @@ class SpectralEngine(SpectralOptimizer):
 
     def _transformed_run(self, plan: StepPlan, c: float | Tensor, chunk: list[tuple[str, Tensor]],
                          group: dict[str, Any], statistics: dict[str, Tensor] | None) -> None:
-        """Steps 1 and 3-4 for one chunk: its directions, then ``transform_and_step``."""
+        """Steps 1 and 3-4 for one chunk: its directions (written into their stack), then ``transform_and_step``."""
         states = [self.state[p] for _, p in chunk]
-        directions = plan.direction([p.grad for _, p in chunk], states, group)
-        transform_and_step(plan, c, chunk, directions, states, group, group["lr"], group["weight_decay"], statistics)
+        stacked = stacked_directions(plan.direction, [p.grad for _, p in chunk], states, group)
+        transform_and_step(plan, c, chunk, stacked, states, group, group["lr"], group["weight_decay"], statistics)
 
     def transform_flops(self, group: dict[str, Any], p: Tensor) -> float:
         """Estimated matmul FLOPs of the transform of ``p`` in ``group`` (its element count when it takes the

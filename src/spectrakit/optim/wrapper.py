@@ -219,7 +219,7 @@ class SpectraWrapper(Optimizer):
                 previous.mul_(1 - lr * group.get("weight_decay", 0.0))
             direction = previous.sub(p).div_(divisor)
             p.copy_(previous)  # the decay is in ``previous``: the step below adds the clipped direction only
-            transform_and_step(plan, c, [(name, p)], [direction], None, group, lr, 0.0,
+            transform_and_step(plan, c, [(name, p)], direction, None, group, lr, 0.0,
                                self._statistics if self.track_stats else None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
