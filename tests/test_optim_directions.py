@@ -5,12 +5,10 @@ import math
 import pytest
 import torch
 from _optim_helpers import assert_models_close, backward, clone, run, small_model
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spectrakit.linalg import soft_clip_svd as oracle_soft_clip
-from spectrakit.optim import (BASES, AdEMAMix, Mars, Signum, Spectra, ema_momentum, heavy_ball_momentum,
-                              shape_scale)
+from spectrakit.optim import BASES, AdEMAMix, Mars, Signum, Spectra, ema_momentum, heavy_ball_momentum, shape_scale
 from spectrakit.optim.directions import beta3_at, direction_named
 
 
