@@ -25,6 +25,8 @@ from _report import write_section  # noqa: E402
 
 from spectrakit.linalg import soft_clip  # noqa: E402
 from spectrakit.linalg.audit import OpAudit  # noqa: E402
+from spectrakit.linalg.restart import WIDE  # noqa: E402
+from spectrakit.linalg.symmetric import LARGE_SIDE, MIN_SIDE  # noqa: E402
 from spectrakit.optim import Muon, Spectra  # noqa: E402
 from spectrakit.train.model import PRESETS, ModelConfig, Transformer  # noqa: E402
 
@@ -119,7 +121,9 @@ def report(presets: Sequence[str], layers: int | None, utilisation: float) -> st
         "repeat the clip on every rank).",
         "",
         "Matmul FLOPs of one soft_clip call (batch of one) on the accelerator path vs the authors' method "
-        "(SPEC 1.3: 4 m^2 n + 60 m^3); the very wide Gram products use 4 row blocks (62.5% of the work):",
+        "(SPEC 1.3: 4 m^2 n + 60 m^3); the symmetric products use row blocks (symmetric.block_count: 4 blocks from "
+        f"m = {MIN_SIDE}, 62.5% of the work, 8 from m = {LARGE_SIDE}, 56%), the Gram products of very wide matrices "
+        f"(n >= {WIDE} m) at least 4:",
         "",
         per_call_table(CALL_SHAPES if presets != ["tiny"] else ((128, 384),)),
         "",

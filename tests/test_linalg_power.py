@@ -62,6 +62,17 @@ def test_top_singular_matches_svd_and_warm_starts():
         assert torch.allclose(S.double(), exact, rtol=2e-3)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_top_singular_holds_at_any_float32_scale(scale):
+    """X^T X V is formed on X scaled by a power of two: no overflow at sigma ~ 1e30 (sigma^2 is beyond float32),
+    no underflow at 1e-30, and the same triplets as at scale 1."""
+    X = make_matrix(20, 14, "logspace", 1.0, seed=7) * scale
+    U, S, V = top_singular(X.float(), 3, iters=30)
+    exact = oracle.singular_values(X)[:3]
+    assert torch.isfinite(S).all() and torch.allclose(S.double(), exact, rtol=1e-4)
+    assert torch.allclose((X.float() @ V[:, :1]).double() / scale, (U[:, :1] * S[:1]).double() / scale, atol=1e-4)
+
+
 def test_batched_top_singular_and_zero_matrix():
     X = torch.stack([make_matrix(12, 9, "logspace", 2.0, seed=s) for s in range(2)]).float()
     U, S, V = top_singular(X, 2, iters=30)

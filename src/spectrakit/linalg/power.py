@@ -9,10 +9,9 @@ v = X^T u / ||X^T u||) with a last half step, sigma = ||X v|| <= sigma_max; pola
 the k = 1 case on the symmetric G = X X^T.
 
 :func:`top_singular` is the same subspace iteration with its own rounding: V is re-orthonormalised by a QR
-each step (V = QR(X^T U)) and the triplets come from an SVD of the k x n matrix U^T X after one more
+once a step (V = QR(X^T X V)) and the triplets come from an SVD of the k x n matrix U^T X after one more
 half step (the Rayleigh-Ritz step above, by SVD instead of an eigendecomposition). In exact arithmetic
-top_singular(X, k, iters=T) = block_power_iteration(X.float(), V_0, T + 1) up to signs; it keeps its own
-rounding because SSO's retraction divides by its sigma, and SSO's trajectories are pinned bitwise.
+top_singular(X, k, iters=T) = block_power_iteration(X.float(), V_0, T + 1) up to signs.
 
 All run a fixed number of iterations and return the right vectors a caller passes back next time, so a
 slowly drifting matrix needs only one or two iterations per call.
@@ -210,9 +209,10 @@ def top_singular(X: Tensor, k: int, *, iters: int = 2, v0: Tensor | None = None,
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k singular triplets of X (..., m, n) by block power iteration with QR, in float32.
 
-    Each iteration: Q = qr(X V); V = qr(X^T Q). A final Rayleigh-Ritz step (SVD of the small k x n
-    matrix Q^T X) orders the triplets. ``v0`` (..., n, k) warm-starts; without it a fixed-seed Gaussian
-    block (a randomized range finder) is used. Returns (U (..., m, k), S (..., k), V (..., n, k)).
+    Each iteration: V = qr(X^T (X V)) (one QR per iteration, not two); then Q = qr(X V), and a final
+    Rayleigh-Ritz step (SVD of the small k x n matrix Q^T X) orders the triplets. X is scaled by a power of two
+    near max |X| first (exact), so that X^T X V cannot overflow. ``v0`` (..., n, k) warm-starts; without it a
+    fixed-seed Gaussian block (a randomized range finder) is used. Returns (U (..., m, k), S (..., k), V (..., n, k)).
 
     ``sync_free``: the last step without SVD (:func:`top_triplet`): only the first triplet (U[..., 0], S[..., 0],
     V[..., 0]) is the top Ritz triplet, the other columns a basis of the rest of the subspace.
@@ -229,12 +229,15 @@ def top_singular(X: Tensor, k: int, *, iters: int = 2, v0: Tensor | None = None,
         if v0.shape != (*X.shape[:-2], n, k):
             raise ValueError(f"v0 must have shape {(*X.shape[:-2], n, k)}, got {tuple(v0.shape)}")
         V = v0.float()
+    scale = torch.exp2(torch.floor(torch.log2(_max_abs(Xf))))  # a power of two: X / scale is exact, no overflow
+    Xs = Xf / scale
     V = torch.linalg.qr(V).Q
     for _ in range(iters):
-        Q = torch.linalg.qr(Xf @ V).Q
-        V = torch.linalg.qr(Xf.mT @ Q).Q
-    Q = torch.linalg.qr(Xf @ V).Q
+        V = torch.linalg.qr(Xs.mT @ (Xs @ V)).Q
+    Q = torch.linalg.qr(Xs @ V).Q
     if sync_free:
-        return top_triplet(Q, Q.mT @ Xf, V)
-    Ub, S, Vh = torch.linalg.svd(Q.mT @ Xf, full_matrices=False)
-    return Q @ Ub, S, Vh.mT
+        U, S, V = top_triplet(Q, Q.mT @ Xs, V)
+    else:
+        Ub, S, Vh = torch.linalg.svd(Q.mT @ Xs, full_matrices=False)
+        U, V = Q @ Ub, Vh.mT
+    return U, S * scale[..., 0], V
