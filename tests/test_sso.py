@@ -95,9 +95,8 @@ def test_h_is_monotone_and_the_solver_finds_its_root(m: int, n: int, seed: int) 
         assert float((A * phi).sum()) >= float(torch.linalg.matrix_norm(A, ord="nuc")) - 1e-4
 
 
-def test_a_jump_of_h_is_resolved_by_a_tangent_subgradient() -> None:
-    """Square matrices: M_hat + lambda Theta is singular at one lambda, where msign (and h) jumps. Pick a case
-    whose sign change is at the jump; no msign(M_hat + lambda Theta) is tangent there, the blend is."""
+def _jump_case():
+    """A square problem whose sign change of h is at its jump (M_hat + lambda Theta singular there)."""
     for seed in range(100):
         g = torch.Generator().manual_seed(seed)
         Theta = top_pair(torch.randn(5, 5, generator=g, dtype=torch.float64))
@@ -106,12 +105,42 @@ def test_a_jump_of_h_is_resolved_by_a_tangent_subgradient() -> None:
         answer = solve_multiplier(M_hat, Theta, msign_fn=msign_svd, max_iter=40)
         lam = float(answer.lam)
         if h_exact(M_hat, Theta, lam + 1e-7) - h_exact(M_hat, Theta, lam - 1e-7) > 0.05:
-            break
-    else:
-        pytest.fail("no jump found")
+            return M_hat, Theta, answer
+    pytest.fail("no jump found")
+
+
+def test_a_jump_of_h_is_resolved_by_a_tangent_subgradient() -> None:
+    """Square matrices: M_hat + lambda Theta is singular at one lambda, where msign (and h) jumps. Pick a case
+    whose sign change is at the jump; no msign(M_hat + lambda Theta) is tangent there, the blend is."""
+    M_hat, Theta, answer = _jump_case()
+    lam = float(answer.lam)
     assert abs(float((Theta * answer.phi).sum())) <= 1e-9
     A = M_hat + lam * Theta
     assert float((A * answer.phi).sum()) == pytest.approx(float(torch.linalg.matrix_norm(A, ord="nuc")), abs=1e-6)
+
+
+def test_a_shrinking_batch_gives_the_answers_of_the_full_one_at_a_jump_too() -> None:
+    """With host reads each round evaluates only the unfinished matrices (a shrinking batch), without them every
+    matrix: the same answers, the jump's blend of the bracket's two ends included (a batch of the jump case,
+    problems finishing early, one at lambda_0 and a far root)."""
+    M_jump, Theta_jump, _ = _jump_case()
+    g = torch.Generator().manual_seed(5)
+    Theta = torch.cat([Theta_jump[None], top_pair(torch.randn(4, 5, 5, generator=g, dtype=torch.float64))])
+    M_hat = torch.cat([M_jump[None], torch.randn(4, 5, 5, generator=g, dtype=torch.float64)])
+    M_hat[4] = 0.5 * Theta[4] + 0.05 * M_hat[4]  # mostly along Theta: a root far below 0
+    M_hat /= torch.linalg.matrix_norm(M_hat, keepdim=True)
+    in_place = solve_multiplier(M_hat, Theta, msign_fn=msign_svd, max_iter=40, bracket_steps=12)
+    warm = in_place.lam.clone()
+    warm[1] += 1e-3
+    warm[3] = 0.0
+    for lam0 in (None, warm):
+        kept = solve_multiplier(M_hat, Theta, lam0, msign_fn=msign_svd, max_iter=40, bracket_steps=12)
+        selected = solve_multiplier(M_hat, Theta, lam0, msign_fn=msign_svd, max_iter=40, bracket_steps=12,
+                                    sync=False)
+        assert not bool(kept.fallback.any())
+        for got, ref in ((kept.lam, selected.lam), (kept.h, selected.h), (kept.phi, selected.phi)):
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    assert abs(float(in_place.h[0])) <= 1e-9 and float(in_place.lam[4]) < -0.3
 
 
 def test_solver_handles_a_batch_like_single_problems_and_without_host_sync() -> None:
