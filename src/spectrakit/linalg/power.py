@@ -210,9 +210,10 @@ def top_singular(X: Tensor, k: int, *, iters: int = 2, v0: Tensor | None = None,
     """Top-k singular triplets of X (..., m, n) by block power iteration with QR, in float32.
 
     Each iteration: V = qr(X^T (X V)) (one QR per iteration, not two); then Q = qr(X V), and a final
-    Rayleigh-Ritz step (SVD of the small k x n matrix Q^T X) orders the triplets. X is scaled by a power of two
-    near max |X| first (exact), so that X^T X V cannot overflow. ``v0`` (..., n, k) warm-starts; without it a
-    fixed-seed Gaussian block (a randomized range finder) is used. Returns (U (..., m, k), S (..., k), V (..., n, k)).
+    Rayleigh-Ritz step (SVD of the small k x n matrix Q^T X) orders the triplets. X V is divided by a power of two
+    near max |X| (exact, on the small m x k block), so that X^T X V can neither overflow nor underflow. ``v0``
+    (..., n, k) warm-starts; without it a fixed-seed Gaussian block (a randomized range finder) is used. Returns
+    (U (..., m, k), S (..., k), V (..., n, k)).
 
     ``sync_free``: the last step without SVD (:func:`top_triplet`): only the first triplet (U[..., 0], S[..., 0],
     V[..., 0]) is the top Ritz triplet, the other columns a basis of the rest of the subspace.
@@ -229,15 +230,12 @@ def top_singular(X: Tensor, k: int, *, iters: int = 2, v0: Tensor | None = None,
         if v0.shape != (*X.shape[:-2], n, k):
             raise ValueError(f"v0 must have shape {(*X.shape[:-2], n, k)}, got {tuple(v0.shape)}")
         V = v0.float()
-    scale = torch.exp2(torch.floor(torch.log2(_max_abs(Xf))))  # a power of two: X / scale is exact, no overflow
-    Xs = Xf / scale
+    scale = torch.exp2(torch.floor(torch.log2(_max_abs(Xf))))  # a power of two: dividing by it is exact
     V = torch.linalg.qr(V).Q
     for _ in range(iters):
-        V = torch.linalg.qr(Xs.mT @ (Xs @ V)).Q
-    Q = torch.linalg.qr(Xs @ V).Q
+        V = torch.linalg.qr(Xf.mT @ ((Xf @ V) / scale)).Q
+    Q = torch.linalg.qr(Xf @ V).Q
     if sync_free:
-        U, S, V = top_triplet(Q, Q.mT @ Xs, V)
-    else:
-        Ub, S, Vh = torch.linalg.svd(Q.mT @ Xs, full_matrices=False)
-        U, V = Q @ Ub, Vh.mT
-    return U, S * scale[..., 0], V
+        return top_triplet(Q, Q.mT @ Xf, V)
+    Ub, S, Vh = torch.linalg.svd(Q.mT @ Xf, full_matrices=False)
+    return Q @ Ub, S, Vh.mT

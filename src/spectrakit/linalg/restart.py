@@ -21,10 +21,8 @@ result (8e-3 at r = 1e3, overflow at 1e4). Three phases keep every error at ~ ep
 Matmul cost, counting 2 m^2 n per m x n product with an m x m or n x m one: X X^T, Y = Q X, Y Y^T and the final
 product (8 m^2 n; the two Gram products use at least 4 row blocks when n >= 4 m, 62.5% of the work each, 56% with
 the 8 blocks of m >= 768: ``symmetric.symmetric_matmul``, as do all the symmetric m x m products from 512 on, on every
-device), plus ~ 3 m x m
-products per step, against the authors' 10-step method's
-4 m^2 n + 60 m^3 (SPEC 1.3). The fast mode (bfloat16 products) is ``fast_clip``; it shares the stacked problem
-(``stacked_problem``) built here.
+device), plus ~ 3 m x m products per step, against the authors' 10-step method's 4 m^2 n + 60 m^3 (SPEC 1.3).
+The fast mode (bfloat16 products) is ``fast_clip``; it shares the stacked problem (``stacked_problem``) built here.
 """
 
 from __future__ import annotations
